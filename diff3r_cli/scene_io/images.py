@@ -1,0 +1,126 @@
+"""Image decoding and scene resampling with exactly matching intrinsics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from diff3r_cli.cameras import Cameras
+from diff3r_cli.errors import UserError
+from diff3r_cli.scene_io.scene import Scene
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def _pil_to_rgb(img: Image.Image, background: float) -> np.ndarray:
+    """PIL image of any mode -> float32 (H,W,3) in [0,1]; alpha is composited over ``background``."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit greyscale PNGs: keep the precision instead of clipping through mode "L".
+        arr = np.asarray(img, dtype=np.float32)
+        arr = arr / (65535.0 if arr.max() > 255 else 255.0)
+        return np.repeat(np.clip(arr, 0, 1)[..., None], 3, axis=2)
+    has_alpha = img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
+    if has_alpha:
+        rgba = np.asarray(img.convert("RGBA"), dtype=np.float32) / 255.0
+        a = rgba[..., 3:4]
+        return rgba[..., :3] * a + background * (1.0 - a)
+    return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+
+
+def load_image(path: str | Path, exif: bool = True, background: float = 1.0) -> torch.Tensor:
+    """Decode an image file to a float32 tensor (H,W,3) in [0,1].
+
+    EXIF orientation is applied when ``exif`` (what a photo viewer shows); greyscale becomes RGB;
+    transparent pixels are composited over ``background`` (white, the NeRF-synthetic practice).
+    Raises UserError naming the file when it is missing, unreadable or corrupt.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError("image file not found", path, "check the path or the poses file that names it")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if exif:
+                img = ImageOps.exif_transpose(img)
+            arr = _pil_to_rgb(img, background)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise UserError(f"cannot decode image ({e.__class__.__name__}: {e})", path,
+                        "replace or remove the corrupt file") from None
+    return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def image_size(path: str | Path, exif: bool = True) -> tuple[int, int]:
+    """(width, height) of an image file without decoding the pixels (EXIF rotation applied)."""
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            if exif:
+                orientation = img.getexif().get(0x0112, 1)
+                if orientation in (5, 6, 7, 8):  # 90-degree rotations swap the axes
+                    w, h = h, w
+    except FileNotFoundError:
+        raise UserError("image file not found", path, "check the path or the poses file that names it") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise UserError(f"cannot read image ({e})", path, "replace or remove the corrupt file") from None
+    return w, h
+
+
+def resample(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """Resize (H,W,3) to (height,width,3); antialiased bilinear, pixel-edge aligned (align_corners=False)."""
+    if image.shape[0] == height and image.shape[1] == width:
+        return image
+    x = image.permute(2, 0, 1)[None].float()
+    down = width < image.shape[1] or height < image.shape[0]
+    y = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=down)
+    return y[0].permute(1, 2, 0).clamp(0, 1).contiguous()
+
+
+def resize_view(image: torch.Tensor, K: torch.Tensor, width: int, height: int,
+                mode: str = "resize_crop") -> tuple[torch.Tensor, torch.Tensor]:
+    """Resample one view (H,W,3) with intrinsics K (3,3) to (width,height); returns (image, K').
+
+    mode "resize_crop": scale to cover the target then centre-crop (keeps the aspect ratio);
+    mode "resize": stretch each axis independently. Both are exact for the pixel-edge convention.
+    """
+    h0, w0 = image.shape[:2]
+    cam = Cameras(K[None].clone(), torch.eye(4, dtype=K.dtype)[None], w0, h0)
+    if mode == "resize":
+        return resample(image, width, height), cam.resized(width, height).K[0]
+    if mode != "resize_crop":
+        raise UserError(f"unknown resize mode {mode!r}", None, "use 'resize_crop' or 'resize'")
+    new, (left, top, cw, ch), (sw, sh) = cam.resize_crop(width, height)
+    scaled = resample(image, sw, sh)
+    return scaled[top:top + ch, left:left + cw].contiguous(), new.K[0]
+
+
+def stack_views(images: list[torch.Tensor], Ks: list[torch.Tensor], w2cs: list[torch.Tensor],
+                width: int, height: int, mode: str = "resize_crop") -> tuple[torch.Tensor, Cameras]:
+    """Resample views of possibly different sizes to one size and batch them into (images, Cameras)."""
+    out_img, out_K = [], []
+    for img, K in zip(images, Ks):
+        im, k = resize_view(img, K.to(torch.float64), width, height, mode)
+        out_img.append(im)
+        out_K.append(k)
+    w2c = torch.stack([w.to(torch.float64) for w in w2cs])
+    return torch.stack(out_img), Cameras(torch.stack(out_K), w2c, width, height)
+
+
+def resize_scene(scene: Scene, width: int, height: int, mode: str = "resize_crop") -> Scene:
+    """Scene with every image resampled to (width,height) and the intrinsics adjusted exactly."""
+    if width <= 0 or height <= 0:
+        raise UserError(f"invalid resolution {width}x{height}", None, "give a positive WIDTHxHEIGHT")
+    if (width, height) == (scene.width, scene.height):
+        return scene
+    images, cams = stack_views(list(scene.images), list(scene.cameras.K), list(scene.cameras.w2c),
+                               width, height, mode)
+    extras = dict(scene.extras)
+    if "valid_mask" in extras:  # the undistortion validity mask follows the pixels
+        m = extras["valid_mask"].float()[..., None].expand(-1, -1, -1, 3)
+        m2, _ = stack_views(list(m), list(scene.cameras.K), list(scene.cameras.w2c), width, height, mode)
+        extras["valid_mask"] = m2[..., 0] > 0.999
+    return Scene(images, cams.to(dtype=scene.cameras.dtype), list(scene.paths), scene.format, scene.root, extras)
