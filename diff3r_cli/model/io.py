@@ -1,0 +1,98 @@
+"""Predictor weights on disk: one safetensors file with the config and metadata as JSON.
+
+The safetensors header metadata holds ``format`` ("diff3r-predictor"), ``config`` (the
+PredictorConfig as JSON) and ``meta`` (free-form JSON: training step, data, stage...).
+Bundled weights live in <repo>/models/<name>.safetensors and can be named without a path,
+e.g. ``load_model("diff3r-small")``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from diff3r_cli.errors import UserError
+from diff3r_cli.model.predictor import Predictor, PredictorConfig
+
+FORMAT = "diff3r-predictor"
+MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
+
+
+def _atomic_save_file(tensors: dict, path: Path, metadata: dict) -> None:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_model(path: str | Path, model: torch.nn.Module, meta: dict | None = None) -> Path:
+    """Write the predictor's weights + config + meta to ``path`` (atomic). Returns the path."""
+    model = getattr(model, "module", model)  # unwrap DistributedDataParallel
+    path = Path(path)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    metadata = {"format": FORMAT, "config": json.dumps(model.cfg.to_dict()), "meta": json.dumps(meta or {})}
+    _atomic_save_file(tensors, path, metadata)
+    return path
+
+
+def resolve_model_path(name_or_path: str | Path) -> Path:
+    """A path as given, or a bundled name ("diff3r-small") -> <repo>/models/<name>.safetensors."""
+    p = Path(name_or_path)
+    if p.suffix == ".safetensors" or p.exists() or os.sep in str(name_or_path):
+        return p
+    return MODELS_DIR / f"{name_or_path}.safetensors"
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The header metadata of a weights file: {"format", "config": dict, "meta": dict}."""
+    from safetensors import safe_open
+
+    path = resolve_model_path(path)
+    if not path.is_file():
+        bundled = sorted(q.stem for q in MODELS_DIR.glob("*.safetensors")) if MODELS_DIR.is_dir() else []
+        hint = f"bundled models: {', '.join(bundled)}" if bundled else "no bundled models are installed"
+        raise UserError("model weights not found", path,
+                        f"pass a .safetensors file written by `diff3r train` or a bundled name ({hint})")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            md = f.metadata() or {}
+        if md.get("format") != FORMAT:
+            raise ValueError(f"format is {md.get('format')!r}, not {FORMAT!r}")
+        return {"format": md["format"], "config": json.loads(md["config"]), "meta": json.loads(md.get("meta", "{}"))}
+    except UserError:
+        raise
+    except Exception as e:  # corrupt header, truncated file, foreign safetensors file
+        raise UserError(f"not a readable diff3r model file ({type(e).__name__}: {e})", path,
+                        "re-download or re-export the weights with `diff3r train`") from None
+
+
+def load_model(path_or_name: str | Path, device: str | torch.device = "cpu") -> Predictor:
+    """Build the predictor described by a weights file and load its weights (eval mode)."""
+    from safetensors.torch import load_file
+
+    path = resolve_model_path(path_or_name)
+    md = read_metadata(path)
+    try:
+        model = Predictor(PredictorConfig.from_dict(md["config"]))
+        state = load_file(str(path), device="cpu")
+        model.load_state_dict(state, strict=True)
+    except Exception as e:
+        raise UserError(f"model file does not match the predictor ({type(e).__name__}: {str(e)[:200]})", path,
+                        "use weights written by this version of diff3r") from None
+    model.meta = md["meta"]
+    return model.to(device).eval()
+
+
+__all__ = ["save_model", "load_model", "read_metadata", "resolve_model_path", "MODELS_DIR"]

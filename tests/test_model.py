@@ -1,0 +1,208 @@
+"""Predictor: shapes/positivity, geometry of the outputs, cost-volume warping, weights I/O."""
+
+import math
+
+import pytest
+import torch
+
+from diff3r_cli.cameras import Cameras
+from diff3r_cli.errors import UserError
+from diff3r_cli.gaussians import SH_C0, quat_to_rotmat
+from diff3r_cli.model.costvolume import inverse_depth_planes, plane_sweep_cost, project_planes, warp_features
+from diff3r_cli.model.io import load_model, save_model
+from diff3r_cli.model.predictor import Predictor, PredictorConfig, build_predictor, quat_multiply, rotmat_to_quat
+
+TINY = dict(enc_channels=(8, 8), feat_dim=16, num_planes=8, refine_channels=16, head_channels=8, attn_heads=2)
+
+
+def _rot(axis, angle):
+    axis = torch.tensor(axis, dtype=torch.float64)
+    axis = axis / axis.norm()
+    Kx = torch.tensor([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]], dtype=torch.float64)
+    return torch.eye(3, dtype=torch.float64) + math.sin(angle) * Kx + (1 - math.cos(angle)) * Kx @ Kx
+
+
+def _rig(v, h, w, dtype=torch.float32):
+    """v cameras on a small arc looking roughly at the origin-ish region along +z."""
+    K = torch.tensor([[0.9 * w, 0, w / 2], [0, 0.9 * w, h / 2], [0, 0, 1]], dtype=torch.float64).expand(v, 3, 3)
+    w2c = torch.eye(4, dtype=torch.float64).repeat(v, 1, 1)
+    for i in range(v):
+        w2c[i, :3, :3] = _rot([0.2, 1.0, 0.1], 0.08 * (i - (v - 1) / 2))
+        w2c[i, :3, 3] = torch.tensor([0.3 * (i - (v - 1) / 2), 0.05 * i, 0.0])
+    return K.to(dtype), w2c.to(dtype)
+
+
+@pytest.mark.parametrize("v,h,w", [(2, 32, 32), (3, 23, 37)])
+def test_predictor_shapes_positivity_finite(v, h, w):
+    torch.manual_seed(0)
+    model = build_predictor("small", **TINY)
+    b = 2
+    imgs = torch.rand(b, v, h, w, 3)
+    K, w2c = _rig(v, h, w)
+    near, far = torch.tensor([0.5, 1.0]), torch.tensor([8.0, 20.0])
+    out = model(imgs, K.expand(b, v, 3, 3), w2c.expand(b, v, 4, 4), near, far)
+    assert len(out.gaussians) == b and len(out.lam) == b
+    n = v * h * w
+    for k in range(b):
+        g, lam = out.gaussians[k], out.lam[k]
+        assert g.num == n and g.sh.shape == (n, 1, 3)
+        assert lam.shape == (n, 5) and bool((lam > 0).all())
+        assert g.is_finite() and bool(torch.isfinite(lam).all())
+        assert torch.allclose(out.log_lam[k].exp(), lam)
+        d = out.depth[k]
+        assert bool((d >= near[k] * (1 - 1e-4)).all()) and bool((d <= far[k] * (1 + 1e-4)).all())
+    assert out.depth.shape == (b, v, h, w) and out.confidence.shape == (b, v, h, w)
+    # gradients reach every parameter group of the network from a loss on θ0 and Λ
+    loss = sum(g.means.sum() + g.sh.sum() + g.opacity_logits.sum() + g.log_scales.sum() + g.quats.sum()
+               for g in out.gaussians) + sum(l.sum() for l in out.lam)
+    loss.backward()
+    assert model.encoder.stem[0][0].weight.grad is not None
+    assert model.log_lam_bias.grad is not None and bool(torch.isfinite(model.log_lam_bias.grad).all())
+
+
+def test_predictor_geometry_at_init():
+    """Means re-project onto their own pixel centres at the predicted depth; scale ~ s0·z/f; colour = pixel."""
+    torch.manual_seed(1)
+    v, h, w = 2, 16, 20
+    cfg = PredictorConfig.preset("small", **TINY)
+    model = Predictor(cfg)
+    imgs = torch.rand(1, v, h, w, 3)
+    K, w2c = _rig(v, h, w, torch.float64)
+    out = model.double()(imgs.double(), K[None], w2c[None], torch.tensor([1.0]), torch.tensor([10.0]))
+    g = out.gaussians[0]
+    cams = Cameras(K, w2c, w, h)
+    ys, xs = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
+    for i in range(v):
+        sl = slice(i * h * w, (i + 1) * h * w)
+        uv, z = cams[i].project(g.means[sl])
+        assert torch.allclose(uv[0, :, 0], xs.reshape(-1).double(), atol=1e-8)
+        assert torch.allclose(uv[0, :, 1], ys.reshape(-1).double(), atol=1e-8)
+        assert torch.allclose(z[0], out.depth[0, i].reshape(-1), rtol=1e-10)
+        f = 0.5 * (K[i, 0, 0] + K[i, 1, 1])
+        expected = torch.log(z[0] * cfg.scale_init_px / f)
+        # the head starts near zero, so scales sit at s0 * z / f up to a small residual
+        assert (g.log_scales[sl] - expected[:, None]).abs().max() < 0.05
+        col = 0.5 + SH_C0 * g.sh[sl, 0]
+        assert (col - imgs[0, i].reshape(-1, 3).double()).abs().max() < 0.02
+        # rotations at init are the camera's axes (camera-frame identity rotated to world)
+        R = quat_to_rotmat(g.quats[sl])
+        c2w_R = cams[i].c2w[0, :3, :3]
+        assert (R - c2w_R).abs().max() < 0.05
+    assert torch.allclose(g.opacities.mean(), torch.tensor(cfg.opacity_init, dtype=torch.float64), atol=0.02)
+
+
+def test_rotmat_quat_roundtrip_and_product():
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(200, 4, generator=gen, dtype=torch.float64)
+    # include near-180-degree rotations (w ~ 0), where the naive formula breaks down
+    q[:10, 0] = 1e-9
+    q = q / q.norm(dim=-1, keepdim=True)
+    R = quat_to_rotmat(q)
+    q2 = rotmat_to_quat(R)
+    assert torch.allclose(quat_to_rotmat(q2), R, atol=1e-10)
+    assert torch.allclose(q2.abs(), q.abs(), atol=1e-7) or torch.allclose(quat_to_rotmat(q2), R, atol=1e-10)
+    a, b = q[:100], q[100:]
+    assert torch.allclose(quat_to_rotmat(quat_multiply(a, b)), quat_to_rotmat(a) @ quat_to_rotmat(b), atol=1e-10)
+
+
+def test_project_planes_matches_camera_projection():
+    """Reference pixel at depth d, projected by hand through Cameras.project, lands where we say."""
+    h, w = 6, 7
+    K, w2c = _rig(2, h, w, torch.float64)
+    depths = torch.tensor([[1.5, 4.0, 9.0]], dtype=torch.float64)
+    uv, valid = project_planes(K[:1], w2c[:1], K[1:], w2c[1:], depths, h, w)
+    cams = Cameras(K, w2c, w, h)
+    ys, xs = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
+    pix = torch.stack([xs.reshape(-1), ys.reshape(-1), torch.ones(h * w)], 0).double()
+    for di, d in enumerate(depths[0]):
+        cam_pts = d * (torch.linalg.inv(K[0]) @ pix)
+        world = (cams[0].c2w[0, :3, :3] @ cam_pts + cams[0].c2w[0, :3, 3:]).T
+        ref_uv, z = cams[1].project(world)
+        assert torch.allclose(uv[0, di], ref_uv[0], atol=1e-9)
+        assert bool(valid[0, di].all()) and bool((z > 0).all())
+
+
+def _plane_features(points):
+    """Smooth analytic unit-norm features of 3D points (bilinear resampling is nearly exact,
+    and by Cauchy-Schwarz the correlation is largest where the features agree)."""
+    x, y, _ = points.unbind(-1)
+    p1, p2 = 1.3 * x + 0.4 * y, 0.9 * y - 0.5 * x
+    return torch.stack([p1.cos(), p1.sin(), p2.cos(), p2.sin()], dim=0) / math.sqrt(2)
+
+
+def test_warp_with_true_plane_reproduces_reference_features():
+    """Features of a fronto-parallel plane seen by two cameras: warping the source with the
+    true plane depth reproduces the reference features; wrong planes do not, and the cost
+    volume peaks at the true plane."""
+    h, w = 24, 32
+    K, w2c = _rig(2, h, w, torch.float64)
+    cams = Cameras(K, w2c, w, h)
+    d_true = 3.0
+    ys, xs = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
+    pix = torch.stack([xs.reshape(-1), ys.reshape(-1), torch.ones(h * w)], 0).double()
+
+    def plane_points(view):
+        # rays of `view` intersected with the plane z_ref = d_true of camera 0
+        c2w = cams[view].c2w[0]
+        dirs = c2w[:3, :3] @ (torch.linalg.inv(K[view]) @ pix)
+        origin = c2w[:3, 3:]
+        w2c0 = w2c[0]
+        # z_ref(origin + s*dir) = d_true  -> solve for s
+        zo = (w2c0[2, :3] @ origin) + w2c0[2, 3]
+        zd = w2c0[2, :3] @ dirs
+        s = (d_true - zo) / zd
+        return (origin + s * dirs).T
+
+    f_ref = _plane_features(plane_points(0)).reshape(1, 4, h, w)
+    f_src = _plane_features(plane_points(1)).reshape(1, 4, h, w)
+    planes = torch.tensor([[1.0, 2.0, d_true, 5.0, 8.0]], dtype=torch.float64)
+    warped, inside = warp_features(f_src, K[:1], w2c[:1], K[1:], w2c[1:], planes)
+    # stay one pixel away from the source border (bilinear sampling with zero padding there)
+    uv, _ = project_planes(K[:1], w2c[:1], K[1:], w2c[1:], planes, h, w)
+    interior = ((uv[..., 0] > 1) & (uv[..., 0] < w - 1) & (uv[..., 1] > 1) & (uv[..., 1] < h - 1)).reshape(1, 5, h, w)
+    m = interior[0, 2]
+    assert m.float().mean() > 0.5
+    err_true = (warped[0, 2] - f_ref[0]).abs()[:, m].max()
+    assert err_true < 0.03, err_true
+    for k in (0, 4):
+        mk = interior[0, k] & m
+        assert (warped[0, k] - f_ref[0]).abs()[:, mk].mean() > 5 * (warped[0, 2] - f_ref[0]).abs()[:, mk].mean()
+    # The correlation cost equals |f|^2/sqrt(C) = 1/2 at the true plane and peaks there.
+    feat = torch.stack([f_ref[0], f_src[0]])[None]
+    cost = plane_sweep_cost(feat, K[None], w2c[None], 1.0 / planes)
+    assert (cost[0, 0, 2][m] - 0.5).abs().max() < 0.02
+    best = cost[0, 0][:, m].mean(-1).argmax()
+    assert int(best) == 2
+
+
+def test_inverse_depth_planes():
+    inv = inverse_depth_planes(torch.tensor([0.5]), torch.tensor([10.0]), 5)
+    assert torch.allclose(inv[0, 0], torch.tensor(2.0)) and torch.allclose(inv[0, -1], torch.tensor(0.1))
+    assert torch.allclose(inv[0, 1:] - inv[0, :-1], torch.full((4,), (0.1 - 2.0) / 4))
+
+
+def test_save_load_roundtrip_and_errors(tmp_path):
+    torch.manual_seed(2)
+    model = build_predictor("small", **TINY)
+    p = save_model(tmp_path / "m.safetensors", model, {"step": 7, "stage": "ff"})
+    loaded = load_model(p)
+    assert loaded.cfg == model.cfg and loaded.meta == {"step": 7, "stage": "ff"}
+    for (k, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), k
+    imgs = torch.rand(1, 2, 16, 16, 3)
+    K, w2c = _rig(2, 16, 16)
+    with torch.no_grad():
+        o1 = model.eval()(imgs, K[None], w2c[None], 1.0, 10.0)
+        o2 = loaded(imgs, K[None], w2c[None], 1.0, 10.0)
+    assert torch.equal(o1.gaussians[0].means, o2.gaussians[0].means)
+    with pytest.raises(UserError) as e:
+        load_model(tmp_path / "missing.safetensors")
+    assert "missing.safetensors" in str(e.value) and "\n" not in str(e.value)
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}garbage")
+    with pytest.raises(UserError) as e:
+        load_model(bad)
+    assert "bad.safetensors" in str(e.value)
+    with pytest.raises(UserError):
+        load_model("no-such-bundled-model")
+    assert not list(tmp_path.glob("*.tmp"))
