@@ -1,0 +1,286 @@
+"""RE10K-format training/evaluation dataset with the usual view sampler.
+
+Training mode: for each example, 2 (or ``num_context``) context views whose first-to-last
+frame gap is drawn from [min_gap, max_gap], and ``num_target`` target views between them.
+Evaluation mode: context/target frames fixed by an evaluation index JSON.
+
+Sharding: the work is split over DDP ranks x DataLoader workers so that every example is
+yielded exactly once per epoch. With at least as many chunks as shards, whole chunks are
+dealt out (each chunk is read by one shard only); otherwise every shard reads every chunk
+and keeps every ``shards``-th example. Order is shuffled per epoch from ``seed`` (call
+``set_epoch``); view sampling is seeded by (seed, epoch, key), so it does not depend on the
+sharding.
+"""
+
+from __future__ import annotations
+
+import warnings
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import IterableDataset, get_worker_info
+
+from diff3r_cli.cameras import Cameras
+from diff3r_cli.errors import UserError
+from diff3r_cli.scene_io.re10k import (LAYOUT_HINT, BadChunkError, decode_jpeg, example_to_cameras, find_chunks,
+                                       read_chunk, read_evaluation_index)
+
+
+@dataclass
+class ViewSamplerConfig:
+    """How context/target frames are drawn in training mode.
+
+    min_gap/max_gap: frames between the first and the last context view (inclusive range).
+    num_context >= 2: extra context views are drawn between the first and the last.
+    num_target: target views drawn strictly between the outer context views when there are
+    enough frames there (without replacement), else from the whole closed range.
+    """
+
+    num_context: int = 2
+    num_target: int = 4
+    min_gap: int = 8
+    max_gap: int = 24
+
+
+class BadExampleWarning(UserWarning):
+    """A chunk or example was skipped (the message says which and how many so far)."""
+
+
+def mix_seed(*parts: int) -> int:
+    """Combine integers into one 63-bit seed (stable across processes, unlike hash())."""
+    h = 0x9E3779B97F4A7C15
+    for p in parts:
+        h = (h ^ (int(p) & 0xFFFFFFFFFFFFFFFF)) * 0x100000001B3 & 0xFFFFFFFFFFFFFFFF
+        h ^= h >> 29
+    return h & 0x7FFFFFFFFFFFFFFF
+
+
+def key_seed(key: str) -> int:
+    """Stable integer of an example key."""
+    return zlib.crc32(key.encode())
+
+
+def sample_views(num_frames: int, cfg: ViewSamplerConfig, generator: torch.Generator
+                 ) -> tuple[list[int], list[int]] | None:
+    """Draw (context, target) frame indices, or None when the clip is too short for min_gap."""
+    if cfg.num_context < 2 or cfg.num_target < 0 or cfg.min_gap < cfg.num_context - 1 or cfg.max_gap < cfg.min_gap:
+        raise ValueError(f"invalid view sampler settings {cfg}")
+    max_gap = min(cfg.max_gap, num_frames - 1)
+    if max_gap < cfg.min_gap:
+        return None
+    gap = int(torch.randint(cfg.min_gap, max_gap + 1, (1,), generator=generator))
+    start = int(torch.randint(0, num_frames - gap, (1,), generator=generator))
+    end = start + gap
+    inner = torch.arange(start + 1, end)
+    extra = cfg.num_context - 2
+    mids = inner[torch.randperm(len(inner), generator=generator)[:extra]].tolist() if extra else []
+    context = [start] + sorted(mids) + [end]
+    pool = torch.tensor([i for i in range(start + 1, end) if i not in context], dtype=torch.long)
+    if len(pool) >= cfg.num_target:
+        target = pool[torch.randperm(len(pool), generator=generator)[:cfg.num_target]]
+    else:  # short gap: targets may repeat and include the context frames
+        target = torch.randint(start, end + 1, (cfg.num_target,), generator=generator)
+    return context, sorted(target.tolist())
+
+
+def _resize_crop_images(images: torch.Tensor, size: tuple[int, int], crop: tuple[int, int, int, int]) -> torch.Tensor:
+    """(N,H,W,3) -> scale to size=(sw,sh) (antialiased bilinear), then crop (left, top, w, h)."""
+    sw, sh = size
+    left, top, w, h = crop
+    x = images.permute(0, 3, 1, 2)
+    if (x.shape[-1], x.shape[-2]) != (sw, sh):
+        x = F.interpolate(x, size=(sh, sw), mode="bilinear", align_corners=False, antialias=True)
+    x = x[..., top:top + h, left:left + w]
+    return x.permute(0, 2, 3, 1).clamp(0, 1).contiguous()
+
+
+class RE10KDataset(IterableDataset):
+    """Iterable RE10K-format dataset yielding one dict of tensors per example.
+
+    Keys: context_images (V,H,W,3) float [0,1], context_K (V,3,3) pixels, context_w2c (V,4,4),
+    target_images (T,H,W,3), target_K, target_w2c, near, far (0-d float tensors, in the units
+    of the returned cameras), scale (the factor applied to world units), key (str),
+    context_indices (V,), target_indices (T,), indices (V+T,) long, context_outlier_mask
+    (V,H,W) bool (all False unless ``outliers`` is given).
+
+    root: dataset root (with train/ and test/), a split dir or a chunk file. resolution: int
+    or (width, height). evaluation_index: JSON path -> evaluation mode (fixed views, no
+    shuffling). baseline_normalize: scale the scene so the first-to-last context baseline is 1
+    (near/far from depth are scaled too; the default near/far are taken as already normalised,
+    as in MVSplat). near/far: used when the example stores no depth. rank/world_size: DDP
+    sharding. repeat: loop over epochs forever (the epoch counter advances each pass).
+    """
+
+    def __init__(self, root: str | Path, split: str = "train", resolution: int | tuple[int, int] = 256,
+                 sampler: ViewSamplerConfig | None = None, evaluation_index: str | Path | None = None,
+                 baseline_normalize: bool = False, near: float = 1.0, far: float = 100.0,
+                 depth_margin: float = 0.8, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 shuffle: bool | None = None, repeat: bool = False, outliers=None,
+                 min_baseline: float = 1e-3, warn: bool = True):
+        root = Path(root)
+        self.chunks = find_chunks(root, split)
+        if not self.chunks:
+            raise UserError(f"no .torch chunks found for split {split!r}", root, LAYOUT_HINT)
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world_size {world_size}")
+        self.root, self.split = root, split
+        self.width, self.height = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
+        self.sampler = sampler or ViewSamplerConfig()
+        self.eval_index = read_evaluation_index(evaluation_index) if evaluation_index is not None else None
+        self.baseline_normalize = baseline_normalize
+        self.near, self.far, self.depth_margin = float(near), float(far), float(depth_margin)
+        self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
+        self.shuffle = (self.eval_index is None) if shuffle is None else shuffle
+        self.repeat = repeat
+        self.outliers = outliers
+        self.min_baseline = min_baseline
+        self.warn = warn
+        self.epoch = 0
+        self.bad_chunks = 0       # per process (each DataLoader worker counts its own)
+        self.skipped_examples = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the shuffling of the next pass (call before each epoch, like DistributedSampler)."""
+        self.epoch = int(epoch)
+
+    # ------------------------------------------------------------------ sharding
+    def _shard(self) -> tuple[int, int]:
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        return self.rank * nw + wid, self.world_size * nw
+
+    def _chunk_order(self, epoch: int) -> list[Path]:
+        if not self.shuffle:
+            return list(self.chunks)
+        g = torch.Generator().manual_seed(mix_seed(self.seed, epoch, 1))
+        return [self.chunks[i] for i in torch.randperm(len(self.chunks), generator=g).tolist()]
+
+    def _skip(self, msg: str, chunk: bool) -> None:
+        if chunk:
+            self.bad_chunks += 1
+        else:
+            self.skipped_examples += 1
+        if self.warn:
+            warnings.warn(f"{msg} ({self.bad_chunks} bad chunk(s), {self.skipped_examples} skipped example(s) "
+                          f"so far in this process)", BadExampleWarning, stacklevel=3)
+
+    def _examples(self, epoch: int) -> Iterator[dict]:
+        shard, shards = self._shard()
+        chunks = self._chunk_order(epoch)
+        by_chunk = len(chunks) >= shards
+        position = 0  # global example position, used only for example-level sharding
+        for ci, path in enumerate(chunks):
+            if by_chunk and ci % shards != shard:
+                continue
+            try:
+                data = read_chunk(path)
+            except (BadChunkError, FileNotFoundError) as exc:
+                self._skip(f"skipping bad chunk {exc}", chunk=True)
+                continue
+            order = list(range(len(data)))
+            if self.shuffle:
+                g = torch.Generator().manual_seed(mix_seed(self.seed, epoch, 2, zlib.crc32(path.name.encode())))
+                order = torch.randperm(len(data), generator=g).tolist()
+            for j in order:
+                mine = by_chunk or position % shards == shard
+                position += 1
+                if mine:
+                    yield data[j]
+
+    # ------------------------------------------------------------------ one example
+    def _views(self, example: dict, epoch: int) -> tuple[list[int], list[int]] | None:
+        T = example["cameras"].shape[0]
+        if self.eval_index is not None:
+            entry = self.eval_index.get(example["key"])
+            if entry is None:
+                return None
+            ctx, tgt = [int(i) for i in entry["context"]], [int(i) for i in entry["target"]]
+            if any(not 0 <= i < T for i in ctx + tgt):
+                return None
+            return ctx, tgt
+        g = torch.Generator().manual_seed(mix_seed(self.seed, epoch, 3, key_seed(example["key"])))
+        return sample_views(T, self.sampler, g)
+
+    def make_sample(self, example: dict, context: list[int], target: list[int], epoch: int = 0) -> dict | None:
+        """Decode, resize-crop and package the chosen frames of one example (None: unusable)."""
+        frames = context + target
+        imgs = [decode_jpeg(example["images"][i]) for i in frames]
+        h, w = imgs[0].shape[:2]
+        if any(im.shape[:2] != (h, w) for im in imgs):
+            return None
+        cams = example_to_cameras(example, w, h, frames)
+        cams, crop, size = cams.resize_crop(self.width, self.height)
+        images = _resize_crop_images(torch.stack(imgs), size, crop)
+        K = cams.K.float()
+        w2c = cams.w2c.clone()
+        V = len(context)
+        scale = 1.0
+        if self.baseline_normalize:
+            centres = Cameras(cams.K, w2c, self.width, self.height).centers
+            baseline = float((centres[0] - centres[V - 1]).norm())
+            if baseline < self.min_baseline:
+                return None
+            scale = 1.0 / baseline
+            w2c[:, :3, 3] *= scale  # scaling the world scales camera translations, not rotations
+        near, far = self.near, self.far
+        if "depths" in example and len(example["depths"]) == example["cameras"].shape[0]:
+            d = torch.stack([example["depths"][i].float() for i in context])
+            d = d[torch.isfinite(d) & (d > 0)]
+            if d.numel():
+                near = float(d.min()) * self.depth_margin * scale
+                far = float(d.max()) / self.depth_margin * scale
+        mask = torch.zeros(V, self.height, self.width, dtype=torch.bool)
+        ctx_images = images[:V]
+        if self.outliers is not None:
+            from diff3r_cli.data.outliers import corrupt_context
+            g = torch.Generator().manual_seed(mix_seed(self.seed, epoch, 4, key_seed(example["key"])))
+            ctx_images, mask = corrupt_context(ctx_images, g, self.outliers)
+        w2c = w2c.float()
+        return {
+            "context_images": ctx_images, "context_K": K[:V], "context_w2c": w2c[:V],
+            "target_images": images[V:], "target_K": K[V:], "target_w2c": w2c[V:],
+            "near": torch.tensor(near, dtype=torch.float32), "far": torch.tensor(far, dtype=torch.float32),
+            "scale": torch.tensor(scale, dtype=torch.float32), "key": example["key"],
+            "context_indices": torch.tensor(context, dtype=torch.long),
+            "target_indices": torch.tensor(target, dtype=torch.long),
+            "indices": torch.tensor(frames, dtype=torch.long),
+            "context_outlier_mask": mask,
+        }
+
+    def __iter__(self) -> Iterator[dict]:
+        epoch = self.epoch
+        while True:
+            for ex in self._examples(epoch):
+                views = self._views(ex, epoch)
+                if views is None:
+                    self._skip(f"skipping example {ex['key']!r}: no valid views "
+                               f"({ex['cameras'].shape[0]} frames)", chunk=False)
+                    continue
+                try:
+                    sample = self.make_sample(ex, *views, epoch=epoch)
+                except (OSError, ValueError, RuntimeError) as exc:  # corrupt JPEG bytes and the like
+                    self._skip(f"skipping example {ex['key']!r}: {type(exc).__name__}: {str(exc)[:100]}", chunk=False)
+                    continue
+                if sample is None:
+                    self._skip(f"skipping example {ex['key']!r}: unusable frames or zero baseline", chunk=False)
+                    continue
+                yield sample
+            if not self.repeat:
+                return
+            epoch += 1
+
+
+def collate(samples: list[dict]) -> dict:
+    """Stack samples into a batch (keys stay a list of str); all samples must share V and T."""
+    out: dict = {}
+    for k in samples[0]:
+        vals = [s[k] for s in samples]
+        out[k] = torch.stack(vals) if isinstance(vals[0], torch.Tensor) else vals
+    return out
+
+
+__all__ = ["RE10KDataset", "ViewSamplerConfig", "sample_views", "collate", "mix_seed", "BadExampleWarning"]

@@ -1,0 +1,590 @@
+"""Synthetic RE10K-like training data from an exact ray caster (not a splatting renderer).
+
+Each scene is an indoor-like room (an axis-aligned box seen from inside: textured walls,
+floor and ceiling) holding several objects (yaw-rotated boxes, spheres, vertical capped
+cylinders). Surfaces carry procedural solid textures evaluated at the 3D hit point
+(multi-scale value noise, stripes, checkers, smooth gradients; random palettes), shaded
+with Lambert's law under one or two point lights plus ambient. Pixels are anti-aliased
+with ``spp`` jittered samples; depth is the z-depth (camera coordinates) of the sample
+through the pixel centre. Camera paths mimic RE10K clips: smooth forward/sideways motion
+with small rotations, inside the room and away from objects.
+
+World frame: y up, floor at y = 0. Cameras: OpenCV (x right, y down, z forward).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from diff3r_cli.errors import UserError
+from diff3r_cli.scene_io.re10k import (BadChunkError, cameras_to_rows, encode_jpeg, read_chunk, read_index,
+                                       write_chunk, write_json_atomic)
+
+SPLIT_SEED_OFFSET = {"train": 0, "test": 1_000_000}
+EPS = 1e-4
+TEX_NOISE, TEX_STRIPES, TEX_CHECKER, TEX_GRADIENT = 0, 1, 2, 3
+
+
+# ----------------------------------------------------------------------------- scene description
+
+@dataclass
+class Texture:
+    """A procedural solid texture: kind, palette (3,3), frequency, direction, rotation, noise mix."""
+
+    kind: int
+    palette: torch.Tensor        # (3,3) colours in [0,1]
+    freq: float
+    direction: torch.Tensor      # (3,) unit
+    rot: torch.Tensor            # (3,3) rotation for checkers/noise lattice
+    offset: torch.Tensor         # (3,) lattice offset
+    grain: float                 # amplitude of the multiplicative noise added to every texture
+
+
+@dataclass
+class SynthScene:
+    """Geometry, textures, lights and camera path of one synthetic scene."""
+
+    room_lo: torch.Tensor                      # (3,)
+    room_hi: torch.Tensor                      # (3,)
+    spheres: torch.Tensor                      # (Ns,4) cx cy cz r
+    boxes: torch.Tensor                        # (Nb,7) cx cy cz hx hy hz yaw
+    cylinders: torch.Tensor                    # (Nc,5) cx cz r y0 y1
+    textures: list[Texture]                    # 6 room faces, then spheres, boxes, cylinders
+    lights: torch.Tensor                       # (L,4) x y z intensity
+    ambient: float
+    falloff: float
+    K: torch.Tensor                            # (T,3,3) pixels
+    w2c: torch.Tensor                          # (T,4,4)
+    width: int
+    height: int
+    seed: int
+    meta: dict = field(default_factory=dict)
+
+
+def _rand(g: torch.Generator, lo: float = 0.0, hi: float = 1.0, *shape: int) -> torch.Tensor:
+    return lo + (hi - lo) * torch.rand(*(shape or (1,)), generator=g, dtype=torch.float64)
+
+
+def _u(g: torch.Generator, lo: float, hi: float) -> float:
+    return float(_rand(g, lo, hi))
+
+
+def _random_rotation(g: torch.Generator) -> torch.Tensor:
+    q = torch.randn(4, generator=g, dtype=torch.float64)
+    q = q / q.norm()
+    w, x, y, z = q.tolist()
+    return torch.tensor([[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+                         [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+                         [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]], dtype=torch.float64)
+
+
+def _hsv_to_rgb(h: float, s: float, v: float) -> list[float]:
+    i = int(h * 6) % 6
+    f = h * 6 - int(h * 6)
+    p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
+    return [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)][i]
+
+
+def _random_palette(g: torch.Generator) -> torch.Tensor:
+    """Three colours around a random hue (analogous or complementary), varied value."""
+    h = _u(g, 0, 1)
+    scheme = int(torch.randint(0, 3, (1,), generator=g))
+    cols = []
+    for k in range(3):
+        dh = [0.08 * k, 0.5 * (k % 2) + 0.03 * k, _u(g, 0, 1)][scheme]
+        cols.append(_hsv_to_rgb((h + dh) % 1.0, _u(g, 0.15, 0.8), _u(g, 0.25, 0.95)))
+    return torch.tensor(cols, dtype=torch.float64)
+
+
+def _random_texture(g: torch.Generator, scale: float = 1.0) -> Texture:
+    kind = int(torch.randint(0, 4, (1,), generator=g))
+    d = torch.randn(3, generator=g, dtype=torch.float64)
+    freq = {TEX_NOISE: _u(g, 0.8, 3.0), TEX_STRIPES: _u(g, 1.0, 5.0), TEX_CHECKER: _u(g, 1.0, 4.0),
+            TEX_GRADIENT: _u(g, 0.2, 0.8)}[kind] * scale
+    return Texture(kind, _random_palette(g), freq, d / d.norm(), _random_rotation(g),
+                   _rand(g, 0, 100, 3), _u(g, 0.1, 0.35))
+
+
+def _look_rotation(yaw: float, pitch: float, roll: float) -> torch.Tensor:
+    """Camera-to-world rotation (columns: camera x right, y down, z forward in world coords)."""
+    fwd = torch.tensor([math.sin(yaw) * math.cos(pitch), math.sin(pitch), math.cos(yaw) * math.cos(pitch)],
+                       dtype=torch.float64)
+    up = torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64)
+    right = torch.linalg.cross(up, fwd)  # with y up and z forward, x = up x fwd points right? fix sign below
+    right = -right / right.norm()
+    down = torch.linalg.cross(fwd, right)
+    # Apply roll about the forward axis.
+    c, s = math.cos(roll), math.sin(roll)
+    r2 = c * right + s * down
+    d2 = -s * right + c * down
+    return torch.stack([r2, d2, fwd], dim=1)
+
+
+def _camera_path(g: torch.Generator, lo: torch.Tensor, hi: torch.Tensor, frames: int
+                 ) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+    """Positions (T,3) and camera-to-world rotations (T,3,3) of a smooth RE10K-like clip."""
+    margin = 0.8  # metres from the walls (the inside test allows 70% of it for the wobble)
+    for attempt in range(100):
+        p0 = torch.stack([_rand(g, lo[0] + margin, hi[0] - margin)[0], _rand(g, 1.1, min(1.9, hi[1] - 0.5))[0],
+                          _rand(g, lo[2] + margin, hi[2] - margin)[0]])
+        yaw0 = _u(g, -math.pi, math.pi)
+        mode = int(torch.randint(0, 4, (1,), generator=g))  # forward, sideways, diagonal, turning
+        motion_yaw = yaw0 + [0.0, math.copysign(math.pi / 2, _u(g, -1, 1)), _u(g, -0.8, 0.8), _u(g, -0.3, 0.3)][mode]
+        length = _u(g, 0.6, 2.2) * (0.5 if mode == 3 else 1.0) * (0.5 ** (attempt // 25))
+        yaw_total = _u(g, -0.35, 0.35) if mode != 3 else _u(g, -0.9, 0.9)
+        pitch0, roll0 = _u(g, -0.25, 0.12), _u(g, -0.04, 0.04)
+        t = torch.linspace(0, 1, frames, dtype=torch.float64)
+        s = t + _u(g, -0.1, 0.1) * torch.sin(math.pi * t)  # mildly uneven speed, monotone
+        direction = torch.tensor([math.sin(motion_yaw), 0.0, math.cos(motion_yaw)], dtype=torch.float64)
+        lateral = torch.tensor([math.cos(motion_yaw), 0.0, -math.sin(motion_yaw)], dtype=torch.float64)
+        wob_f, wob_p = _u(g, 0.5, 1.5), _u(g, 0, 2 * math.pi)
+        pos = (p0 + s[:, None] * length * direction
+               + (0.04 * torch.sin(2 * math.pi * wob_f * t + wob_p))[:, None] * lateral
+               + (0.02 * torch.sin(2 * math.pi * 1.3 * wob_f * t))[:, None] * torch.tensor([0, 1.0, 0], dtype=torch.float64))
+        inside = ((pos > lo + margin * 0.7) & (pos < hi - margin * 0.7)).all()
+        if inside:
+            break
+    else:  # a standing camera that only rotates a little (always valid)
+        p0 = (lo + hi) / 2
+        p0[1] = 1.5
+        pos = p0.expand(frames, 3).clone()
+        t = torch.linspace(0, 1, frames, dtype=torch.float64)
+        yaw_total, pitch0, roll0, wob_f, wob_p = 0.5, 0.0, 0.0, 1.0, 0.0
+    yaws = yaw0 + yaw_total * t + 0.03 * torch.sin(2 * math.pi * wob_f * t + wob_p)
+    pitches = pitch0 + 0.04 * torch.sin(2 * math.pi * 0.7 * t + wob_p)
+    rolls = roll0 + 0.01 * torch.sin(2 * math.pi * 0.9 * t)
+    rots = torch.stack([_look_rotation(float(a), float(b), float(c)) for a, b, c in zip(yaws, pitches, rolls)])
+    return pos, rots, yaw0, float(length)
+
+
+def random_scene(seed: int, frames: int = 40, width: int = 256, height: int = 256) -> SynthScene:
+    """Sample a room, objects, textures, lights and a camera path from an integer seed."""
+    g = torch.Generator().manual_seed(int(seed))
+    size = torch.tensor([_u(g, 4.0, 8.0), _u(g, 2.6, 3.6), _u(g, 4.0, 8.0)], dtype=torch.float64)
+    lo = torch.tensor([-size[0] / 2, 0.0, -size[2] / 2], dtype=torch.float64)
+    hi = torch.tensor([size[0] / 2, size[1], size[2] / 2], dtype=torch.float64)
+    pos, rots, yaw0, _ = _camera_path(g, lo, hi, frames)
+
+    # Objects: many in front of the first camera (so they are seen), the rest anywhere; keep
+    # them out of the camera path and apart from each other (footprint circles in xz).
+    n_obj = int(torch.randint(4, 9, (1,), generator=g))
+    placed: list[tuple[float, float, float]] = []  # (x, z, footprint radius)
+    spheres, boxes, cylinders = [], [], []
+    fwd = torch.tensor([math.sin(yaw0), math.cos(yaw0)], dtype=torch.float64)
+    path_xz = pos[:, [0, 2]]
+    for k in range(60):
+        if len(placed) >= n_obj:
+            break
+        kind = int(torch.randint(0, 3, (1,), generator=g))
+        r = _u(g, 0.2, 0.6)
+        if k % 3 != 2:
+            c = pos[0, [0, 2]] + fwd * _u(g, 1.2, 4.0) + torch.stack([fwd[1], -fwd[0]]) * _u(g, -1.5, 1.5)
+        else:
+            c = torch.stack([_rand(g, lo[0], hi[0])[0], _rand(g, lo[2], hi[2])[0]])
+        if not (lo[0] + r + 0.05 < c[0] < hi[0] - r - 0.05 and lo[2] + r + 0.05 < c[1] < hi[2] - r - 0.05):
+            continue
+        if (path_xz - c).norm(dim=1).min() < r + 0.9:  # keep the camera ~0.9 m clear of surfaces
+            continue
+        if any(math.hypot(float(c[0]) - x, float(c[1]) - z) < r + rr + 0.05 for x, z, rr in placed):
+            continue
+        placed.append((float(c[0]), float(c[1]), r))
+        if kind == 0:
+            cy = r if _u(g, 0, 1) < 0.6 else _u(g, r, min(2.0, float(hi[1]) - r - 0.1))
+            spheres.append([float(c[0]), cy, float(c[1]), r])
+        elif kind == 1:
+            h = _u(g, 0.2, 1.2)
+            # Footprint radius r bounds the box's half-diagonal so the xz check stays valid.
+            hx, hz = r * _u(g, 0.45, 0.7), r * _u(g, 0.45, 0.7)
+            boxes.append([float(c[0]), h, float(c[1]), hx, h, hz, _u(g, -math.pi, math.pi)])
+        else:
+            cylinders.append([float(c[0]), float(c[1]), r * _u(g, 0.5, 1.0), 0.0, _u(g, 0.3, 2.0)])
+    spheres_t = torch.tensor(spheres, dtype=torch.float64).reshape(-1, 4)
+    boxes_t = torch.tensor(boxes, dtype=torch.float64).reshape(-1, 7)
+    cyl_t = torch.tensor(cylinders, dtype=torch.float64).reshape(-1, 5)
+
+    textures = [_random_texture(g, 0.7) for _ in range(6)]
+    textures += [_random_texture(g, 2.0) for _ in range(len(spheres) + len(boxes) + len(cylinders))]
+    n_lights = int(torch.randint(1, 3, (1,), generator=g))
+    lights = torch.stack([torch.cat([_rand(g, lo[0] + 0.3, hi[0] - 0.3), _rand(g, hi[1] * 0.6, hi[1] - 0.2),
+                                     _rand(g, lo[2] + 0.3, hi[2] - 0.3), _rand(g, 0.6, 1.0) / n_lights ** 0.5])
+                          for _ in range(n_lights)])
+
+    fov = math.radians(_u(g, 55.0, 75.0))
+    f = (width / 2) / math.tan(fov / 2)
+    K = torch.tensor([[f, 0, width / 2], [0, f, height / 2], [0, 0, 1]], dtype=torch.float64).expand(frames, 3, 3).clone()
+    w2c = torch.eye(4, dtype=torch.float64).repeat(frames, 1, 1)
+    w2c[:, :3, :3] = rots.transpose(1, 2)
+    w2c[:, :3, 3] = -(rots.transpose(1, 2) @ pos[:, :, None])[..., 0]
+    return SynthScene(lo, hi, spheres_t, boxes_t, cyl_t, textures, lights, _u(g, 0.25, 0.4), _u(g, 2.5, 5.0),
+                      K, w2c, width, height, int(seed))
+
+
+# ----------------------------------------------------------------------------- ray casting
+
+def intersect(scene: SynthScene, o: torch.Tensor, d: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Nearest hit of rays o + t d (o (3,) shared, d (R,3), not necessarily unit).
+
+    Returns t (R,), surface id (R,) long (0..5 room faces, then spheres, boxes, cylinders in
+    order) and the unit surface normal (R,3) facing the ray.
+    """
+    dt = d.dtype
+    lo, hi = scene.room_lo.to(dt), scene.room_hi.to(dt)
+    o = o.to(dt)
+    # Room from inside: the exit plane on each axis, then the nearest of the three.
+    safe = torch.where(d.abs() < 1e-12, torch.full_like(d, 1e-12), d)
+    bound = torch.where(d > 0, hi, lo)
+    t_axes = (bound - o) / safe
+    t_axes = torch.where(d.abs() < 1e-12, torch.full_like(d, float("inf")), t_axes)
+    t_best, axis = t_axes.min(dim=1)
+    surf = axis * 2 + (d.gather(1, axis[:, None])[:, 0] > 0).long()
+    normal = torch.zeros_like(d)
+    normal.scatter_(1, axis[:, None], -torch.sign(d.gather(1, axis[:, None])))
+    base = 6
+    inf = torch.tensor(float("inf"), dtype=dt)
+
+    def take(t_new: torch.Tensor, ids: torch.Tensor, n_fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        nonlocal t_best, surf, normal
+        closer = t_new < t_best
+        if closer.any():
+            idx = closer.nonzero()[:, 0]
+            t_best = torch.where(closer, t_new, t_best)
+            surf = torch.where(closer, ids, surf)
+            normal[idx] = n_fn(idx)
+
+    aa = (d * d).sum(1)
+    if len(scene.spheres):
+        sp = scene.spheres.to(dt)
+        oc = o - sp[:, :3]                                            # (Ns,3)
+        b = d @ oc.T                                                  # (R,Ns)
+        c = (oc * oc).sum(1) - sp[:, 3] ** 2                          # (Ns,)
+        disc = b * b - aa[:, None] * c
+        sq = disc.clamp_min(0).sqrt()
+        t = (-b - sq) / aa[:, None]
+        t = torch.where((disc > 0) & (t > EPS), t, inf)
+        tmin, k = t.min(1)
+        centres = sp[:, :3]
+        take(tmin, base + k, lambda idx: torch.nn.functional.normalize(o + tmin[idx, None] * d[idx] - centres[k[idx]], dim=1))
+    base += len(scene.spheres)
+    if len(scene.boxes):
+        bx = scene.boxes.to(dt)
+        cy, sy = torch.cos(bx[:, 6]), torch.sin(bx[:, 6])
+        # Local frame: rotate by -yaw about y.
+        rel = o - bx[:, :3]                                            # (Nb,3)
+        ol = torch.stack([cy * rel[:, 0] - sy * rel[:, 2], rel[:, 1], sy * rel[:, 0] + cy * rel[:, 2]], 1)
+        dl = torch.stack([d[:, None, 0] * cy - d[:, None, 2] * sy, d[:, None, 1].expand(-1, len(bx)),
+                          d[:, None, 0] * sy + d[:, None, 2] * cy], 2)  # (R,Nb,3)
+        dls = torch.where(dl.abs() < 1e-12, torch.full_like(dl, 1e-12), dl)
+        t1 = (-bx[:, 3:6] - ol) / dls
+        t2 = (bx[:, 3:6] - ol) / dls
+        tn, ax = torch.minimum(t1, t2).max(2)
+        tf = torch.maximum(t1, t2).min(2).values
+        t = torch.where((tn < tf) & (tn > EPS), tn, inf)
+        tmin, k = t.min(1)
+
+        def box_normal(idx: torch.Tensor) -> torch.Tensor:
+            kk = k[idx]
+            a = ax[idx, kk]
+            nl = torch.zeros(len(idx), 3, dtype=dt)
+            nl.scatter_(1, a[:, None], -torch.sign(dl[idx, kk].gather(1, a[:, None])))
+            c_, s_ = cy[kk], sy[kk]
+            return torch.stack([c_ * nl[:, 0] + s_ * nl[:, 2], nl[:, 1], -s_ * nl[:, 0] + c_ * nl[:, 2]], 1)
+
+        take(tmin, base + k, box_normal)
+    base += len(scene.boxes)
+    if len(scene.cylinders):
+        cl = scene.cylinders.to(dt)
+        ox, oz = o[0] - cl[:, 0], o[2] - cl[:, 1]                      # (Nc,)
+        a2 = (d[:, 0] ** 2 + d[:, 2] ** 2)[:, None]
+        b2 = d[:, 0:1] * ox + d[:, 2:3] * oz
+        c2 = ox * ox + oz * oz - cl[:, 2] ** 2
+        disc = b2 * b2 - a2 * c2
+        ts = (-b2 - disc.clamp_min(0).sqrt()) / a2.clamp_min(1e-12)
+        ys = o[1] + ts * d[:, 1:2]
+        ts = torch.where((disc > 0) & (ts > EPS) & (ys >= cl[:, 3]) & (ys <= cl[:, 4]), ts, inf)
+        dys = torch.where(d[:, 1:2].abs() < 1e-12, torch.full_like(d[:, 1:2], 1e-12), d[:, 1:2])
+        caps = []
+        for yy in (cl[:, 3], cl[:, 4]):
+            tc = (yy - o[1]) / dys
+            px, pz = ox + tc * d[:, 0:1], oz + tc * d[:, 2:3]
+            caps.append(torch.where((tc > EPS) & (px * px + pz * pz <= cl[:, 2] ** 2), tc, inf))
+        t_all = torch.stack([ts, caps[0], caps[1]], 2)               # (R,Nc,3)
+        t_obj, part = t_all.min(2)
+        tmin, k = t_obj.min(1)
+
+        def cyl_normal(idx: torch.Tensor) -> torch.Tensor:
+            kk = k[idx]
+            pp = part[idx, kk]
+            p = o + tmin[idx, None] * d[idx]
+            side = torch.stack([p[:, 0] - cl[kk, 0], torch.zeros_like(p[:, 0]), p[:, 2] - cl[kk, 1]], 1)
+            side = torch.nn.functional.normalize(side, dim=1)
+            capn = torch.zeros_like(side)
+            capn[:, 1] = torch.where(pp == 1, -1.0, 1.0).to(dt)
+            return torch.where((pp == 0)[:, None], side, capn)
+
+        take(tmin, base + k, cyl_normal)
+    return t_best, surf, normal
+
+
+_HASH_TABLE: dict[int, torch.Tensor] = {}
+
+
+def _lattice_values(ix: torch.Tensor, iy: torch.Tensor, iz: torch.Tensor) -> torch.Tensor:
+    table = _HASH_TABLE.get(0)
+    if table is None:
+        table = torch.rand(1 << 16, generator=torch.Generator().manual_seed(12345))
+        _HASH_TABLE[0] = table
+    h = (ix * 73856093) ^ (iy * 19349663) ^ (iz * 83492791)
+    return table[h & 0xFFFF]
+
+
+def value_noise(p: torch.Tensor, octaves: int = 3) -> torch.Tensor:
+    """Multi-scale trilinear value noise of points (M,3), roughly in [0,1]."""
+    total = torch.zeros(p.shape[0], dtype=p.dtype)
+    amp, norm, q = 1.0, 0.0, p
+    for _ in range(octaves):
+        fl = torch.floor(q)
+        f = q - fl
+        w = f * f * (3 - 2 * f)  # smoothstep: no visible lattice creases
+        i = fl.long()
+        acc = torch.zeros_like(total)
+        for dx in (0, 1):
+            wx = w[:, 0] if dx else 1 - w[:, 0]
+            for dy in (0, 1):
+                wy = w[:, 1] if dy else 1 - w[:, 1]
+                for dz in (0, 1):
+                    wz = w[:, 2] if dz else 1 - w[:, 2]
+                    acc = acc + wx * wy * wz * _lattice_values(i[:, 0] + dx, i[:, 1] + dy, i[:, 2] + dz).to(p.dtype)
+        total = total + amp * acc
+        norm += amp
+        amp *= 0.5
+        q = q * 2.03 + 17.0  # non-integer ratio so octaves do not align
+    return total / norm
+
+
+def _palette_lerp(pal: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """Piecewise-linear map of s in [0,1] through the three palette colours."""
+    s = s.clamp(0, 1)[:, None]
+    lo = torch.where(s < 0.5, pal[0], pal[1])
+    hi = torch.where(s < 0.5, pal[1], pal[2])
+    u = torch.where(s < 0.5, s * 2, s * 2 - 1)
+    return lo + (hi - lo) * u
+
+
+def shade_texture(tex: Texture, p: torch.Tensor) -> torch.Tensor:
+    """Albedo (M,3) of a texture at world points p (M,3)."""
+    dt = p.dtype
+    pal = tex.palette.to(dt)
+    q = (p @ tex.rot.to(dt).T) * tex.freq + tex.offset.to(dt)
+    if tex.kind == TEX_NOISE:
+        s = value_noise(q, 4)
+        s = (s - 0.5) * 2.2 + 0.5
+    elif tex.kind == TEX_STRIPES:
+        x = (p @ tex.direction.to(dt)) * tex.freq
+        s = 0.5 + 0.5 * torch.tanh(4.0 * torch.sin(2 * math.pi * x))
+    elif tex.kind == TEX_CHECKER:
+        s = (torch.floor(q).long().sum(1) % 2).to(dt)
+    else:
+        x = (p @ tex.direction.to(dt)) * tex.freq
+        s = 0.5 + 0.5 * torch.sin(2 * math.pi * x)
+    albedo = _palette_lerp(pal, s)
+    grain = value_noise(q * 3.1 + 5.0, 2)
+    return albedo * (1 + tex.grain * (grain - 0.5) * 2).clamp_min(0)[:, None]
+
+
+def shade(scene: SynthScene, p: torch.Tensor, n: torch.Tensor, surf: torch.Tensor) -> torch.Tensor:
+    """Lambert colour (M,3) of hit points p with normals n on surfaces surf."""
+    dt = p.dtype
+    albedo = torch.zeros_like(p)
+    for s in torch.unique(surf).tolist():
+        m = (surf == s).nonzero()[:, 0]
+        albedo[m] = shade_texture(scene.textures[s], p[m])
+    light = torch.full((p.shape[0],), scene.ambient, dtype=dt)
+    for L in scene.lights.to(dt):
+        v = L[:3] - p
+        dist = v.norm(dim=1).clamp_min(1e-6)
+        cos = ((v * n).sum(1) / dist).clamp_min(0)
+        light = light + L[3] * cos / (1 + (dist / scene.falloff) ** 2) * 1.6
+    return (albedo * light[:, None]).clamp(0, 1)
+
+
+def render_frame(scene: SynthScene, frame: int, spp: int = 4, generator: torch.Generator | None = None,
+                 dtype: torch.dtype = torch.float32, max_rays: int = 1 << 19) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ray-cast one frame: returns rgb (H,W,3) float32 in [0,1] and z-depth (H,W) float32."""
+    H, W = scene.height, scene.width
+    K, w2c = scene.K[frame], scene.w2c[frame]
+    R_c2w = w2c[:3, :3].T.to(dtype)
+    origin = (-w2c[:3, :3].T @ w2c[:3, 3]).to(dtype)
+    jj, ii = torch.meshgrid(torch.arange(W, dtype=dtype), torch.arange(H, dtype=dtype), indexing="xy")
+    g = generator if generator is not None else torch.Generator().manual_seed(scene.seed * 7919 + frame)
+    # Stratified jitter when spp is a square number (better AA), else plain uniform jitter.
+    side = int(round(math.sqrt(spp)))
+    offsets = []
+    for s in range(spp):
+        jit = torch.rand(2, H, W, generator=g, dtype=dtype)
+        if side * side == spp:
+            jit = (torch.tensor([s % side, s // side], dtype=dtype)[:, None, None] + jit) / side
+        offsets.append(jit)
+    centre = torch.full((2, H, W), 0.5, dtype=dtype)
+    samples = torch.stack(offsets + [centre])                       # (S+1,2,H,W)
+    u = (jj + samples[:, 0]).reshape(-1)
+    v = (ii + samples[:, 1]).reshape(-1)
+    fx, fy, cx, cy = (float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2]))
+    # Camera directions with z = 1, so the ray parameter t equals the z-depth.
+    dirs_cam = torch.stack([(u - cx) / fx, (v - cy) / fy, torch.ones_like(u)], 1)
+    dirs = dirs_cam @ R_c2w.T
+    n_cols = dirs.shape[0]
+    t_all = torch.empty(n_cols, dtype=dtype)
+    col = torch.empty(n_cols, 3, dtype=dtype)
+    n_shade = spp * H * W  # the centre samples only give depth
+    for a in range(0, n_cols, max_rays):
+        b = min(n_cols, a + max_rays)
+        t, surf, nrm = intersect(scene, origin, dirs[a:b])
+        t_all[a:b] = t
+        if a < n_shade:
+            e = min(b, n_shade) - a
+            p = origin + t[:e, None] * dirs[a:a + e]
+            col[a:a + e] = shade(scene, p, nrm[:e], surf[:e])
+    rgb = col[:n_shade].reshape(spp, H, W, 3).mean(0)
+    depth = t_all[n_shade:].reshape(H, W)
+    return rgb.float(), depth.float()
+
+
+# ----------------------------------------------------------------------------- dataset writer
+
+def scene_seed(index: int, seed: int, split: str) -> int:
+    """Seed of the index-th scene of a split: test seeds are offset by 1e6 so they never meet train."""
+    if split not in SPLIT_SEED_OFFSET:
+        raise UserError(f"unknown split {split!r}", None, "use train or test")
+    if not 0 <= seed + index < 1_000_000:
+        raise UserError("scene seeds must stay in [0, 1e6) so train and test never overlap", None,
+                        "use a smaller --seed or fewer --scenes")
+    return SPLIT_SEED_OFFSET[split] + seed + index
+
+
+def make_example(seed: int, frames: int, resolution: int, spp: int = 4, jpeg_quality: int = 92,
+                 save_depth: bool = True) -> dict:
+    """Render one scene into an RE10K example dict (plus `depths` float16 z-depth maps)."""
+    scene = random_scene(seed, frames, resolution, resolution)
+    images, depths = [], []
+    for f in range(frames):
+        rgb, depth = render_frame(scene, f, spp)
+        images.append(encode_jpeg(rgb, jpeg_quality))
+        depths.append(depth.to(torch.float16))
+    ex = {"key": f"synth{seed:07d}", "url": f"synth://diff3r/{seed}",
+          "timestamps": torch.arange(frames, dtype=torch.int64) * 33_333,
+          "cameras": cameras_to_rows(scene.K, scene.w2c, resolution, resolution),
+          "images": images}
+    if save_depth:
+        ex["depths"] = depths
+    return ex
+
+
+def evaluation_entry(seed: int, frames: int, n_targets: int = 3) -> dict | None:
+    """Fixed context/target frames for a test scene (deterministic in the seed)."""
+    if frames < 3:
+        return None
+    g = torch.Generator().manual_seed(seed + 99)
+    gap = int(torch.randint(max(2, frames // 3), max(3, (2 * frames) // 3 + 1), (1,), generator=g))
+    gap = min(gap, frames - 1)
+    c0 = int(torch.randint(0, frames - gap, (1,), generator=g))
+    inner = list(range(c0 + 1, c0 + gap))
+    k = min(n_targets, len(inner))
+    tg = sorted(inner[int(round(i))] for i in torch.linspace(0, len(inner) - 1, k).tolist()) if k else []
+    return {"context": [c0, c0 + gap], "target": tg}
+
+
+def generate_dataset(out: str | Path, scenes: int, frames: int = 40, resolution: int = 256, seed: int = 0,
+                     split: str = "train", spp: int = 4, chunk_size: int = 16, jpeg_quality: int = 92,
+                     save_depth: bool = True, eval_targets: int = 3,
+                     progress: Callable[[int, int], None] | bool | None = None, threads: int | None = None) -> dict:
+    """Write ``scenes`` synthetic scenes as RE10K chunks under ``out/<split>/``.
+
+    Scene i uses seed ``scene_seed(i, seed, split)`` (test seeds are offset by 1e6). Chunk files
+    are named after their first scene seed and are skipped if already complete, so a killed run
+    resumes and disjoint seed ranges can be generated in parallel into one directory.
+    ``out/<split>/index.json`` is merged, and for the test split ``out/evaluation_index.json``
+    (key -> context/target frames) too. progress: callback(done, total) or True for a rich bar.
+    Returns a summary dict (counts, seconds, scenes per minute).
+    """
+    if scenes < 0 or frames < 2 or resolution < 8 or spp < 1 or chunk_size < 1:
+        raise UserError(f"invalid synth settings (scenes={scenes}, frames={frames}, resolution={resolution}, "
+                        f"spp={spp})", out, "use scenes >= 0, frames >= 2, resolution >= 8, spp >= 1")
+    if threads is not None:
+        torch.set_num_threads(threads)
+    out = Path(out)
+    split_dir = out / split
+    try:
+        split_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create output directory ({exc.strerror})", split_dir, "choose a writable --out")
+    seeds = [scene_seed(i, seed, split) for i in range(scenes)]
+    index = read_index(split_dir)
+    bar = None
+    if progress is True:
+        from rich.progress import Progress
+        bar = Progress(transient=False)
+        task = bar.add_task(f"synth {split}", total=scenes)
+        bar.start()
+        cb = lambda d, t: bar.update(task, completed=d)  # noqa: E731
+    else:
+        cb = progress if callable(progress) else None
+    t0 = time.perf_counter()
+    done = rendered = 0
+    try:
+        for c in range(0, scenes, chunk_size):
+            group = seeds[c:c + chunk_size]
+            name = f"{group[0]:07d}.torch"
+            path = split_dir / name
+            keys = [f"synth{s:07d}" for s in group]
+            if path.exists():
+                try:
+                    existing = read_chunk(path)
+                    if [e["key"] for e in existing] == keys and all(e["cameras"].shape[0] == frames for e in existing):
+                        index.update({k: name for k in keys})
+                        done += len(group)
+                        if cb:
+                            cb(done, scenes)
+                        continue
+                except BadChunkError:
+                    pass  # re-render a truncated/foreign chunk
+            examples = []
+            for s in group:
+                examples.append(make_example(s, frames, resolution, spp, jpeg_quality, save_depth))
+                done += 1
+                rendered += 1
+                if cb:
+                    cb(done, scenes)
+            write_chunk(path, examples)
+            index.update({k: name for k in keys})
+            # Index after every chunk: a killed run leaves a consistent, usable dataset.
+            write_json_atomic(split_dir / "index.json", index)
+        write_json_atomic(split_dir / "index.json", index)
+        if split == "test":
+            ev_path = out / "evaluation_index.json"
+            ev = {}
+            if ev_path.exists():
+                import json
+                try:
+                    ev = json.loads(ev_path.read_text())
+                except ValueError:
+                    ev = {}
+            ev.update({f"synth{s:07d}": evaluation_entry(s, frames, eval_targets) for s in seeds})
+            write_json_atomic(ev_path, ev)
+    finally:
+        if bar is not None:
+            bar.stop()
+    secs = time.perf_counter() - t0
+    return {"out": str(out), "split": split, "scenes": scenes, "rendered": rendered, "frames": frames,
+            "resolution": resolution, "spp": spp, "seconds": secs,
+            "scenes_per_minute": (rendered / secs * 60) if rendered and secs > 0 else None}
+
+
+__all__ = ["generate_dataset", "random_scene", "render_frame", "intersect", "make_example", "SynthScene",
+           "value_noise", "scene_seed", "evaluation_entry"]
