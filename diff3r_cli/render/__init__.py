@@ -2,7 +2,9 @@
 
 Conventions (gsplat classic mode): EWA projection, 2D covariance dilated by 0.3·I, footprint
 radius ceil(3.33σ), near plane 0.01, α = min(0.99, o·exp(−½dᵀΣ⁻¹d)), α < 1/255 skipped,
-compositing stops when transmittance < 1e-4, front to back by camera depth.
+compositing stops when transmittance < 1e-4, front to back by camera depth. (gsplat 1.5's CUDA
+kernel clamps α at 0.999, not 0.99, and both backends follow it; the cut-off is exclusive: a
+Gaussian that would bring T·(1-α) to <= 1e-4 and all behind it are skipped.)
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import torch
 @dataclass
 class RenderOutput:
     rgb: torch.Tensor    # (C,H,W,3)
-    depth: torch.Tensor  # (C,H,W) expected depth (sum of w_i z_i, not normalised by alpha)
+    depth: torch.Tensor  # (C,H,W) expected depth: sum_i w_i z_i / alpha where alpha > 0, else 0 (gsplat "ED")
     alpha: torch.Tensor  # (C,H,W) accumulated opacity
 
 
