@@ -415,8 +415,11 @@ def shade(scene: SynthScene, p: torch.Tensor, n: torch.Tensor, surf: torch.Tenso
 
 
 def render_frame(scene: SynthScene, frame: int, spp: int = 4, generator: torch.Generator | None = None,
-                 dtype: torch.dtype = torch.float32, max_rays: int = 1 << 19) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ray-cast one frame: returns rgb (H,W,3) float32 in [0,1] and z-depth (H,W) float32."""
+                 dtype: torch.dtype = torch.float32, max_rays: int = 1 << 19, return_surface: bool = False):
+    """Ray-cast one frame: returns rgb (H,W,3) float32 in [0,1] and z-depth (H,W) float32.
+
+    return_surface: also return the surface id (H,W) long hit by each pixel-centre ray.
+    """
     H, W = scene.height, scene.width
     K, w2c = scene.K[frame], scene.w2c[frame]
     R_c2w = w2c[:3, :3].T.to(dtype)
@@ -441,18 +444,22 @@ def render_frame(scene: SynthScene, frame: int, spp: int = 4, generator: torch.G
     dirs = dirs_cam @ R_c2w.T
     n_cols = dirs.shape[0]
     t_all = torch.empty(n_cols, dtype=dtype)
+    surf_all = torch.empty(n_cols, dtype=torch.long)
     col = torch.empty(n_cols, 3, dtype=dtype)
     n_shade = spp * H * W  # the centre samples only give depth
     for a in range(0, n_cols, max_rays):
         b = min(n_cols, a + max_rays)
         t, surf, nrm = intersect(scene, origin, dirs[a:b])
         t_all[a:b] = t
+        surf_all[a:b] = surf
         if a < n_shade:
             e = min(b, n_shade) - a
             p = origin + t[:e, None] * dirs[a:a + e]
             col[a:a + e] = shade(scene, p, nrm[:e], surf[:e])
     rgb = col[:n_shade].reshape(spp, H, W, 3).mean(0)
     depth = t_all[n_shade:].reshape(H, W)
+    if return_surface:
+        return rgb.float(), depth.float(), surf_all[n_shade:].reshape(H, W)
     return rgb.float(), depth.float()
 
 
