@@ -115,6 +115,17 @@ def _check_writable_ancestor(folder: Path, reported: Path) -> None:
                         "choose an output path in a writable directory")
 
 
+def _preflight_input(path: Path) -> None:
+    """Recognise the input format before any model loads (cheap: no images decoded)."""
+    try:
+        from diff3r_cli.scene_io import detect_format
+    except ImportError:
+        return  # readers not built: the engine reports it
+    if detect_format(path) == "ply":
+        raise UserError("this is already a splat, not an input dataset", path,
+                        "use `diff3r refine` or `diff3r render` on it")
+
+
 def _parse_int_list(text: Optional[str], option: str) -> Optional[list[int]]:
     """'0,3,5' -> [0, 3, 5]; None stays None."""
     if text is None:
@@ -238,6 +249,7 @@ def reconstruct(
     _check_output_file(out)
     if out.suffix.lower() != ".ply":
         raise UserError("output must end in .ply", out, "e.g. --out scene.ply")
+    _preflight_input(path)
     fn = _engine("reconstruct", "diff3r_cli.pipeline", "reconstruct_command")
     _print_result(fn(path=path, out=out, model=model, views=_parse_int_list(views, "--views"),
                      resolution=_parse_resolution(resolution), device=device.value, refine_steps=refine_steps,
@@ -517,12 +529,33 @@ def inspect(
 
 # --- entry point ---------------------------------------------------------------------------
 
+# click's exception base, found through Typer's public BadParameter so it works whether Typer
+# bundles click or depends on it
+_ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
 def main(argv: Optional[list[str]] = None) -> None:
-    """Console-script entry: run the app; unexpected errors get one line unless DIFF3R_DEBUG=1."""
+    """Console-script entry: run the app; every failure is one line on stderr.
+
+    Bad input and usage errors exit 2; unexpected errors (bugs) exit 1 with one line unless
+    DIFF3R_DEBUG=1, which shows the traceback.
+    """
     try:
-        app(args=argv, prog_name="diff3r")
+        rc = app(args=argv, prog_name="diff3r", standalone_mode=False)
+    except _ClickException as e:  # usage errors: unknown option, bad choice, missing argument
+        if type(e).__name__ == "NoArgsIsHelpError":  # bare `diff3r` / `diff3r data`: show the help
+            ctx = getattr(e, "ctx", None)
+            print(ctx.get_help() if ctx is not None else e.format_message())
+            sys.exit(0)
+        ctx = getattr(e, "ctx", None)
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        print(f"error: {' '.join(e.format_message().split())}{hint}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        print("error: aborted", file=sys.stderr)
+        sys.exit(1)
     except (UserError, NumericalError) as e:  # raised outside a command (should not happen)
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         sys.exit(2)
     except Exception as e:  # a bug, not bad input: keep it short but findable
         if os.environ.get("DIFF3R_DEBUG"):
@@ -531,6 +564,7 @@ def main(argv: Optional[list[str]] = None) -> None:
             print(f"error: internal error: {type(e).__name__}: {' '.join(str(e).split())} "
                   f"(set DIFF3R_DEBUG=1 for the traceback and please report it)", file=sys.stderr)
         sys.exit(1)
+    sys.exit(rc if isinstance(rc, int) else 0)
 
 
 if __name__ == "__main__":

@@ -135,4 +135,32 @@ def scene_info(scene, context_views: list[int] | None = None, model: str | None 
             "resolution": [scene.height, scene.width], "model": model, "extras": dict(extras or {})}
 
 
-__all__ = ["write_sidecar", "read_sidecar", "sidecar_path", "cameras_from_sidecar", "scene_info"]
+
+
+def resolve_images(doc: dict, images_dir: str | Path | None = None, sidecar: str | Path | None = None) -> list[Path]:
+    """The sidecar's input image paths, or the same file names inside ``images_dir``.
+
+    Raises UserError naming the first missing image (and the --images fix) so that refine
+    fails before any optimisation starts.
+    """
+    names = doc.get("images")
+    if not names:
+        raise UserError("sidecar records no input images", sidecar, "re-run reconstruct to rewrite it")
+    paths = [Path(images_dir) / Path(p).name if images_dir is not None else Path(p) for p in names]
+    for p in paths:
+        if not p.is_file():
+            raise UserError("input image not found", p,
+                            "pass --images DIR with the folder that now holds the input images")
+    return paths
+
+
+def write_splat(ply_path: str | Path, gaussians, uncertainty: torch.Tensor | None, info: dict) -> tuple[Path, Path]:
+    """Write ``scene.ply`` and its ``scene.json`` (ply first: a sidecar never points at nothing)."""
+    from diff3r_cli.ply import write_ply
+
+    ply = write_ply(ply_path, gaussians, uncertainty)
+    return ply, write_sidecar(ply, info)
+
+
+__all__ = ["write_sidecar", "read_sidecar", "sidecar_path", "cameras_from_sidecar", "scene_info",
+           "resolve_images", "write_splat"]

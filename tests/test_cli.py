@@ -399,3 +399,37 @@ def test_main_turns_unexpected_errors_into_one_line(monkeypatch, capsys):
     assert ei.value.code == 1
     err = capsys.readouterr().err
     assert err.strip().count("\n") == 0 and "RuntimeError: kaboom second line" in err
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["inspect"], "Missing argument"),
+    (["inspect", "x", "--bogus"], "--bogus"),
+    (["refine", "x.ply", "--optimizer", "sgd"], "sgd"),
+    (["frobnicate"], "frobnicate"),
+])
+def test_main_usage_errors_are_one_line(argv, needle, capsys):
+    with pytest.raises(SystemExit) as ei:
+        cli.main(argv)
+    assert ei.value.code == 2
+    cap = capsys.readouterr()
+    err = cap.err.strip()
+    assert err.startswith("error: ") and "\n" not in err and needle in err and "--help" in err
+
+
+def test_main_help_and_success_exit_0(tmp_path, capsys):
+    for argv in ([], ["--help"], ["data"], ["--version"]):
+        with pytest.raises(SystemExit) as ei:
+            cli.main(argv)
+        assert ei.value.code == 0, argv
+    assert "reconstruct" in capsys.readouterr().out
+    p = small_ply(tmp_path / "s.ply")
+    with pytest.raises(SystemExit) as ei:
+        cli.main(["inspect", str(p), "--json"])
+    assert ei.value.code == 0 and json.loads(capsys.readouterr().out)["num_gaussians"] == 10
+
+
+@needs_scene_io
+def test_reconstruct_refuses_a_ply_as_input(tmp_path, fake_engines):
+    p = small_ply(tmp_path / "s.ply")
+    assert_one_line_error(run("reconstruct", p, "--out", tmp_path / "o.ply"), str(p), "refine")
+    assert not fake_engines["reconstruct_command"].calls

@@ -20,7 +20,8 @@ from diff3r_cli.cameras import Cameras
 from diff3r_cli.errors import NumericalError, UserError
 from diff3r_cli.gaussians import Gaussians
 from diff3r_cli.ply import atomic_output, read_ply, write_ply
-from diff3r_cli.sidecar import cameras_from_sidecar, read_sidecar, sidecar_path, write_sidecar
+from diff3r_cli.sidecar import (cameras_from_sidecar, read_sidecar, resolve_images, scene_info, sidecar_path,
+                                write_sidecar, write_splat)
 
 
 def make_gaussians(n: int, degree: int, seed: int = 0, dtype=torch.float32) -> Gaussians:
@@ -307,3 +308,27 @@ def test_sidecar_errors(tmp_path):
         cameras_from_sidecar(read_sidecar(ply))
     with pytest.raises(ValueError):
         write_sidecar(ply, {"extras": {"x": math.nan}})
+
+
+def test_write_splat_and_resolve_images(tmp_path):
+    from diff3r_cli.scene_io.scene import Scene
+
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    for i in range(2):
+        (imgs / f"{i}.png").write_bytes(b"x")
+    K = torch.eye(3, dtype=torch.float64).repeat(2, 1, 1)
+    cams = Cameras(K, torch.eye(4, dtype=torch.float64).repeat(2, 1, 1), 8, 6)
+    scene = Scene(torch.zeros(2, 6, 8, 3), cams, [str(imgs / "0.png"), str(imgs / "1.png")], "folder")
+    info = scene_info(scene, model="m")
+    assert info["context_views"] == [0, 1] and info["resolution"] == [6, 8]
+    g = make_gaussians(4, 0)
+    ply, js = write_splat(tmp_path / "out" / "scene.ply", g, torch.ones(4, 5), info)
+    assert js == tmp_path / "out" / "scene.json" and read_ply(ply)[0].num == 4
+    doc = read_sidecar(ply)
+    assert resolve_images(doc) == [(imgs / "0.png").resolve(), (imgs / "1.png").resolve()]
+    moved = tmp_path / "moved"
+    (imgs).rename(moved)
+    with pytest.raises(UserError, match="--images"):
+        resolve_images(doc)
+    assert resolve_images(doc, moved) == [moved / "0.png", moved / "1.png"]
