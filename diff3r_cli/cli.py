@@ -6,6 +6,22 @@ the fix) or a NumericalError becomes one line ``error: ...`` on stderr and exit 
 never a traceback. Engines are imported lazily inside each command, so `--help` and
 `inspect` stay fast and a subcommand whose engine does not exist yet says so (exit 2)
 instead of pretending.
+
+Engine contract (keyword arguments each command passes; the engine may return a dict of
+figures/paths, which is printed as a key/value table):
+
+- reconstruct -> diff3r_cli.pipeline.reconstruct_command(path, out, model, views: list[int]|None,
+  resolution: (W,H)|None, device: "auto"|"cpu"|"cuda", refine_steps, uncertainty: bool, render: bool)
+- refine -> diff3r_cli.pipeline.refine_command(ply, steps, optimizer: "adam"|"lm", uncertainty: bool,
+  images: Path|None, out: Path)   (out == ply for --in-place; the .ply was already validated)
+- render -> diff3r_cli.pipeline.render_command(ply, out: Path (folder), path: "interpolate"|"orbit"|"input",
+  frames, video: bool)
+- train -> diff3r_cli.train.train_main(data, data_root, stage, steps, resolution, batch, out, resume, init,
+  outliers[, model_size, lr, inner_steps, seed only when given])
+- eval -> diff3r_cli.evaluate.evaluate_main(data_root, data, model, ff_model, tto_steps: list[int], outliers,
+  limit, device) -> dict (printed as JSON with --json)
+- data synth -> diff3r_cli.data.synth.generate_dataset(out, scenes=, frames=, resolution=, seed=, split=,
+  progress=True)
 """
 
 from __future__ import annotations
@@ -165,7 +181,7 @@ def _print_result(result: Any) -> None:
 
         t = Table(show_header=False, box=None)
         for k, v in result.items():
-            t.add_row(f"[bold]{k}[/bold]", str(v))
+            t.add_row(f"[bold]{k}[/bold]", f"{v:.4g}" if isinstance(v, float) else str(v))
         Console().print(t)
     else:
         print(result)
@@ -303,8 +319,8 @@ def render_cmd(
     path: Annotated[PathKind, typer.Option("--path", help="Camera path: interpolate between the input "
                                                           "cameras, orbit around the scene, or the input views.")] = PathKind.interpolate,
     frames: Annotated[int, typer.Option(min=1, help="Number of frames (ignored for --path input).")] = 60,
-    video: Annotated[bool, typer.Option("--video", help="Also write an .mp4 of the frames "
-                                                        "(needs imageio-ffmpeg; else a .gif).")] = False,
+    video: Annotated[bool, typer.Option("--video", help="Also assemble the frames into a video file "
+                                                        "in the output folder.")] = False,
 ) -> None:
     """Render novel views of a .ply along a camera path into PNG frames (and optionally a video)."""
     from diff3r_cli.ply import read_ply
@@ -402,7 +418,8 @@ def data_synth(
     """Generate synthetic indoor scenes (exact ray casting) as RE10K-format chunks."""
     _check_output_dir(out)
     fn = _engine("data synth", "diff3r_cli.data.synth", "generate_dataset")
-    _print_result(fn(out, scenes=scenes, frames=frames, resolution=resolution, seed=seed, split=split.value))
+    _print_result(fn(out, scenes=scenes, frames=frames, resolution=resolution, seed=seed, split=split.value,
+                     progress=True))
 
 
 # --- inspect -------------------------------------------------------------------------------

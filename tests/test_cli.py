@@ -264,7 +264,7 @@ def test_refine_render_train_eval_synth_dispatch(tmp_path, fake_engines):
     res = run("data", "synth", "--out", tmp_path / "ds", "--scenes", "2", "--frames", "4", "--resolution", "32")
     assert res.exit_code == 0, res.stderr
     (args, kw), = fake_engines["generate_dataset"].calls
-    assert args == (tmp_path / "ds",) and kw["scenes"] == 2 and kw["frames"] == 4 and kw["resolution"] == 32
+    assert args == (tmp_path / "ds",) and kw["scenes"] == 2 and kw["frames"] == 4 and kw["resolution"] == 32 and kw["progress"] is True
 
 
 def test_engine_errors_become_one_line(tmp_path, fake_engines):
