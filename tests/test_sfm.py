@@ -1,0 +1,138 @@
+"""Bare image folders posed by pycolmap SfM (real LLFF fern frames; skipped when the data is absent)."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from diff3r_cli.errors import UserError
+from diff3r_cli.scene_io import detect_format, load_scene
+from diff3r_cli.scene_io import folder as folder_mod
+
+FERN = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "llff_fern" / "images"
+needs_fern = pytest.mark.skipif(not FERN.is_dir(), reason="shared llff_fern data absent")
+
+
+def fern_folder(tmp: Path, idx: list[int], scale: dict[int, float] | None = None) -> Path:
+    """A folder holding the chosen fern frames (optionally some rescaled to another size)."""
+    files = sorted(FERN.iterdir())
+    tmp.mkdir(parents=True, exist_ok=True)
+    for i in idx:
+        if scale and i in scale:
+            im = Image.open(files[i])
+            im.resize((round(im.width * scale[i]), round(im.height * scale[i])), Image.LANCZOS).save(tmp / files[i].name)
+        else:
+            shutil.copy(files[i], tmp / files[i].name)
+    return tmp
+
+
+def relative_angles(a, b, i: int, j: int) -> tuple[float, float]:
+    """(rotation difference, translation-direction difference) in degrees of the i->j relative poses."""
+    ra = a.cameras.w2c[j] @ a.cameras.c2w[i]
+    rb = b.cameras.w2c[j] @ b.cameras.c2w[i]
+    R = ra[:3, :3].T @ rb[:3, :3]
+    rot = torch.rad2deg(torch.arccos(((R.trace() - 1) / 2).clamp(-1, 1)))
+    ta, tb = ra[:3, 3] / ra[:3, 3].norm(), rb[:3, 3] / rb[:3, 3].norm()
+    return float(rot), float(torch.rad2deg(torch.arccos((ta @ tb).clamp(-1, 1))))
+
+
+def points_in_view_fraction(scene) -> float:
+    """Fraction of (point, view) pairs of the sparse cloud that land in front of and inside each view."""
+    uv, z = scene.cameras.project(scene.extras["points3d"])
+    inside = (z > 0) & (uv[..., 0] >= 0) & (uv[..., 0] <= scene.width) & (uv[..., 1] >= 0) & (uv[..., 1] <= scene.height)
+    return float(inside.double().mean())
+
+
+@pytest.fixture(scope="module")
+def fern_pair(tmp_path_factory):
+    if not FERN.is_dir():
+        pytest.skip("shared llff_fern data absent")
+    return load_scene(fern_folder(tmp_path_factory.mktemp("pair"), [0, 1]), progress=False)
+
+
+@needs_fern
+def test_fern_three_frames_register_all(tmp_path, capsys):
+    root = fern_folder(tmp_path / "f3", [0, 1, 2])
+    assert detect_format(root) == "folder"
+    t0 = time.perf_counter()
+    s = load_scene(root, progress=True)
+    dt = time.perf_counter() - t0
+    e = s.extras
+    print(f"fern x3: {dt:.1f}s, registered {e['num_registered']}/{e['num_images']}, "
+          f"mean reprojection error {e['reprojection_error']:.3f}px")
+    assert len(s) == 3 and e["num_registered"] == 3 and e["fallback"] is None
+    assert s.images.shape == (3, 384, 512, 3) and (s.width, s.height) == (512, 384)
+    assert 0 < e["reprojection_error"] < 1.0
+    assert points_in_view_fraction(s) > 0.9
+    # adjacent LLFF frames: cameras side by side, looking the same way
+    fwd = s.cameras.c2w[:, :3, 2]
+    assert float((fwd[0] @ fwd[1])) > 0.98 and float((fwd[1] @ fwd[2])) > 0.98
+    assert [Path(p).name for p in s.paths] == ["000.jpg", "001.jpg", "002.jpg"]
+
+
+@needs_fern
+def test_fern_two_frames_register(fern_pair):
+    e = fern_pair.extras
+    assert e["num_registered"] == 2 and e["reprojection_error"] < 1.0
+    assert e["loose_init"]  # the default 16-degree initialization cannot start from two adjacent frames
+    assert points_in_view_fraction(fern_pair) > 0.9
+
+
+@needs_fern
+def test_two_view_fallback_matches_incremental(tmp_path, monkeypatch, caplog, fern_pair):
+    """Force the mapper to fail: the two-view poses must agree with the incremental ones."""
+    monkeypatch.setattr(folder_mod.pycolmap, "incremental_mapping", lambda *a, **k: {})
+    root = fern_folder(tmp_path / "fb", [0, 1])
+    with caplog.at_level(logging.WARNING):
+        s = load_scene(root, progress=False)
+    assert s.extras["fallback"] == "two_view" and s.extras["num_registered"] == 2
+    assert any("two-view" in r.getMessage() for r in caplog.records)
+    assert abs(float(s.cameras.w2c[1, :3, 3].norm()) - 1.0) < 1e-9  # baseline set to 1
+    assert torch.allclose(s.cameras.w2c[0], torch.eye(4, dtype=s.cameras.w2c.dtype))
+    rot, tdir = relative_angles(fern_pair, s, 0, 1)
+    assert rot < 3.0 and tdir < 5.0, (rot, tdir)
+    assert s.extras["reprojection_error"] < 1.0
+
+
+@needs_fern
+def test_mixed_sizes_resampled_to_first(tmp_path):
+    root = fern_folder(tmp_path / "mix", [3, 4, 5], scale={4: 0.75})
+    s = load_scene(root, progress=False)
+    assert s.extras["num_registered"] == 3
+    assert s.images.shape == (3, 384, 512, 3)
+    # the rescaled view was brought back to the common size: its pixels match the original frame
+    orig = torch.from_numpy(np.asarray(Image.open(sorted(FERN.iterdir())[4]).convert("RGB"), np.float32) / 255)
+    assert float((s.images[1] - orig).abs().mean()) < 0.03
+    assert points_in_view_fraction(s) > 0.9
+    s2 = load_scene(root, progress=False, resolution=(256, 256))
+    assert s2.images.shape == (3, 256, 256, 3)
+
+
+def test_folder_bad_inputs(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError):
+        load_scene(tmp_path / "empty")
+    one = tmp_path / "one"
+    one.mkdir()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(one / "a.png")
+    with pytest.raises(UserError, match="at least 2"):
+        load_scene(one)
+    (one / "b.jpg").write_bytes(b"garbage, not an image")
+    with pytest.raises(UserError) as e:
+        load_scene(one, progress=False)
+    assert "b.jpg" in str(e.value)
+
+
+def test_unrelated_images_fail_cleanly(tmp_path):
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray((rng.random((96, 128, 3)) * 255).astype(np.uint8)).save(tmp_path / f"{i}.png")
+    with pytest.raises(UserError, match="posed|matches|two-view"):
+        load_scene(tmp_path, progress=False)
