@@ -1,0 +1,136 @@
+"""`diff3r train` engine: exact resume, signal checkpoints, stage diff3r plumbing, bad data."""
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+
+from diff3r_cli.errors import UserError
+from diff3r_cli.model.io import load_model
+
+TINY = dict(enc_channels=(4, 8), feat_dim=8, num_planes=4, refine_channels=8, head_channels=8, attn_heads=2,
+            attn_layers=1)
+COMMON = dict(data="synthetic", resolution=16, progress=False, log_every=1, min_gap=2, max_gap=4, target_views=1,
+              model_overrides=TINY, threads=1, lr=1e-3, warmup=2)
+
+
+@pytest.fixture(scope="module")
+def synth_root(tmp_path_factory):
+    from diff3r_cli.data.synth import generate_dataset
+
+    root = tmp_path_factory.mktemp("synth")
+    generate_dataset(root, scenes=3, frames=6, resolution=16, spp=1, split="train", chunk_size=2)
+    generate_dataset(root, scenes=1, frames=6, resolution=16, spp=1, split="test")
+    return root
+
+
+def _weights(path):
+    from safetensors.torch import load_file
+    return load_file(str(path))
+
+
+def test_resume_is_bit_exact(synth_root, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    ra = train_main_(data_root=synth_root, steps=6, out=a, ckpt_every=100)
+    assert ra["status"] == "finished" and ra["step"] == 6
+    rb1 = train_main_(data_root=synth_root, steps=6, out=b, stop_after=3)
+    assert rb1["status"] == "stopped" and rb1["step"] == 3
+    assert json.loads((b / "latest.json").read_text())["step"] == 3
+    rb2 = train_main_(data_root=synth_root, steps=6, out=b, resume=True)
+    assert rb2["status"] == "finished" and rb2["step"] == 6
+    wa, wb = _weights(a / "model.safetensors"), _weights(b / "model.safetensors")
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+    # the weights did move away from the initialisation (so the comparison means something)
+    init = train_main_(data_root=synth_root, steps=1, out=tmp_path / "c", lr=0.0, return_model=True)["model"]
+    moved = sum(float((wa[k] - v.detach()).abs().sum()) for k, v in init.state_dict().items())
+    assert moved > 0
+    # logs: one line per step, step numbers continue across the resume
+    steps_b = [json.loads(line)["step"] for line in (b / "log.jsonl").read_text().splitlines()
+               if json.loads(line)["type"] == "train"]
+    assert steps_b == [1, 2, 3, 4, 5, 6]
+    rec = json.loads((a / "log.jsonl").read_text().splitlines()[-1])
+    for key in ("network", "render", "backward", "data"):
+        assert key in rec["time_per_step_s"]
+    # the final weights load as a predictor
+    m = load_model(a / "model.safetensors")
+    assert m.meta["step"] == 6 and m.meta["stage"] == "ff"
+    assert not list(a.glob("*.tmp")) and not list(b.glob("*.tmp"))
+
+
+def train_main_(**kw):
+    from diff3r_cli.train import train_main
+    return train_main(**{**COMMON, **kw})
+
+
+def test_sigterm_checkpoints_and_stops(synth_root, tmp_path, monkeypatch):
+    import diff3r_cli.train as tr
+
+    real = tr.train_step
+    calls = {"n": 0}
+
+    def step_and_signal(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # handled: finish this step, checkpoint, return
+        return real(*a, **k)
+
+    monkeypatch.setattr(tr, "train_step", step_and_signal)
+    r = train_main_(data_root=synth_root, steps=50, out=tmp_path / "r", ckpt_every=100)
+    assert r["status"] == "interrupted" and r["step"] == 2
+    assert json.loads((tmp_path / "r" / "latest.json").read_text())["step"] == 2
+    assert (tmp_path / "r" / "ckpt-0000002.pt").exists()
+    assert not (tmp_path / "r" / "model.safetensors").exists()  # not a finished run
+    # the default handler is back after the run
+    assert signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None) or callable(signal.getsignal(signal.SIGTERM))
+
+
+def test_stage_diff3r_gradients_reach_lambda(synth_root, tmp_path):
+    pytest.importorskip("diff3r_cli.optim.implicit")
+    r = train_main_(data_root=synth_root, stage="diff3r", steps=1, out=tmp_path / "d", inner_steps=2, ff_weight=0.5,
+                    pcg_max_iter=5, return_model=True)
+    assert r["status"] == "finished"
+    assert r["last"]["skipped"] == 0
+    assert r["loss"] is not None and r["loss"] == r["loss"]  # finite
+    t = r["last"]["time_per_step_s"]
+    assert "inner_tto" in t and "pcg_backward" in t and t["pcg_backward"] > 0
+    assert "psnr_theta0" in r["last"]
+    # Λ's bias received a gradient through the IFT backward and was updated
+    init_bias = torch.log(torch.tensor([1e-2] * 5))
+    assert not torch.equal(r["model"].log_lam_bias.detach(), init_bias)
+
+
+def test_init_from_stage_ff_run(synth_root, tmp_path):
+    ff = train_main_(data_root=synth_root, steps=1, out=tmp_path / "ff", return_model=True)
+    r = train_main_(data_root=synth_root, steps=1, out=tmp_path / "ft", init=str(tmp_path / "ff"), lr=0.0,
+                    return_model=True)
+    for (k, a), (_, b) in zip(ff["model"].state_dict().items(), r["model"].state_dict().items()):
+        assert torch.equal(a, b), k
+
+
+def test_missing_re10k_data_is_one_line_user_error(tmp_path):
+    from diff3r_cli.train import train_main
+
+    with pytest.raises(UserError) as e:
+        train_main(data="re10k", data_root=str(tmp_path / "nowhere"), out=tmp_path / "o", progress=False)
+    msg = str(e.value)
+    assert "\n" not in msg and "nowhere" in msg and "train" in msg and ".torch" in msg
+    with pytest.raises(UserError):
+        train_main(data="re10k", data_root=str(tmp_path), stage="bogus", out=tmp_path / "o", progress=False)
+    with pytest.raises(UserError):
+        train_main(data="re10k", resume=True, out=tmp_path / "empty", progress=False)
+
+
+def test_cli_bad_data_path_no_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "diff3r_cli", "train", "--data", "re10k", "--data-root", str(tmp_path),
+                        "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2, p.stderr
+    assert "Traceback" not in p.stderr
+    lines = [line for line in p.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "train" in lines[0], p.stderr
