@@ -243,6 +243,21 @@ def test_colmap_model_dir_and_simple_pinhole(tmp_path):
     assert not s.extras["undistorted"]
 
 
+def test_colmap_explicit_images_dir_and_downscaled_copy(tmp_path, synth):
+    """Images elsewhere (images_dir) and stored at half size (LLFF images_2 style): K scales with them."""
+    model = synth["colmap_txt"] / "sparse" / "0"
+    half = tmp_path / "images_2"
+    half.mkdir()
+    for p in sorted((synth["colmap_txt"] / "images").iterdir()):
+        Image.open(p).resize((W // 2, H // 2), Image.BILINEAR).save(half / p.name)
+    s = load_scene(model, images_dir=half)
+    assert (s.width, s.height) == (W // 2, H // 2)
+    K = torch.from_numpy(synth["K"]).clone()
+    K[:, :2] *= 0.5  # pixel-edge convention: fx, fy, cx, cy all halve
+    assert torch.allclose(s.cameras.K, K, atol=1e-9)
+    assert torch.allclose(s.cameras.w2c, torch.from_numpy(synth["w2c"]), atol=1e-9)
+
+
 def test_resolution_option_reads_resized(synth):
     s = load_scene(synth["colmap_bin"], resolution=(24, 24))
     full = load_scene(synth["colmap_bin"])
@@ -332,6 +347,9 @@ def test_fox_transforms():
     # adjacent fox frames are close: centres within a fraction of the scene scale
     c = s.cameras.centers
     assert float((c[0] - c[1]).norm()) < 0.5 * float(c[0].norm())
+    small = resize_scene(s, 135, 200)
+    assert small.images.shape == (3, 200, 135, 3) and small.extras["valid_mask"].shape == (3, 200, 135)
+    assert small.extras["valid_mask"].float().mean() > 0.95
 
 
 # ----------------------------------------------------------------------------- bad input

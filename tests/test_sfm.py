@@ -134,5 +134,6 @@ def test_unrelated_images_fail_cleanly(tmp_path):
     rng = np.random.default_rng(0)
     for i in range(2):
         Image.fromarray((rng.random((96, 128, 3)) * 255).astype(np.uint8)).save(tmp_path / f"{i}.png")
-    with pytest.raises(UserError, match="posed|matches|two-view"):
+    with pytest.raises(UserError, match="posed|matches|two-view") as e:
         load_scene(tmp_path, progress=False)
+    assert str(e.value).startswith(str(tmp_path))  # names the user's folder, not the SfM temp dir

@@ -121,7 +121,7 @@ def _pair_key(a: int, b: int) -> tuple[int, int]:
     return (a, b) if a < b else (b, a)
 
 
-def _two_view_fallback(db_path: Path, names: list[str]) -> tuple[dict, dict, float, list[str]]:
+def _two_view_fallback(db_path: Path, names: list[str], folder: Path) -> tuple[dict, dict, float, list[str]]:
     """Poses from two-view geometry: returns ({name: w2c}, {name: camera}, mean reproj. error, dropped)."""
     with pycolmap.Database.open(str(db_path)) as db:
         images = {im.image_id: im for im in db.read_all_images()}
@@ -136,7 +136,7 @@ def _two_view_fallback(db_path: Path, names: list[str]) -> tuple[dict, dict, flo
             pairs[_pair_key(a, b)] = np.asarray(g.inlier_matches, dtype=np.int64) if a < b else \
                 np.asarray(g.inlier_matches, dtype=np.int64)[:, ::-1]
     if not pairs:
-        raise UserError("no two images share enough feature matches to be posed", db_path.parent,
+        raise UserError("no two images share enough feature matches to be posed", folder,
                         "use overlapping photos of the same static scene, or provide poses (COLMAP/transforms.json)")
     (a, b), m = max(pairs.items(), key=lambda kv: len(kv[1]))
     ca, cb = cameras[images[a].camera_id], cameras[images[b].camera_id]
@@ -146,7 +146,7 @@ def _two_view_fallback(db_path: Path, names: list[str]) -> tuple[dict, dict, flo
     inl = np.asarray(geom.inlier_matches, dtype=np.int64)
     if not ok or len(inl) < 15:
         raise UserError(f"two-view geometry of {images[a].name} and {images[b].name} failed ({len(inl)} inliers)",
-                        db_path.parent, "use photos with more overlap and some sideways camera motion")
+                        folder, "use photos with more overlap and some sideways camera motion")
     rel = np.asarray(geom.cam2_from_cam1.matrix(), dtype=np.float64)
     rel[:, 3] /= max(np.linalg.norm(rel[:, 3]), 1e-12)  # scale is unobservable: baseline := 1
     poses = {a: np.hstack([np.eye(3), np.zeros((3, 1))]), b: rel}
@@ -267,7 +267,7 @@ def run_sfm(image_paths: list[Path], max_image_size: int = 1024, progress: bool 
                 log.warning("incremental SfM registered %d of %d images; posing them from two-view geometry "
                             "instead (relative pose of the best pair, baseline set to 1, focal from the size prior)",
                             n_reg, n)
-            w2c, cams, err, dropped = _two_view_fallback(db, names)
+            w2c, cams, err, dropped = _two_view_fallback(db, names, image_paths[0].parent)
             result.update(w2c=w2c, cameras=cams, reprojection_error=err, num_registered=len(w2c), dropped=dropped,
                           fallback="two_view")
         result["sfm_sizes"] = sfm_sizes
