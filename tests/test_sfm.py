@@ -57,13 +57,20 @@ def fern_pair(tmp_path_factory):
     return load_scene(fern_folder(tmp_path_factory.mktemp("pair"), [0, 1]), progress=False)
 
 
-@needs_fern
-def test_fern_three_frames_register_all(tmp_path, capsys):
-    root = fern_folder(tmp_path / "f3", [0, 1, 2])
+@pytest.fixture(scope="module")
+def fern_three(tmp_path_factory):
+    if not FERN.is_dir():
+        pytest.skip("shared llff_fern data absent")
+    root = fern_folder(tmp_path_factory.mktemp("f3"), [0, 1, 2])
     assert detect_format(root) == "folder"
     t0 = time.perf_counter()
-    s = load_scene(root, progress=True)
-    dt = time.perf_counter() - t0
+    s = load_scene(root, progress=True)  # exercises the rich display too
+    return root, s, time.perf_counter() - t0
+
+
+@needs_fern
+def test_fern_three_frames_register_all(fern_three):
+    _, s, dt = fern_three
     e = s.extras
     print(f"fern x3: {dt:.1f}s, registered {e['num_registered']}/{e['num_images']}, "
           f"mean reprojection error {e['reprojection_error']:.3f}px")
@@ -99,6 +106,20 @@ def test_two_view_fallback_matches_incremental(tmp_path, monkeypatch, caplog, fe
     rot, tdir = relative_angles(fern_pair, s, 0, 1)
     assert rot < 3.0 and tdir < 5.0, (rot, tdir)
     assert s.extras["reprojection_error"] < 1.0
+    assert points_in_view_fraction(s) > 0.9  # triangulated matches lie in front of both cameras
+
+
+@needs_fern
+def test_two_view_strategy_poses_third_view_by_pnp(fern_three):
+    root, inc, _ = fern_three
+    s = load_scene(root, progress=False, strategy="two_view")
+    assert s.extras["fallback"] == "two_view" and s.extras["num_registered"] == 3 and not s.extras["dropped"]
+    # the focal prior (1.2 x width) differs from the mapper's estimate, so allow a few degrees
+    for j in (1, 2):
+        rot, tdir = relative_angles(inc, s, 0, j)
+        assert rot < 8.0 and tdir < 10.0, (j, rot, tdir)
+    assert s.extras["reprojection_error"] < 1.5
+    assert points_in_view_fraction(s) > 0.9
 
 
 @needs_fern

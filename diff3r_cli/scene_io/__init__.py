@@ -73,10 +73,12 @@ def load_scene(path: str | Path, resolution: tuple[int, int] | None = None, view
     resampled to the first image's size; other formats then raise a UserError).
     views: indices of the views to keep (reader order: name-sorted for COLMAP/folders, file order for
     transforms.json, frame order for RE10K). Extra keywords go to the reader (e.g. images_dir for COLMAP,
-    key for RE10K, max_image_size for SfM).
+    key/split for RE10K, progress/max_image_size/strategy for SfM; ``progress`` is ignored by the others).
     """
     path = Path(path)
     fmt = format or detect_format(path)
+    if fmt != "folder":
+        kw.pop("progress", None)  # only SfM has a progress display; callers may pass it uniformly
     if resolution is not None:
         resolution = (int(resolution[0]), int(resolution[1]))
         if resolution[0] <= 0 or resolution[1] <= 0:

@@ -78,9 +78,10 @@ class _Progress:
         return self.p.add_task(description, total=total)
 
     def done(self, task, completed: int | None = None):
+        """Mark a stage finished (``completed`` of its total, e.g. registered images, when given)."""
         if self.enabled and task is not None:
-            t = self.p.tasks[[x.id for x in self.p.tasks].index(task)]
-            self.p.update(task, completed=completed if completed is not None else (t.total or 1), total=t.total or 1)
+            total = next(t.total for t in self.p.tasks if t.id == task) or 1
+            self.p.update(task, completed=total if completed is None else completed, total=total)
 
     def advance(self, task, n: int = 1):
         if self.enabled and task is not None:
@@ -121,8 +122,9 @@ def _pair_key(a: int, b: int) -> tuple[int, int]:
     return (a, b) if a < b else (b, a)
 
 
-def _two_view_fallback(db_path: Path, names: list[str], folder: Path) -> tuple[dict, dict, float, list[str]]:
-    """Poses from two-view geometry: returns ({name: w2c}, {name: camera}, mean reproj. error, dropped)."""
+def _two_view_fallback(db_path: Path, names: list[str], folder: Path
+                       ) -> tuple[dict, dict, float, list[str], np.ndarray]:
+    """Poses from two-view geometry: ({name: w2c}, {name: camera}, mean reproj. error, dropped, points (P,3))."""
     with pycolmap.Database.open(str(db_path)) as db:
         images = {im.image_id: im for im in db.read_all_images()}
         cameras = {c.camera_id: c for c in db.read_all_cameras()}
@@ -186,7 +188,7 @@ def _two_view_fallback(db_path: Path, names: list[str], folder: Path) -> tuple[d
         errs.append(np.linalg.norm(cam.img_from_cam(Xc, check_cheirality=False) - np.array(p2d)[mask], axis=1))
     w2c = {images[i].name: _to4x4(p) for i, p in poses.items()}
     cams = {images[i].name: cameras[images[i].camera_id] for i in poses}
-    return w2c, cams, float(np.concatenate(errs).mean()), dropped
+    return w2c, cams, float(np.concatenate(errs).mean()), dropped, X
 
 
 def _to4x4(m: np.ndarray) -> torch.Tensor:
@@ -267,9 +269,9 @@ def run_sfm(image_paths: list[Path], max_image_size: int = 1024, progress: bool 
                 log.warning("incremental SfM registered %d of %d images; posing them from two-view geometry "
                             "instead (relative pose of the best pair, baseline set to 1, focal from the size prior)",
                             n_reg, n)
-            w2c, cams, err, dropped = _two_view_fallback(db, names, image_paths[0].parent)
+            w2c, cams, err, dropped, X = _two_view_fallback(db, names, image_paths[0].parent)
             result.update(w2c=w2c, cameras=cams, reprojection_error=err, num_registered=len(w2c), dropped=dropped,
-                          fallback="two_view")
+                          fallback="two_view", points3d=torch.from_numpy(X))
         result["sfm_sizes"] = sfm_sizes
     result["seconds"] = time.perf_counter() - t0
     return result
