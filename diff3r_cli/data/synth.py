@@ -14,6 +14,7 @@ World frame: y up, floor at y = 0. Cameras: OpenCV (x right, y down, z forward).
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -507,10 +508,32 @@ def evaluation_entry(seed: int, frames: int, n_targets: int = 3) -> dict | None:
     return {"context": [c0, c0 + gap], "target": tg}
 
 
+def _chunk_complete(path: Path, keys: list[str], frames: int) -> bool:
+    if not path.exists():
+        return False
+    try:
+        existing = read_chunk(path)
+    except BadChunkError:
+        return False  # truncated/foreign: render it again
+    return [e["key"] for e in existing] == keys and all(e["cameras"].shape[0] == frames for e in existing)
+
+
+def _render_chunk(job: tuple) -> tuple[str, list[str], float]:
+    """Render and write one chunk (runs in a worker process or inline). Returns name, keys, seconds."""
+    path, group, frames, resolution, spp, jpeg_quality, save_depth, threads = job
+    if threads:
+        torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    examples = [make_example(s, frames, resolution, spp, jpeg_quality, save_depth) for s in group]
+    write_chunk(path, examples)
+    return path.name, [e["key"] for e in examples], time.perf_counter() - t0
+
+
 def generate_dataset(out: str | Path, scenes: int, frames: int = 40, resolution: int = 256, seed: int = 0,
                      split: str = "train", spp: int = 4, chunk_size: int = 16, jpeg_quality: int = 92,
                      save_depth: bool = True, eval_targets: int = 3,
-                     progress: Callable[[int, int], None] | bool | None = None, threads: int | None = None) -> dict:
+                     progress: Callable[[int, int], None] | bool | None = None, workers: int = 1,
+                     threads: int | None = 1) -> dict:
     """Write ``scenes`` synthetic scenes as RE10K chunks under ``out/<split>/``.
 
     Scene i uses seed ``scene_seed(i, seed, split)`` (test seeds are offset by 1e6). Chunk files
@@ -518,19 +541,21 @@ def generate_dataset(out: str | Path, scenes: int, frames: int = 40, resolution:
     resumes and disjoint seed ranges can be generated in parallel into one directory.
     ``out/<split>/index.json`` is merged, and for the test split ``out/evaluation_index.json``
     (key -> context/target frames) too. progress: callback(done, total) or True for a rich bar.
-    Returns a summary dict (counts, seconds, scenes per minute).
+    workers: processes rendering chunks in parallel. threads: torch threads per process (1 is
+    fastest for this many small ops; None leaves torch's setting). Returns a summary dict
+    (counts, seconds, scenes per minute of the rendered scenes).
     """
-    if scenes < 0 or frames < 2 or resolution < 8 or spp < 1 or chunk_size < 1:
+    if scenes < 0 or frames < 2 or resolution < 8 or spp < 1 or chunk_size < 1 or workers < 1:
         raise UserError(f"invalid synth settings (scenes={scenes}, frames={frames}, resolution={resolution}, "
-                        f"spp={spp})", out, "use scenes >= 0, frames >= 2, resolution >= 8, spp >= 1")
-    if threads is not None:
-        torch.set_num_threads(threads)
+                        f"spp={spp}, workers={workers})", out,
+                        "use scenes >= 0, frames >= 2, resolution >= 8, spp >= 1, workers >= 1")
     out = Path(out)
     split_dir = out / split
     try:
         split_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UserError(f"cannot create output directory ({exc.strerror})", split_dir, "choose a writable --out")
+        raise UserError(f"cannot create output directory ({exc.strerror})", split_dir,
+                        "choose a writable --out") from None
     seeds = [scene_seed(i, seed, split) for i in range(scenes)]
     index = read_index(split_dir)
     bar = None
@@ -542,42 +567,51 @@ def generate_dataset(out: str | Path, scenes: int, frames: int = 40, resolution:
         cb = lambda d, t: bar.update(task, completed=d)  # noqa: E731
     else:
         cb = progress if callable(progress) else None
+    old_threads = torch.get_num_threads()
     t0 = time.perf_counter()
     done = rendered = 0
+    jobs = []
+    for c in range(0, scenes, chunk_size):
+        group = seeds[c:c + chunk_size]
+        path = split_dir / f"{group[0]:07d}.torch"
+        keys = [f"synth{s:07d}" for s in group]
+        if _chunk_complete(path, keys, frames):
+            index.update({k: path.name for k in keys})
+            done += len(group)
+        else:
+            jobs.append((path, group, frames, resolution, spp, jpeg_quality, save_depth, threads))
+    if cb:
+        cb(done, scenes)
+
+    def finished(name: str, keys: list[str]) -> None:
+        nonlocal done, rendered
+        index.update({k: name for k in keys})
+        done += len(keys)
+        rendered += len(keys)
+        # Index after every chunk: a killed run leaves a consistent, usable dataset.
+        write_json_atomic(split_dir / "index.json", index)
+        if cb:
+            cb(done, scenes)
+
     try:
-        for c in range(0, scenes, chunk_size):
-            group = seeds[c:c + chunk_size]
-            name = f"{group[0]:07d}.torch"
-            path = split_dir / name
-            keys = [f"synth{s:07d}" for s in group]
-            if path.exists():
-                try:
-                    existing = read_chunk(path)
-                    if [e["key"] for e in existing] == keys and all(e["cameras"].shape[0] == frames for e in existing):
-                        index.update({k: name for k in keys})
-                        done += len(group)
-                        if cb:
-                            cb(done, scenes)
-                        continue
-                except BadChunkError:
-                    pass  # re-render a truncated/foreign chunk
-            examples = []
-            for s in group:
-                examples.append(make_example(s, frames, resolution, spp, jpeg_quality, save_depth))
-                done += 1
-                rendered += 1
-                if cb:
-                    cb(done, scenes)
-            write_chunk(path, examples)
-            index.update({k: name for k in keys})
-            # Index after every chunk: a killed run leaves a consistent, usable dataset.
-            write_json_atomic(split_dir / "index.json", index)
+        if workers == 1 or len(jobs) <= 1:
+            for job in jobs:
+                name, keys, _ = _render_chunk(job)
+                finished(name, keys)
+        else:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+            ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
+            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+                futures = [pool.submit(_render_chunk, job) for job in jobs]
+                for fut in as_completed(futures):
+                    name, keys, _ = fut.result()
+                    finished(name, keys)
         write_json_atomic(split_dir / "index.json", index)
         if split == "test":
             ev_path = out / "evaluation_index.json"
             ev = {}
             if ev_path.exists():
-                import json
                 try:
                     ev = json.loads(ev_path.read_text())
                 except ValueError:
@@ -585,11 +619,12 @@ def generate_dataset(out: str | Path, scenes: int, frames: int = 40, resolution:
             ev.update({f"synth{s:07d}": evaluation_entry(s, frames, eval_targets) for s in seeds})
             write_json_atomic(ev_path, ev)
     finally:
+        torch.set_num_threads(old_threads)
         if bar is not None:
             bar.stop()
     secs = time.perf_counter() - t0
     return {"out": str(out), "split": split, "scenes": scenes, "rendered": rendered, "frames": frames,
-            "resolution": resolution, "spp": spp, "seconds": secs,
+            "resolution": resolution, "spp": spp, "workers": workers, "seconds": secs,
             "scenes_per_minute": (rendered / secs * 60) if rendered and secs > 0 else None}
 
 
