@@ -1,0 +1,49 @@
+"""Tiny deterministic scenes for the optimisation tests (shared by test_tto and test_implicit)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from diff3r_cli.cameras import Cameras
+from diff3r_cli.gaussians import Gaussians
+
+
+def two_cameras(size: int = 16, dtype=torch.float64, baseline: float = 0.4, dist: float = 3.0) -> Cameras:
+    """Two cameras on the x axis at z = -dist looking along +z (OpenCV axes), slightly toed in."""
+    Ks, w2cs = [], []
+    for sign in (-1.0, 1.0):
+        K = torch.tensor([[size * 1.1, 0, size / 2], [0, size * 1.1, size / 2], [0, 0, 1]], dtype=dtype)
+        yaw = -sign * math.atan2(baseline / 2, dist)  # look at the origin
+        R = torch.tensor([[math.cos(yaw), 0, math.sin(yaw)], [0, 1, 0], [-math.sin(yaw), 0, math.cos(yaw)]], dtype=dtype)
+        center = torch.tensor([sign * baseline / 2, 0.0, -dist], dtype=dtype)
+        w2c = torch.eye(4, dtype=dtype)
+        w2c[:3, :3] = R
+        w2c[:3, 3] = -R @ center
+        Ks.append(K)
+        w2cs.append(w2c)
+    return Cameras(torch.stack(Ks), torch.stack(w2cs), size, size)
+
+
+def blobs(n: int = 6, seed: int = 0, dtype=torch.float64, scale: float = 0.22, opacity: float = 0.6) -> Gaussians:
+    """n soft, semi-transparent Gaussians near the origin (smooth images: no clamps active)."""
+    g = torch.Generator().manual_seed(seed)
+    means = torch.empty(n, 3, dtype=dtype)
+    means[:, :2] = (torch.rand(n, 2, generator=g, dtype=dtype) - 0.5) * 1.2
+    means[:, 2] = (torch.rand(n, generator=g, dtype=dtype) - 0.5) * 0.6
+    log_scales = math.log(scale) + 0.2 * torch.randn(n, 3, generator=g, dtype=dtype)
+    quats = torch.randn(n, 4, generator=g, dtype=dtype)
+    quats = quats / quats.norm(dim=1, keepdim=True)
+    quats[:, 0] = quats[:, 0].abs() + 0.5
+    p = opacity + 0.1 * (torch.rand(n, generator=g, dtype=dtype) - 0.5)
+    opacity_logits = torch.log(p / (1 - p))
+    sh = (torch.rand(n, 1, 3, generator=g, dtype=dtype) - 0.5) * 2.5
+    return Gaussians(means, log_scales, quats, opacity_logits, sh)
+
+
+def perturb(g: Gaussians, sigma: float, seed: int = 1) -> Gaussians:
+    """Add independent Gaussian noise of std sigma to every raw parameter."""
+    gen = torch.Generator().manual_seed(seed)
+    theta = g.flatten()
+    return g.unflatten(theta + sigma * torch.randn(theta.shape, generator=gen, dtype=theta.dtype))
