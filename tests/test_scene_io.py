@@ -266,6 +266,27 @@ def test_resolution_option_reads_resized(synth):
     assert torch.allclose(s.cameras.K, ref.cameras.K) and torch.allclose(s.images, ref.images)
 
 
+def test_blender_style_transforms(tmp_path):
+    """NeRF-synthetic layout: transforms_train.json, camera_angle_x only, RGBA images, no extension."""
+    Ks, w2cs = synthetic_cameras(2)
+    (tmp_path / "train").mkdir()
+    for i in range(2):
+        rgba = np.zeros((H, W, 4), np.uint8)
+        rgba[: H // 2, :, :3] = 50
+        rgba[: H // 2, :, 3] = 255  # top half opaque grey, bottom half transparent
+        Image.fromarray(rgba, "RGBA").save(tmp_path / "train" / f"r_{i}.png")
+    gl = np.diag([1.0, -1.0, -1.0, 1.0])
+    frames = [{"file_path": f"./train/r_{i}", "rotation": 0.0, "transform_matrix": (np.linalg.inv(w2cs[i]) @ gl).tolist()}
+              for i in range(2)]
+    (tmp_path / "transforms_train.json").write_text(json.dumps({"camera_angle_x": 0.8, "frames": frames}))
+    assert detect_format(tmp_path) == "transforms"
+    s = load_scene(tmp_path)
+    f = 0.5 * W / math.tan(0.4)
+    assert torch.allclose(s.cameras.K[0], torch.tensor([[f, 0, W / 2], [0, f, H / 2], [0, 0, 1]], dtype=torch.float64))
+    assert torch.allclose(s.cameras.w2c, torch.from_numpy(w2cs), atol=1e-9)
+    assert torch.allclose(s.images[:, -1], torch.ones(2, W, 3)) and torch.allclose(s.images[:, 0], torch.full((2, W, 3), 50 / 255))
+
+
 # ----------------------------------------------------------------------------- distortion
 
 def opencv_distort(x: np.ndarray, y: np.ndarray, k1, k2, p1, p2):
