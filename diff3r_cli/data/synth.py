@@ -228,141 +228,200 @@ def random_scene(seed: int, frames: int = 40, width: int = 256, height: int = 25
 
 # ----------------------------------------------------------------------------- ray casting
 
-def intersect(scene: SynthScene, o: torch.Tensor, d: torch.Tensor
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Nearest hit of rays o + t d (o (3,) shared, d (R,3), not necessarily unit).
+def _objects(scene: SynthScene) -> list[tuple[str, torch.Tensor, torch.Tensor, float]]:
+    """(kind, params, bounding-sphere centre, bounding radius) in surface-id order (after the 6 room faces)."""
+    objs = []
+    for sp in scene.spheres:
+        objs.append(("sphere", sp, sp[:3], float(sp[3])))
+    for bx in scene.boxes:
+        objs.append(("box", bx, bx[:3], float(bx[3:6].norm())))
+    for cl in scene.cylinders:
+        centre = torch.stack([cl[0], (cl[3] + cl[4]) / 2, cl[1]])
+        objs.append(("cylinder", cl, centre, math.hypot(float(cl[2]), float(cl[4] - cl[3]) / 2)))
+    return objs
 
-    Returns t (R,), surface id (R,) long (0..5 room faces, then spheres, boxes, cylinders in
-    order) and the unit surface normal (R,3) facing the ray.
+
+def _hit_sphere(sp: torch.Tensor, o: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """Ray parameter of the first hit of o + t d (d (...,3)) with a sphere, inf if none."""
+    oc = o - sp[:3]
+    a = (d * d).sum(-1)
+    b = d @ oc
+    c = float(oc @ oc - sp[3] ** 2)
+    disc = b * b - a * c
+    t = (-b - disc.clamp_min(0).sqrt()) / a
+    return torch.where((disc > 0) & (t > EPS), t, torch.full_like(t, float("inf")))
+
+
+def _hit_box(bx: torch.Tensor, o: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """First hit with a box rotated by yaw about the vertical axis (slab test in its frame)."""
+    c, s = math.cos(float(bx[6])), math.sin(float(bx[6]))
+    rel = o - bx[:3]
+    ol = [c * rel[0] - s * rel[2], rel[1], s * rel[0] + c * rel[2]]
+    dl = [d[..., 0] * c - d[..., 2] * s, d[..., 1], d[..., 0] * s + d[..., 2] * c]
+    tn = torch.full(d.shape[:-1], -float("inf"), dtype=d.dtype)
+    tf = torch.full(d.shape[:-1], float("inf"), dtype=d.dtype)
+    for i in range(3):
+        inv = 1.0 / torch.where(dl[i].abs() < 1e-12, torch.full_like(dl[i], 1e-12), dl[i])
+        t1 = (-float(bx[3 + i]) - ol[i]) * inv
+        t2 = (float(bx[3 + i]) - ol[i]) * inv
+        tn = torch.maximum(tn, torch.minimum(t1, t2))
+        tf = torch.minimum(tf, torch.maximum(t1, t2))
+    return torch.where((tn < tf) & (tn > EPS), tn, torch.full_like(tn, float("inf")))
+
+
+def _hit_cylinder(cl: torch.Tensor, o: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """First hit with a vertical capped cylinder (side or caps)."""
+    inf = torch.full(d.shape[:-1], float("inf"), dtype=d.dtype)
+    ox, oz, r, y0, y1 = float(o[0] - cl[0]), float(o[2] - cl[1]), float(cl[2]), float(cl[3]), float(cl[4])
+    dx, dy, dz = d[..., 0], d[..., 1], d[..., 2]
+    a = (dx * dx + dz * dz).clamp_min(1e-12)
+    b = dx * ox + dz * oz
+    disc = b * b - a * (ox * ox + oz * oz - r * r)
+    ts = (-b - disc.clamp_min(0).sqrt()) / a
+    ys = float(o[1]) + ts * dy
+    t = torch.where((disc > 0) & (ts > EPS) & (ys >= y0) & (ys <= y1), ts, inf)
+    dys = torch.where(dy.abs() < 1e-12, torch.full_like(dy, 1e-12), dy)
+    for yy in (y0, y1):
+        tc = (yy - float(o[1])) / dys
+        px, pz = ox + tc * dx, oz + tc * dz
+        t = torch.minimum(t, torch.where((tc > EPS) & (px * px + pz * pz <= r * r), tc, inf))
+    return t
+
+
+_HIT = {"sphere": _hit_sphere, "box": _hit_box, "cylinder": _hit_cylinder}
+
+
+def _screen_box(centre: torch.Tensor, radius: float, K: torch.Tensor, w2c: torch.Tensor, W: int, H: int
+                ) -> tuple[int, int, int, int] | None:
+    """Pixel rows/cols (y0, y1, x0, x1), end exclusive, that can see a bounding sphere; None if none.
+
+    Projects the 8 corners of the sphere's camera-space bounding cube (all in front of the
+    camera), which bounds the sphere's image; one pixel of slack covers the jittered samples.
+    """
+    cc = w2c[:3, :3] @ centre + w2c[:3, 3]
+    if float(cc[2]) - radius < 0.05:  # reaches behind/near the camera: test every ray
+        return 0, H, 0, W
+    corners = cc + radius * torch.tensor([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)],
+                                         dtype=cc.dtype)
+    u = K[0, 0] * corners[:, 0] / corners[:, 2] + K[0, 2]
+    v = K[1, 1] * corners[:, 1] / corners[:, 2] + K[1, 2]
+    x0, x1 = max(0, math.floor(float(u.min())) - 1), min(W, math.floor(float(u.max())) + 2)
+    y0, y1 = max(0, math.floor(float(v.min())) - 1), min(H, math.floor(float(v.max())) + 2)
+    if x0 >= x1 or y0 >= y1:
+        return None
+    return y0, y1, x0, x1
+
+
+def intersect(scene: SynthScene, o: torch.Tensor, d: torch.Tensor, K: torch.Tensor | None = None,
+              w2c: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Nearest hit of rays o + t d (o (3,) shared, d (...,3), not necessarily unit).
+
+    Returns t (...), surface id (...) long (0..5 room faces -x,+x,-y(floor),+y,-z,+z, then
+    spheres, boxes, cylinders in order) and the unit surface normal (...,3) facing the ray.
+    With K and w2c and d shaped (S,H,W,3) (rays through pixel (i,j) at [:, i, j]), each object
+    is tested only on the pixels its bounding sphere can cover (same result, less work).
     """
     dt = d.dtype
     lo, hi = scene.room_lo.to(dt), scene.room_hi.to(dt)
     o = o.to(dt)
     # Room from inside: the exit plane on each axis, then the nearest of the three.
     safe = torch.where(d.abs() < 1e-12, torch.full_like(d, 1e-12), d)
-    bound = torch.where(d > 0, hi, lo)
-    t_axes = (bound - o) / safe
-    t_axes = torch.where(d.abs() < 1e-12, torch.full_like(d, float("inf")), t_axes)
-    t_best, axis = t_axes.min(dim=1)
-    surf = axis * 2 + (d.gather(1, axis[:, None])[:, 0] > 0).long()
-    normal = torch.zeros_like(d)
-    normal.scatter_(1, axis[:, None], -torch.sign(d.gather(1, axis[:, None])))
-    base = 6
-    inf = torch.tensor(float("inf"), dtype=dt)
-
-    def take(t_new: torch.Tensor, ids: torch.Tensor, n_fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
-        nonlocal t_best, surf, normal
-        closer = t_new < t_best
-        if closer.any():
-            idx = closer.nonzero()[:, 0]
-            t_best = torch.where(closer, t_new, t_best)
-            surf = torch.where(closer, ids, surf)
-            normal[idx] = n_fn(idx)
-
-    aa = (d * d).sum(1)
-    if len(scene.spheres):
-        sp = scene.spheres.to(dt)
-        oc = o - sp[:, :3]                                            # (Ns,3)
-        b = d @ oc.T                                                  # (R,Ns)
-        c = (oc * oc).sum(1) - sp[:, 3] ** 2                          # (Ns,)
-        disc = b * b - aa[:, None] * c
-        sq = disc.clamp_min(0).sqrt()
-        t = (-b - sq) / aa[:, None]
-        t = torch.where((disc > 0) & (t > EPS), t, inf)
-        tmin, k = t.min(1)
-        centres = sp[:, :3]
-        take(tmin, base + k, lambda idx: torch.nn.functional.normalize(o + tmin[idx, None] * d[idx] - centres[k[idx]], dim=1))
-    base += len(scene.spheres)
-    if len(scene.boxes):
-        bx = scene.boxes.to(dt)
-        cy, sy = torch.cos(bx[:, 6]), torch.sin(bx[:, 6])
-        # Local frame: rotate by -yaw about y.
-        rel = o - bx[:, :3]                                            # (Nb,3)
-        ol = torch.stack([cy * rel[:, 0] - sy * rel[:, 2], rel[:, 1], sy * rel[:, 0] + cy * rel[:, 2]], 1)
-        dl = torch.stack([d[:, None, 0] * cy - d[:, None, 2] * sy, d[:, None, 1].expand(-1, len(bx)),
-                          d[:, None, 0] * sy + d[:, None, 2] * cy], 2)  # (R,Nb,3)
-        dls = torch.where(dl.abs() < 1e-12, torch.full_like(dl, 1e-12), dl)
-        t1 = (-bx[:, 3:6] - ol) / dls
-        t2 = (bx[:, 3:6] - ol) / dls
-        tn, ax = torch.minimum(t1, t2).max(2)
-        tf = torch.maximum(t1, t2).min(2).values
-        t = torch.where((tn < tf) & (tn > EPS), tn, inf)
-        tmin, k = t.min(1)
-
-        def box_normal(idx: torch.Tensor) -> torch.Tensor:
-            kk = k[idx]
-            a = ax[idx, kk]
-            nl = torch.zeros(len(idx), 3, dtype=dt)
-            nl.scatter_(1, a[:, None], -torch.sign(dl[idx, kk].gather(1, a[:, None])))
-            c_, s_ = cy[kk], sy[kk]
-            return torch.stack([c_ * nl[:, 0] + s_ * nl[:, 2], nl[:, 1], -s_ * nl[:, 0] + c_ * nl[:, 2]], 1)
-
-        take(tmin, base + k, box_normal)
-    base += len(scene.boxes)
-    if len(scene.cylinders):
-        cl = scene.cylinders.to(dt)
-        ox, oz = o[0] - cl[:, 0], o[2] - cl[:, 1]                      # (Nc,)
-        a2 = (d[:, 0] ** 2 + d[:, 2] ** 2)[:, None]
-        b2 = d[:, 0:1] * ox + d[:, 2:3] * oz
-        c2 = ox * ox + oz * oz - cl[:, 2] ** 2
-        disc = b2 * b2 - a2 * c2
-        ts = (-b2 - disc.clamp_min(0).sqrt()) / a2.clamp_min(1e-12)
-        ys = o[1] + ts * d[:, 1:2]
-        ts = torch.where((disc > 0) & (ts > EPS) & (ys >= cl[:, 3]) & (ys <= cl[:, 4]), ts, inf)
-        dys = torch.where(d[:, 1:2].abs() < 1e-12, torch.full_like(d[:, 1:2], 1e-12), d[:, 1:2])
-        caps = []
-        for yy in (cl[:, 3], cl[:, 4]):
-            tc = (yy - o[1]) / dys
-            px, pz = ox + tc * d[:, 0:1], oz + tc * d[:, 2:3]
-            caps.append(torch.where((tc > EPS) & (px * px + pz * pz <= cl[:, 2] ** 2), tc, inf))
-        t_all = torch.stack([ts, caps[0], caps[1]], 2)               # (R,Nc,3)
-        t_obj, part = t_all.min(2)
-        tmin, k = t_obj.min(1)
-
-        def cyl_normal(idx: torch.Tensor) -> torch.Tensor:
-            kk = k[idx]
-            pp = part[idx, kk]
-            p = o + tmin[idx, None] * d[idx]
-            side = torch.stack([p[:, 0] - cl[kk, 0], torch.zeros_like(p[:, 0]), p[:, 2] - cl[kk, 1]], 1)
-            side = torch.nn.functional.normalize(side, dim=1)
-            capn = torch.zeros_like(side)
-            capn[:, 1] = torch.where(pp == 1, -1.0, 1.0).to(dt)
-            return torch.where((pp == 0)[:, None], side, capn)
-
-        take(tmin, base + k, cyl_normal)
-    return t_best, surf, normal
+    t_axes = (torch.where(d > 0, hi, lo) - o) / safe
+    t_best, axis = t_axes.min(dim=-1)
+    surf = axis * 2 + (d.gather(-1, axis[..., None])[..., 0] > 0).long()
+    cull = K is not None and w2c is not None and d.dim() == 4
+    for k, (kind, prm, centre, radius) in enumerate(_objects(scene)):
+        prm = prm.to(dt)
+        if cull:
+            box = _screen_box(centre, radius, K.double(), w2c.double(), d.shape[2], d.shape[1])
+            if box is None:
+                continue
+            y0, y1, x0, x1 = box
+            sl = (slice(None), slice(y0, y1), slice(x0, x1))
+        else:
+            sl = (Ellipsis,)
+        t = _HIT[kind](prm, o, d[sl])
+        closer = t < t_best[sl]
+        t_best[sl] = torch.where(closer, t, t_best[sl])
+        surf[sl] = torch.where(closer, torch.full_like(surf[sl], 6 + k), surf[sl])
+    p = o + t_best[..., None] * d
+    return t_best, surf, surface_normals(scene, p, surf, d)
 
 
-_HASH_TABLE: dict[int, torch.Tensor] = {}
+def surface_normals(scene: SynthScene, p: torch.Tensor, surf: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """Unit normals (...,3) at hit points p on surfaces surf, oriented against the rays d."""
+    dt = p.dtype
+    n = torch.zeros_like(p)
+    flat_p, flat_s, flat_n = p.reshape(-1, 3), surf.reshape(-1), n.view(-1, 3)
+    objs = _objects(scene)
+    for sid in torch.bincount(flat_s).nonzero()[:, 0].tolist():  # bincount: no sort
+        idx = (flat_s == sid).nonzero()[:, 0]
+        q = flat_p[idx]
+        if sid < 6:
+            nn_ = torch.zeros(3, dtype=dt)
+            nn_[sid // 2] = 1.0 if sid % 2 == 0 else -1.0  # room faces point inwards
+            flat_n[idx] = nn_
+            continue
+        kind, prm, _, _ = objs[sid - 6]
+        prm = prm.to(dt)
+        if kind == "sphere":
+            flat_n[idx] = torch.nn.functional.normalize(q - prm[:3], dim=1)
+        elif kind == "box":
+            c, s = math.cos(float(prm[6])), math.sin(float(prm[6]))
+            rel = q - prm[:3]
+            loc = torch.stack([c * rel[:, 0] - s * rel[:, 2], rel[:, 1], s * rel[:, 0] + c * rel[:, 2]], 1)
+            ax = (loc.abs() / prm[3:6]).argmax(1)  # the face the point lies on
+            nl = torch.zeros_like(loc)
+            nl.scatter_(1, ax[:, None], torch.sign(loc.gather(1, ax[:, None])))
+            flat_n[idx] = torch.stack([c * nl[:, 0] + s * nl[:, 2], nl[:, 1], -s * nl[:, 0] + c * nl[:, 2]], 1)
+        else:
+            rx, rz = q[:, 0] - prm[0], q[:, 2] - prm[1]
+            side_err = ((rx * rx + rz * rz).sqrt() / prm[2] - 1).abs()
+            cap_err = torch.minimum((q[:, 1] - prm[3]).abs(), (q[:, 1] - prm[4]).abs()) / prm[2]
+            side = torch.nn.functional.normalize(torch.stack([rx, torch.zeros_like(rx), rz], 1), dim=1)
+            cap = torch.zeros_like(side)
+            cap[:, 1] = torch.where((q[:, 1] - prm[3]).abs() < (q[:, 1] - prm[4]).abs(), -1.0, 1.0).to(dt)
+            flat_n[idx] = torch.where((side_err <= cap_err)[:, None], side, cap)
+    # Objects are seen from outside and the room from inside, so these face the ray already;
+    # the flip only guards grazing numerical cases.
+    flip = (n * d).sum(-1, keepdim=True) > 0
+    return torch.where(flip, -n, n)
 
 
-def _lattice_values(ix: torch.Tensor, iy: torch.Tensor, iz: torch.Tensor) -> torch.Tensor:
-    table = _HASH_TABLE.get(0)
-    if table is None:
-        table = torch.rand(1 << 16, generator=torch.Generator().manual_seed(12345))
-        _HASH_TABLE[0] = table
-    h = (ix * 73856093) ^ (iy * 19349663) ^ (iz * 83492791)
-    return table[h & 0xFFFF]
+NOISE_PERIOD = 64
+_NOISE_VOLUME: dict[torch.dtype, torch.Tensor] = {}
+
+
+def noise_lattice(dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(P+1)^3 random lattice values (period P = 64), last slice = first on every axis (wraps)."""
+    vol = _NOISE_VOLUME.get(dtype)
+    if vol is None:
+        base = torch.rand(NOISE_PERIOD, NOISE_PERIOD, NOISE_PERIOD, generator=torch.Generator().manual_seed(12345),
+                          dtype=torch.float64)
+        base = torch.cat([base, base[:1]], 0)
+        base = torch.cat([base, base[:, :1]], 1)
+        base = torch.cat([base, base[:, :, :1]], 2)
+        vol = base.to(dtype)
+        _NOISE_VOLUME[dtype] = vol
+    return vol
 
 
 def value_noise(p: torch.Tensor, octaves: int = 3) -> torch.Tensor:
-    """Multi-scale trilinear value noise of points (M,3), roughly in [0,1]."""
+    """Multi-scale value noise of points (M,3) in [0,1]: smoothstep-weighted trilinear lattice values.
+
+    The trilinear interpolation runs in grid_sample (one fused call per octave): warping the
+    fractional coordinate by the smoothstep first makes its linear weights the smoothstep ones.
+    """
+    vol = noise_lattice(p.dtype)[None, None]                        # (1,1,P+1,P+1,P+1) [z,y,x]
     total = torch.zeros(p.shape[0], dtype=p.dtype)
     amp, norm, q = 1.0, 0.0, p
     for _ in range(octaves):
         fl = torch.floor(q)
         f = q - fl
-        w = f * f * (3 - 2 * f)  # smoothstep: no visible lattice creases
-        i = fl.long()
-        acc = torch.zeros_like(total)
-        for dx in (0, 1):
-            wx = w[:, 0] if dx else 1 - w[:, 0]
-            for dy in (0, 1):
-                wy = w[:, 1] if dy else 1 - w[:, 1]
-                for dz in (0, 1):
-                    wz = w[:, 2] if dz else 1 - w[:, 2]
-                    acc = acc + wx * wy * wz * _lattice_values(i[:, 0] + dx, i[:, 1] + dy, i[:, 2] + dz).to(p.dtype)
-        total = total + amp * acc
+        x = torch.remainder(fl, NOISE_PERIOD) + f * f * (3 - 2 * f)  # smoothstep: no lattice creases
+        grid = (x * (2.0 / NOISE_PERIOD) - 1).view(1, -1, 1, 1, 3)    # grid (x,y,z) indexes (W,H,D)
+        v = torch.nn.functional.grid_sample(vol, grid, mode="bilinear", padding_mode="border", align_corners=True)
+        total = total + amp * v.view(-1)
         norm += amp
         amp *= 0.5
         q = q * 2.03 + 17.0  # non-integer ratio so octaves do not align
@@ -403,7 +462,7 @@ def shade(scene: SynthScene, p: torch.Tensor, n: torch.Tensor, surf: torch.Tenso
     """Lambert colour (M,3) of hit points p with normals n on surfaces surf."""
     dt = p.dtype
     albedo = torch.zeros_like(p)
-    for s in torch.unique(surf).tolist():
+    for s in torch.bincount(surf).nonzero()[:, 0].tolist():
         m = (surf == s).nonzero()[:, 0]
         albedo[m] = shade_texture(scene.textures[s], p[m])
     light = torch.full((p.shape[0],), scene.ambient, dtype=dt)
@@ -416,18 +475,18 @@ def shade(scene: SynthScene, p: torch.Tensor, n: torch.Tensor, surf: torch.Tenso
 
 
 def render_frame(scene: SynthScene, frame: int, spp: int = 4, generator: torch.Generator | None = None,
-                 dtype: torch.dtype = torch.float32, max_rays: int = 1 << 19, return_surface: bool = False):
+                 dtype: torch.dtype = torch.float32, return_surface: bool = False):
     """Ray-cast one frame: returns rgb (H,W,3) float32 in [0,1] and z-depth (H,W) float32.
 
-    return_surface: also return the surface id (H,W) long hit by each pixel-centre ray.
+    ``spp`` jittered samples per pixel (stratified when spp is a square) are shaded and
+    averaged; the depth is that of the ray through the pixel centre. return_surface: also
+    return the surface id (H,W) long hit by each pixel-centre ray.
     """
     H, W = scene.height, scene.width
     K, w2c = scene.K[frame], scene.w2c[frame]
     R_c2w = w2c[:3, :3].T.to(dtype)
     origin = (-w2c[:3, :3].T @ w2c[:3, 3]).to(dtype)
-    jj, ii = torch.meshgrid(torch.arange(W, dtype=dtype), torch.arange(H, dtype=dtype), indexing="xy")
     g = generator if generator is not None else torch.Generator().manual_seed(scene.seed * 7919 + frame)
-    # Stratified jitter when spp is a square number (better AA), else plain uniform jitter.
     side = int(round(math.sqrt(spp)))
     offsets = []
     for s in range(spp):
@@ -435,32 +494,21 @@ def render_frame(scene: SynthScene, frame: int, spp: int = 4, generator: torch.G
         if side * side == spp:
             jit = (torch.tensor([s % side, s // side], dtype=dtype)[:, None, None] + jit) / side
         offsets.append(jit)
-    centre = torch.full((2, H, W), 0.5, dtype=dtype)
-    samples = torch.stack(offsets + [centre])                       # (S+1,2,H,W)
-    u = (jj + samples[:, 0]).reshape(-1)
-    v = (ii + samples[:, 1]).reshape(-1)
+    offsets.append(torch.full((2, H, W), 0.5, dtype=dtype))          # pixel centre (depth)
+    samples = torch.stack(offsets)                                  # (S+1,2,H,W)
+    u = torch.arange(W, dtype=dtype)[None, None, :] + samples[:, 0]
+    v = torch.arange(H, dtype=dtype)[None, :, None] + samples[:, 1]
     fx, fy, cx, cy = (float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2]))
     # Camera directions with z = 1, so the ray parameter t equals the z-depth.
-    dirs_cam = torch.stack([(u - cx) / fx, (v - cy) / fy, torch.ones_like(u)], 1)
+    dirs_cam = torch.stack([(u - cx) / fx, (v - cy) / fy, torch.ones_like(u)], -1)   # (S+1,H,W,3)
     dirs = dirs_cam @ R_c2w.T
-    n_cols = dirs.shape[0]
-    t_all = torch.empty(n_cols, dtype=dtype)
-    surf_all = torch.empty(n_cols, dtype=torch.long)
-    col = torch.empty(n_cols, 3, dtype=dtype)
-    n_shade = spp * H * W  # the centre samples only give depth
-    for a in range(0, n_cols, max_rays):
-        b = min(n_cols, a + max_rays)
-        t, surf, nrm = intersect(scene, origin, dirs[a:b])
-        t_all[a:b] = t
-        surf_all[a:b] = surf
-        if a < n_shade:
-            e = min(b, n_shade) - a
-            p = origin + t[:e, None] * dirs[a:a + e]
-            col[a:a + e] = shade(scene, p, nrm[:e], surf[:e])
-    rgb = col[:n_shade].reshape(spp, H, W, 3).mean(0)
-    depth = t_all[n_shade:].reshape(H, W)
+    t, surf, nrm = intersect(scene, origin, dirs, K, w2c)
+    p = origin + t[:spp, ..., None] * dirs[:spp]
+    col = shade(scene, p.reshape(-1, 3), nrm[:spp].reshape(-1, 3), surf[:spp].reshape(-1))
+    rgb = col.reshape(spp, H, W, 3).mean(0)
+    depth = t[spp]
     if return_surface:
-        return rgb.float(), depth.float(), surf_all[n_shade:].reshape(H, W)
+        return rgb.float(), depth.float(), surf[spp].clone()
     return rgb.float(), depth.float()
 
 
