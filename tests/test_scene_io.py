@@ -287,6 +287,23 @@ def test_blender_style_transforms(tmp_path):
     assert torch.allclose(s.images[:, -1], torch.ones(2, W, 3)) and torch.allclose(s.images[:, 0], torch.full((2, W, 3), 50 / 255))
 
 
+def test_transforms_intrinsics_precedence(tmp_path):
+    from diff3r_cli.scene_io.transforms import frame_intrinsics
+    j = tmp_path / "transforms.json"
+    meta = {"fl_x": 100.0, "w": 200, "h": 100}
+    K, _, _ = frame_intrinsics(meta, {"camera_angle_x": 2 * math.atan(0.5)}, 200, 100, j)
+    assert K[0, 0] == pytest.approx(200.0) and K[1, 1] == pytest.approx(200.0)  # the frame's angle wins
+    K, _, _ = frame_intrinsics(meta, {"fl_y": 90.0, "cx": 101.0}, 200, 100, j)
+    assert (K[0, 0], K[1, 1], K[0, 2], K[1, 2]) == (100.0, 90.0, 101.0, 50.0)
+    K, _, _ = frame_intrinsics({"camera_angle_x": 2 * math.atan(1.0), "camera_angle_y": 2 * math.atan(0.25)},
+                               {}, 200, 100, j)
+    assert K[0, 0] == pytest.approx(100.0) and K[1, 1] == pytest.approx(200.0)
+    K, _, _ = frame_intrinsics(meta, {}, 100, 50, j)  # images stored at half the size the file states
+    assert (K[0, 0], K[1, 1], K[0, 2], K[1, 2]) == (50.0, 50.0, 50.0, 25.0)
+    with pytest.raises(UserError, match="says 200x100"):
+        frame_intrinsics(meta, {}, 100, 80, j)
+
+
 # ----------------------------------------------------------------------------- distortion
 
 def opencv_distort(x: np.ndarray, y: np.ndarray, k1, k2, p1, p2):

@@ -47,7 +47,7 @@ def load_image(path: str | Path, exif: bool = True, background: float = 1.0) -> 
             if exif:
                 img = ImageOps.exif_transpose(img)
             arr = _pil_to_rgb(img, background)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise UserError(f"cannot decode image ({e.__class__.__name__}: {e})", path,
                         "replace or remove the corrupt file") from None
     return torch.from_numpy(np.ascontiguousarray(arr))

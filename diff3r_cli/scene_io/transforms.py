@@ -71,16 +71,19 @@ def frame_intrinsics(meta: dict, frame: dict, img_w: int, img_h: int, json_path:
 
     w = _num(get("w"), "w", json_path) if get("w") is not None else float(img_w)
     h = _num(get("h"), "h", json_path) if get("h") is not None else float(img_h)
-    if get("fl_x") is not None:
-        fx = _num(get("fl_x"), "fl_x", json_path)
-    elif get("camera_angle_x") is not None:
-        fx = 0.5 * w / math.tan(0.5 * _num(get("camera_angle_x"), "camera_angle_x", json_path))
+    # A frame's own focal (fl_* or camera_angle_*) beats the file's; fl_* beats the angle at one level.
+    level = frame if any(k in frame for k in ("fl_x", "camera_angle_x")) else meta
+    if level.get("fl_x") is not None:
+        fx = _num(level["fl_x"], "fl_x", json_path)
+    elif level.get("camera_angle_x") is not None:
+        fx = 0.5 * w / math.tan(0.5 * _num(level["camera_angle_x"], "camera_angle_x", json_path))
     else:
         raise UserError("no focal length: need fl_x or camera_angle_x", json_path, "add the intrinsics to the file")
-    if get("fl_y") is not None:
-        fy = _num(get("fl_y"), "fl_y", json_path)
-    elif get("camera_angle_y") is not None and get("fl_x") is None:
-        fy = 0.5 * h / math.tan(0.5 * _num(get("camera_angle_y"), "camera_angle_y", json_path))
+    level_y = frame if any(k in frame for k in ("fl_y", "camera_angle_y")) else meta
+    if level_y.get("fl_y") is not None:
+        fy = _num(level_y["fl_y"], "fl_y", json_path)
+    elif level_y.get("camera_angle_y") is not None:
+        fy = 0.5 * h / math.tan(0.5 * _num(level_y["camera_angle_y"], "camera_angle_y", json_path))
     else:
         fy = fx
     cx = _num(get("cx"), "cx", json_path) if get("cx") is not None else w / 2
