@@ -160,3 +160,17 @@ def test_unrelated_images_fail_cleanly(tmp_path):
     with pytest.raises(UserError, match="posed|matches|two-view") as e:
         load_scene(tmp_path, progress=False)
     assert str(e.value).startswith(str(tmp_path))  # names the user's folder, not the SfM temp dir
+
+
+def test_dlt_triangulation_recovers_points():
+    rng = np.random.default_rng(1)
+    X = rng.uniform(-1, 1, (50, 3)) + np.array([0, 0, 5.0])
+    P1 = np.hstack([np.eye(3), np.zeros((3, 1))])
+    c, s_ = np.cos(0.2), np.sin(0.2)
+    P2 = np.hstack([np.array([[c, 0, s_], [0, 1, 0], [-s_, 0, c]]), np.array([[-1.0], [0.1], [0.2]])])
+
+    def proj(P):
+        x = X @ P[:, :3].T + P[:, 3]
+        return x[:, :2] / x[:, 2:]
+
+    np.testing.assert_allclose(folder_mod._triangulate(P1, P2, proj(P1), proj(P2)), X, atol=1e-9)

@@ -132,8 +132,7 @@ def _two_view_fallback(db_path: Path, names: list[str], folder: Path
         pair_ids, geoms = db.read_two_view_geometries()
     pairs = {}
     for pid, g in zip(pair_ids, geoms):
-        a, b = pycolmap.pair_id_to_image_pair(pid) if hasattr(pycolmap, "pair_id_to_image_pair") else \
-            pycolmap.Database.pair_id_to_image_pair(pid)
+        a, b = pycolmap.pair_id_to_image_pair(pid)  # matches' columns follow this (a, b) order
         if len(g.inlier_matches) > 0:
             pairs[_pair_key(a, b)] = np.asarray(g.inlier_matches, dtype=np.int64) if a < b else \
                 np.asarray(g.inlier_matches, dtype=np.int64)[:, ::-1]
@@ -156,6 +155,9 @@ def _two_view_fallback(db_path: Path, names: list[str], folder: Path
     ia, ib = inl[:, 0], inl[:, 1]  # keypoint indices in images a and b
     na, nb = ca.cam_from_img(kps[a][ia]), cb.cam_from_img(kps[b][ib])
     X = _triangulate(poses[a], poses[b], na, nb)
+    # keep points in front of both cameras (mismatches can triangulate behind them)
+    front = ((X[:, 2] > 0) & ((X @ rel[:, :3].T + rel[:, 3])[:, 2] > 0)) & np.isfinite(X).all(1)
+    X, ia, ib = X[front], ia[front], ib[front]
     track_a = {int(k): j for j, k in enumerate(ia)}
     track_b = {int(k): j for j, k in enumerate(ib)}
     errs = []
