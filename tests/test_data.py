@@ -424,7 +424,7 @@ def test_bad_chunks_skipped_with_counted_warning(tmp_path, synth_root):
     assert "2 bad chunk(s), 1 skipped example(s)" in msgs[-1]
 
 
-def test_evaluation_mode_fixed_views(synth_root):
+def test_evaluation_mode_fixed_views(tmp_path, synth_root):
     ds = RE10KDataset(synth_root, "test", 16, evaluation_index=synth_root / "evaluation_index.json")
     ev = json.loads((synth_root / "evaluation_index.json").read_text())
     a = [(s["key"], s["context_indices"].tolist(), s["target_indices"].tolist()) for s in ds]
@@ -433,6 +433,14 @@ def test_evaluation_mode_fixed_views(synth_root):
     assert a == b and len(a) == 3
     for k, c, t in a:
         assert c == ev[k]["context"] and t == ev[k]["target"]
+    # Keys absent from (or null in) the index are left out silently; bad indices are skipped.
+    k0, k1, k2 = sorted(ev)
+    sub = tmp_path / "ev.json"
+    sub.write_text(json.dumps({k0: ev[k0], k1: None, k2: {"context": [0, FRAMES], "target": [1]}}))
+    ds = RE10KDataset(synth_root, "test", 16, evaluation_index=sub)
+    with pytest.warns(BadExampleWarning, match=k2):
+        assert [s["key"] for s in ds] == [k0]
+    assert ds.skipped_examples == 1
 
 
 # ----------------------------------------------------------------------------- outliers

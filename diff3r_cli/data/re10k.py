@@ -255,6 +255,8 @@ class RE10KDataset(IterableDataset):
         epoch = self.epoch
         while True:
             for ex in self._examples(epoch):
+                if self.eval_index is not None and self.eval_index.get(ex["key"]) is None:
+                    continue  # not evaluated (absent or null in the index): by design, not an error
                 views = self._views(ex, epoch)
                 if views is None:
                     self._skip(f"skipping example {ex['key']!r}: no valid views "
