@@ -174,3 +174,31 @@ def test_dlt_triangulation_recovers_points():
         return x[:, :2] / x[:, 2:]
 
     np.testing.assert_allclose(folder_mod._triangulate(P1, P2, proj(P1), proj(P2)), X, atol=1e-9)
+
+
+@needs_fern
+def test_known_focal_is_kept(tmp_path):
+    root = fern_folder(tmp_path / "foc", [0, 1])
+    s = load_scene(root, progress=False, focal=421.0)
+    assert s.extras["num_registered"] == 2
+    assert torch.allclose(s.cameras.K[:, 0, 0], torch.full((2,), 421.0, dtype=torch.float64), atol=1e-6)
+    assert torch.allclose(s.cameras.K[:, :2, 2], torch.tensor([256.0, 192.0], dtype=torch.float64), atol=1e-6)
+
+
+@needs_fern
+def test_exif_35mm_focal_is_the_prior(tmp_path):
+    root = tmp_path / "exif"
+    root.mkdir()
+    for f in sorted(FERN.iterdir())[:2]:
+        exif = Image.Exif()
+        exif.get_ifd(0x8769)[0xA405] = 30  # FocalLengthIn35mmFilm
+        Image.open(f).save(root / f.name, exif=exif, quality=95)
+    s = load_scene(root, progress=False, strategy="two_view")  # two-view poses keep the prior as is
+    assert torch.allclose(s.cameras.K[:, 0, 0], torch.full((2,), 30 / 36 * 512, dtype=torch.float64), atol=1e-6)
+
+
+def test_focal_needs_one_camera(tmp_path):
+    for i, size in enumerate([(40, 30), (30, 40)]):
+        Image.fromarray(np.zeros((size[1], size[0], 3), np.uint8)).save(tmp_path / f"{i}.png")
+    with pytest.raises(UserError, match="focal"):
+        load_scene(tmp_path, progress=False, focal=100.0)

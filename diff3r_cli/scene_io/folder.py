@@ -109,6 +109,24 @@ def _mapping_options(n: int, loose: bool, seed: int) -> pycolmap.IncrementalPipe
     return opts
 
 
+def exif_focal_px(path: Path, width: int, height: int) -> float | None:
+    """Focal length in pixels from EXIF FocalLengthIn35mmFilm (36 mm = the long side), or None.
+
+    COLMAP reads this prior itself from the original files; our SfM runs on re-encoded copies, so
+    we pass it on explicitly.
+    """
+    try:
+        with Image.open(path) as img:
+            f35 = img.getexif().get_ifd(0x8769).get(0xA405)
+    except Exception:  # unreadable EXIF is no reason to fail: fall back to COLMAP's size prior
+        return None
+    try:
+        f35 = float(f35)
+    except (TypeError, ValueError):
+        return None
+    return f35 / 36.0 * max(width, height) if f35 > 0 else None
+
+
 def _triangulate(P1: np.ndarray, P2: np.ndarray, x1: np.ndarray, x2: np.ndarray) -> np.ndarray:
     """Linear (DLT) triangulation of normalized image points (M,2) for 3x4 projections; (M,3)."""
     A = np.stack([x1[:, :1] * P1[2] - P1[0], x1[:, 1:] * P1[2] - P1[1],
@@ -200,12 +218,15 @@ def _to4x4(m: np.ndarray) -> torch.Tensor:
 
 
 def run_sfm(image_paths: list[Path], max_image_size: int = 1024, progress: bool = True, seed: int = 0,
-            camera_mode: str = "auto", workdir: str | Path | None = None, strategy: str = "auto") -> dict:
+            camera_mode: str = "auto", workdir: str | Path | None = None, strategy: str = "auto",
+            focal: float | None = None) -> dict:
     """Pose images with pycolmap SfM; returns a dict with per-name w2c (4,4) and pycolmap cameras
     (at the loaded images' full size), the loaded images, reprojection error, counts and flags.
 
     strategy "auto": incremental mapping (default, then looser initialization), two-view fallback
     when needed; "two_view": skip the mapper and use the two-view poses directly.
+    focal: known focal length in pixels of the (EXIF-rotated) first image, kept fixed; without it an
+    EXIF 35 mm-equivalent focal of the first image is the starting guess when all images share a camera.
     """
     t0 = time.perf_counter()
     images = [load_image(p) for p in image_paths]
@@ -214,6 +235,9 @@ def run_sfm(image_paths: list[Path], max_image_size: int = 1024, progress: bool 
     sizes = [(im.shape[1], im.shape[0]) for im in images]
     if camera_mode == "auto":
         camera_mode = "single" if len(set(sizes)) == 1 else "per_image"
+    if focal is not None and (camera_mode != "single" or not focal > 0):
+        raise UserError(f"a fixed focal length ({focal}) needs positive pixels and images of one size from one camera",
+                        image_paths[0].parent, "drop the focal option or use photos from one camera at one size")
     with tempfile.TemporaryDirectory(prefix="diff3r_sfm_", dir=workdir) as tmp, _quiet_colmap(), \
             _Progress(progress, n) as prog:
         tmp = Path(tmp)
@@ -230,6 +254,14 @@ def run_sfm(image_paths: list[Path], max_image_size: int = 1024, progress: bool 
         db = tmp / "database.db"
         reader = pycolmap.ImageReaderOptions()
         reader.camera_model = "SIMPLE_PINHOLE" if n <= 3 else "SIMPLE_RADIAL"
+        w0, h0 = sizes[0]
+        f_prior = focal if focal is not None else exif_focal_px(image_paths[0], w0, h0)
+        if f_prior is not None and camera_mode == "single":
+            # camera_params are one set for all images, in pixels of the SfM copies (all one size here)
+            sw0, sh0 = sfm_sizes[0]
+            f = f_prior * sw0 / w0
+            extra = ",0" if reader.camera_model == "SIMPLE_RADIAL" else ""
+            reader.camera_params = f"{f!r},{sw0 / 2!r},{sh0 / 2!r}{extra}"
         extraction = pycolmap.FeatureExtractionOptions()
         extraction.max_image_size = max_image_size
         mode = pycolmap.CameraMode.SINGLE if camera_mode == "single" else pycolmap.CameraMode.PER_IMAGE
@@ -245,7 +277,11 @@ def run_sfm(image_paths: list[Path], max_image_size: int = 1024, progress: bool 
             task = prog.stage("SfM: incremental mapping" + (" (looser init)" if loose else ""), n)
             out = tmp / ("sparse_loose" if loose else "sparse")
             out.mkdir()
-            recs = pycolmap.incremental_mapping(db, tmp / "images", out, _mapping_options(n, loose, seed),
+            opts = _mapping_options(n, loose, seed)
+            if focal is not None:  # the user knows it: do not let bundle adjustment drift it
+                opts.ba_refine_focal_length = False
+                opts.mapper.abs_pose_refine_focal_length = False
+            recs = pycolmap.incremental_mapping(db, tmp / "images", out, opts,
                                                 next_image_callback=lambda: prog.advance(task))
             rec = max(recs.values(), key=lambda r: r.num_reg_images(), default=None)
             prog.done(task, rec.num_reg_images() if rec else 0)
@@ -281,13 +317,15 @@ def run_sfm(image_paths: list[Path], max_image_size: int = 1024, progress: bool 
 
 def load_folder_scene(path: str | Path, resolution: tuple[int, int] | None = None, views: list[int] | None = None,
                       mode: str = "resize_crop", max_image_size: int = 1024, progress: bool = True,
-                      camera_mode: str = "auto", seed: int = 0, strategy: str = "auto") -> Scene:
+                      camera_mode: str = "auto", seed: int = 0, strategy: str = "auto",
+                      focal: float | None = None) -> Scene:
     """Pose a folder of images by SfM and return them as a Scene.
 
     views: indices into the name-sorted images (only those are posed). Images of different sizes are
     resampled to ``resolution`` (width, height) or, by default, to the first image's size. Extras:
     reprojection_error (mean, pixels at SfM resolution), num_registered, num_images, sfm_seconds,
     fallback (None or "two_view"), dropped (names SfM could not pose), undistorted.
+    focal: known focal length (pixels, first image's size), e.g. from a calibration; kept fixed.
     """
     path = Path(path)
     if not path.is_dir():
@@ -304,7 +342,7 @@ def load_folder_scene(path: str | Path, resolution: tuple[int, int] | None = Non
     if strategy not in ("auto", "two_view"):
         raise UserError(f"unknown SfM strategy {strategy!r}", path, "use 'auto' or 'two_view'")
     r = run_sfm(paths, max_image_size=max_image_size, progress=progress, seed=seed, camera_mode=camera_mode,
-                strategy=strategy)
+                strategy=strategy, focal=focal)
     if r["dropped"]:
         dropped_files = [str(paths[r["names"].index(nm)]) for nm in r["dropped"]]
         log.warning("SfM could not pose %d image(s), left out: %s", len(dropped_files), ", ".join(dropped_files))
