@@ -150,71 +150,120 @@ def _alpha(mean2d, conic, opac, px, py):
     return torch.clamp_max(opac * torch.exp(-sigma), ALPHA_MAX)
 
 
+# Box sizes are rounded up to these grid sizes so entries can be processed in a few dense
+# (entries, h, w) batches; small sizes exact (pixel-aligned splats are 3-8 px wide).
+def _size_buckets(limit: int, device) -> torch.Tensor:
+    b = list(range(1, 9))
+    while b[-1] < limit:
+        b.append(int(math.ceil(b[-1] * 1.5)))
+    return torch.tensor(b, device=device)
+
+
 @torch.no_grad()
 def bin_pairs(ent: dict, C: int, width: int, height: int, chunk: int = DEFAULT_CHUNK):
-    """Enumerate (entry, pixel) pairs with α >= 1/255, sorted by (camera, pixel, depth),
-    with the transmittance cut-off applied. Returns (entry_idx (M,), pixel_key (M,)) where
-    pixel_key = cam·H·W + y·W + x. No autograd."""
+    """Enumerate the (entry, pixel) pairs that gsplat composites, in compositing order.
+
+    Pairs have α >= 1/255, are sorted by (camera, pixel, depth) and cut off where the
+    transmittance would fall to <= 1e-4. Returns ``(e_idx, key, alpha, trans)``: entry index,
+    pixel key ``cam·H·W + y·W + x``, α and the transmittance in front of the pair (T before
+    it), all (M,). No autograd; memory is O(pairs + chunk).
+    """
     m2 = ent["mean2d"].detach()
     conic = ent["conic"].detach()
     opac = ent["opacity"].detach()
     cov = ent["cov2d"].detach()
     ext = ent["extend"]
     cam = ent["cam"]
-    dev = m2.device
+    dev, dt = m2.device, m2.dtype
     E = m2.shape[0]
+    empty_l = torch.zeros(0, dtype=torch.long, device=dev)
+    empty_f = torch.zeros(0, dtype=dt, device=dev)
+    if E == 0:
+        return empty_l, empty_l, empty_f, empty_f
     # Tight box of the ellipse {dᵀΣ⁻¹d <= extend²} (half-widths extend·sqrt(Σxx), extend·sqrt(Σyy)),
     # in pixel indices whose centres (i+0.5) fall inside; a tiny margin guards rounding.
     hx = ext * cov[:, 0].sqrt() + 1e-3
     hy = ext * cov[:, 2].sqrt() + 1e-3
-    x0 = torch.ceil(m2[:, 0] - hx - 0.5).clamp(0, width).long()
-    x1 = torch.floor(m2[:, 0] + hx - 0.5).clamp(-1, width - 1).long()
-    y0 = torch.ceil(m2[:, 1] - hy - 0.5).clamp(0, height).long()
-    y1 = torch.floor(m2[:, 1] + hy - 0.5).clamp(-1, height - 1).long()
-    bw = (x1 - x0 + 1).clamp_min(0)
-    bh = (y1 - y0 + 1).clamp_min(0)
-    counts = bw * bh
-    ends = torch.cumsum(counts, 0)
-    total = int(ends[-1]) if E else 0
-    starts = ends - counts
+    x0 = torch.ceil(m2[:, 0] - hx - 0.5).clamp(0, width)
+    x1 = torch.floor(m2[:, 0] + hx - 0.5).clamp(-1, width - 1)
+    y0 = torch.ceil(m2[:, 1] - hy - 0.5).clamp(0, height)
+    y1 = torch.floor(m2[:, 1] + hy - 0.5).clamp(-1, height - 1)
+    bw = (x1 - x0 + 1).clamp_min(0).long()
+    bh = (y1 - y0 + 1).clamp_min(0).long()
+    x0, y0 = x0.long(), y0.long()
+    # log(255·o): α >= 1/255  <=>  σ <= thr (a coarse pre-filter; exact test below).
+    thr = torch.log(opac / ALPHA_MIN) + 1e-6
+
+    buckets = _size_buckets(max(width, height), dev)
+    cw = torch.searchsorted(buckets, bw)
+    chh = torch.searchsorted(buckets, bh)
+    cls = cw * len(buckets) + chh
+    cls[(bw == 0) | (bh == 0)] = -1
+    order = torch.sort(cls, stable=True).indices
+    cls_sorted = cls[order]
+    uniq, counts = torch.unique_consecutive(cls_sorted, return_counts=True)
     hw = height * width
+
     out_e, out_k, out_a = [], [], []
-    e_lo = 0
-    while e_lo < E and total > 0:
-        # Take entries until the chunk is full (at least one entry per chunk).
-        base = int(starts[e_lo])
-        e_hi = int(torch.searchsorted(ends, base + chunk, right=True))
-        e_hi = max(e_hi, e_lo + 1)
-        cnt = counts[e_lo:e_hi]
-        n = int(cnt.sum())
-        if n > 0:
-            er = torch.repeat_interleave(torch.arange(e_lo, e_hi, device=dev), cnt)
-            local = torch.arange(n, device=dev) - (starts[er] - base)
-            w_ = bw[er]
-            px = x0[er] + local % w_
-            py = y0[er] + local // w_
-            al = _alpha(m2[er], conic[er], opac[er], px.to(m2.dtype) + 0.5, py.to(m2.dtype) + 0.5)
-            sel = al >= ALPHA_MIN
-            er, px, py, al = er[sel], px[sel], py[sel], al[sel]
-            out_e.append(er)
-            out_k.append(cam[er] * hw + py * width + px)
+    pos = 0
+    for u, n_u in zip(uniq.tolist(), counts.tolist()):
+        ids = order[pos:pos + n_u]
+        pos += n_u
+        if u < 0:
+            continue
+        gw = int(buckets[u // len(buckets)])
+        gh = int(buckets[u % len(buckets)])
+        step = max(1, chunk // (gw * gh))
+        ox = torch.arange(gw, device=dev)
+        oy = torch.arange(gh, device=dev)
+        for s0 in range(0, n_u, step):
+            ee = ids[s0:s0 + step]
+            X = x0[ee, None] + ox                       # (n,gw)
+            Y = y0[ee, None] + oy                       # (n,gh)
+            dx = m2[ee, 0, None] - (X.to(dt) + 0.5)
+            dy = m2[ee, 1, None] - (Y.to(dt) + 0.5)
+            inf = torch.tensor(float("inf"), dtype=dt, device=dev)
+            ax = torch.where(ox < bw[ee, None], 0.5 * conic[ee, 0, None] * dx * dx, inf)
+            cy = torch.where(oy < bh[ee, None], 0.5 * conic[ee, 2, None] * dy * dy, inf)
+            bx = conic[ee, 1, None] * dx
+            sigma = (ax[:, None, :] + cy[:, :, None]) + bx[:, None, :] * dy[:, :, None]   # (n,gh,gw)
+            sel = sigma <= thr[ee, None, None]
+            i, iy, ix = sel.nonzero(as_tuple=True)
+            sig = sigma[i, iy, ix]
+            e = ee[i]
+            al = torch.clamp_max(opac[e] * torch.exp(-sig), ALPHA_MAX)
+            ok = al >= ALPHA_MIN
+            e, al = e[ok], al[ok]
+            out_e.append(e)
+            out_k.append(cam[e] * hw + (y0[e] + iy[ok]) * width + (x0[e] + ix[ok]))
             out_a.append(al)
-        e_lo = e_hi
     if not out_e:
-        z = torch.zeros(0, dtype=torch.long, device=dev)
-        return z, z.clone()
+        return empty_l, empty_l, empty_f, empty_f
     e_idx = torch.cat(out_e)
     key = torch.cat(out_k)
     al = torch.cat(out_a)
-    if e_idx.numel() == 0:
-        return e_idx, key
-    # Entries are already in (camera, depth) order, so the entry index is the depth rank.
-    order = torch.sort(key * E + e_idx).indices
+    M = e_idx.numel()
+    if M == 0:
+        return empty_l, empty_l, empty_f, empty_f
+    # Put the pairs in entry order (= camera, depth order) without a sort: every entry's pairs
+    # are contiguous in the list, so a counting placement does it.
+    ar = torch.arange(M, device=dev)
+    cnt = torch.bincount(e_idx, minlength=E)
+    off = torch.cumsum(cnt, 0) - cnt
+    first = torch.full((E,), M, dtype=torch.long, device=dev).scatter_reduce(0, e_idx, ar, "amin")
+    dest = off[e_idx] + (ar - first[e_idx])
+    perm = torch.empty_like(dest).index_copy_(0, dest, ar)
+    e_idx, key, al = e_idx[perm], key[perm], al[perm]
+    # Stable sort by pixel key keeps the depth order within every pixel.
+    kdt = torch.int32 if C * hw < 2**31 else torch.int64
+    order = torch.sort(key.to(kdt), stable=True).indices
     e_idx, key, al = e_idx[order], key[order], al[order]
     # Transmittance cut-off: drop the first pair whose T_next <= T_MIN and all after it.
-    log_t_incl, _ = _segmented_log_transmittance(torch.log1p(-al.double()), key)
+    log_t_incl, log_t_excl = _segmented_log_transmittance(torch.log1p(-al.double()), key)
     keep = log_t_incl > math.log(T_MIN)
-    return e_idx[keep], key[keep]
+    if not bool(keep.all()):
+        e_idx, key, al, log_t_excl = e_idx[keep], key[keep], al[keep], log_t_excl[keep]
+    return e_idx, key, al, torch.exp(log_t_excl).to(dt)
 
 
 def _segment_ids(key: torch.Tensor):
@@ -229,7 +278,7 @@ def _segmented_log_transmittance(log1m: torch.Tensor, key: torch.Tensor, seg=Non
     """Inclusive and exclusive log-transmittance within each run of equal keys.
 
     ``log1m`` = log(1-α) per pair (float64: a global cumsum in float32 would lose precision
-    over millions of pairs). Differentiable and forward-AD friendly.
+    over millions of pairs).
     """
     if seg is None:
         seg = _segment_ids(key)
@@ -238,6 +287,99 @@ def _segmented_log_transmittance(log1m: torch.Tensor, key: torch.Tensor, seg=Non
     before = (cs - log1m)[seg_start]     # cumulative sum before each segment
     incl = cs - before[seg_id]
     return incl, incl - log1m
+
+
+def _segmented_exclusive_cumsum(v: torch.Tensor, seg_id, seg_start) -> torch.Tensor:
+    """Σ_{j<i, same segment} v_j (accumulated in float64)."""
+    v64 = v.double()
+    cs = torch.cumsum(v64, 0)
+    before = (cs - v64)[seg_start]
+    return (cs - v64 - before[seg_id]).to(v.dtype)
+
+
+def _segmented_suffix_sum(v: torch.Tensor, seg_id, seg_start) -> torch.Tensor:
+    """Σ_{j>i, same segment} v_j (accumulated in float64)."""
+    v64 = v.double()
+    cs = torch.cumsum(v64, 0)
+    seg_end = torch.cat([seg_start[1:], seg_start.new_tensor([v.numel()])]) - 1
+    return (cs[seg_end][seg_id] - cs).to(v.dtype)
+
+
+class _Composite(torch.autograd.Function):
+    """Front-to-back compositing of sorted (entry, pixel) pairs with analytic derivatives.
+
+    Input ``packed`` (E,10) per entry: mean2d (2), conic a,b,c (3), opacity, rgb (3), depth.
+    Output (C·H·W, 5): Σ w·rgb, Σ w·z, Σ w with w = α·T. α and T come from the binning pass
+    (same formula, no autograd); backward and jvp are written out by hand (like gsplat's
+    backward kernel: dα_i = T_i s_i - Σ_{j>i} w_j s_j / (1-α_i)), which is several times
+    cheaper than letting autograd record the per-pair graph.
+    """
+
+    @staticmethod
+    def forward(packed, e_idx, key, alpha, trans, seg_id, seg_start, n_pix, width, height):
+        w = alpha * trans
+        f = packed[e_idx, 6:10]
+        vals = torch.cat([w[:, None] * f, w[:, None]], dim=1)
+        return torch.zeros(n_pix, 5, dtype=packed.dtype, device=packed.device).index_add(0, key, vals)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        packed, e_idx, key, alpha, trans, seg_id, seg_start, n_pix, width, height = inputs
+        ctx.save_for_backward(packed, e_idx, key, alpha, trans, seg_id, seg_start)
+        ctx.save_for_forward(packed, e_idx, key, alpha, trans, seg_id, seg_start)
+        ctx.width, ctx.height, ctx.n_pix = width, height, n_pix
+
+    @staticmethod
+    def _pair_geometry(P, key, width, height):
+        """dx, dy (mean - pixel centre), conic, opacity, G = exp(-σ) per pair."""
+        dt = P.dtype
+        dx = P[:, 0] - ((key % width).to(dt) + 0.5)
+        dy = P[:, 1] - (((key // width) % height).to(dt) + 0.5)
+        ca, cb, cc, o = P[:, 2], P[:, 3], P[:, 4], P[:, 5]
+        G = torch.exp(-(0.5 * (ca * dx * dx + cc * dy * dy) + cb * dx * dy))
+        return dx, dy, ca, cb, cc, o, G
+
+    @staticmethod
+    def backward(ctx, grad):
+        packed, e_idx, key, alpha, trans, seg_id, seg_start = ctx.saved_tensors
+        P = packed[e_idx]
+        g = grad.contiguous()[key]                             # (M,5)
+        w = alpha * trans
+        s = (g[:, :4] * P[:, 6:10]).sum(1) + g[:, 4]           # ∂L/∂w per pair
+        d_alpha = trans * s - _segmented_suffix_sum(w * s, seg_id, seg_start) / (1.0 - alpha)
+        dx, dy, ca, cb, cc, o, G = _Composite._pair_geometry(P, key, ctx.width, ctx.height)
+        free = (o * G) <= ALPHA_MAX                            # clamped α has zero derivative
+        d_alpha = torch.where(free, d_alpha, torch.zeros_like(d_alpha))
+        d_sigma = -(o * G) * d_alpha
+        gp = torch.stack([
+            (ca * dx + cb * dy) * d_sigma,
+            (cc * dy + cb * dx) * d_sigma,
+            0.5 * dx * dx * d_sigma,
+            dx * dy * d_sigma,
+            0.5 * dy * dy * d_sigma,
+            G * d_alpha,
+        ], dim=1)
+        gp = torch.cat([gp, w[:, None] * g[:, :4]], dim=1)     # rgb, depth
+        gpacked = torch.zeros_like(packed).index_add(0, e_idx, gp)
+        return (gpacked,) + (None,) * 9
+
+    @staticmethod
+    def jvp(ctx, dpacked, *_):
+        packed, e_idx, key, alpha, trans, seg_id, seg_start = ctx.saved_tensors
+        dt = packed.dtype
+        P = packed[e_idx]
+        dP = dpacked[e_idx]
+        dx, dy, ca, cb, cc, o, G = _Composite._pair_geometry(P, key, ctx.width, ctx.height)
+        d_sigma = ((ca * dx + cb * dy) * dP[:, 0] + (cc * dy + cb * dx) * dP[:, 1]
+                   + 0.5 * dx * dx * dP[:, 2] + dx * dy * dP[:, 3] + 0.5 * dy * dy * dP[:, 4])
+        d_alpha = G * dP[:, 5] - (o * G) * d_sigma
+        d_alpha = torch.where((o * G) <= ALPHA_MAX, d_alpha, torch.zeros_like(d_alpha))
+        w = alpha * trans
+        # d log T_i = Σ_{j<i} -dα_j / (1-α_j)
+        dlogt = _segmented_exclusive_cumsum(-d_alpha / (1.0 - alpha), seg_id, seg_start)
+        dw = d_alpha * trans + w * dlogt
+        dvals = torch.cat([dw[:, None] * P[:, 6:10] + w[:, None] * dP[:, 6:10], dw[:, None]], dim=1)
+        return torch.zeros(ctx.n_pix, 5, dtype=dt, device=packed.device).index_add(0, key, dvals)
 
 
 def render_torch(gaussians: Gaussians, cameras, background=None, chunk: int = DEFAULT_CHUNK,
@@ -262,26 +404,18 @@ def render_torch(gaussians: Gaussians, cameras, background=None, chunk: int = DE
     ent = project_gaussians(g, K, w2c, W, H)
     if ent is None:
         return _empty_output(C, H, W, bg, g.means + 0 * sum(t.sum() for t in g.tensors()))
-    e_idx, key = bin_pairs(ent, C, W, H, chunk=chunk)
 
     # Per-entry colour from SH, view direction from the camera centre to the mean (gsplat).
     centers = torch.linalg.inv(w2c)[:, :3, 3]
     dirs = g.means[ent["gid"]] - centers[ent["cam"]]
     color = torch.clamp_min(eval_sh(g.sh[ent["gid"]], dirs) + 0.5, 0.0)
-
-    # One packed gather per pair (its backward is one index_add).
     packed = torch.cat([ent["mean2d"], ent["conic"], ent["opacity"][:, None], color,
                         ent["depth"][:, None]], dim=1)  # (E,10)
-    P = packed[e_idx]
-    pix = key % (H * W)
-    px = (pix % W).to(dt) + 0.5
-    py = (pix // W).to(dt) + 0.5
-    al = _alpha(P[:, 0:2], P[:, 2:5], P[:, 5], px, py)
-    log1m = torch.log1p(-al)
-    _, log_t_excl = _segmented_log_transmittance(log1m.double(), key)
-    w = al * torch.exp(log_t_excl).to(dt)
-    vals = w[:, None] * torch.cat([P[:, 6:10], torch.ones_like(w)[:, None]], dim=1)  # rgb, z, 1
-    acc = torch.zeros(C * H * W, 5, dtype=dt, device=dev).index_add(0, key, vals)
+
+    e_idx, key, al, trans = bin_pairs(ent, C, W, H, chunk=chunk)
+    seg_id, seg_start = _segment_ids(key)
+    # key is global over cameras; the pixel position inside an image is key mod H·W
+    acc = _Composite.apply(packed, e_idx, key, al, trans, seg_id, seg_start, C * H * W, W, H)
     acc = acc.reshape(C, H, W, 5)
     alpha = acc[..., 4]
     rgb = acc[..., :3]
