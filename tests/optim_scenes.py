@@ -47,3 +47,18 @@ def perturb(g: Gaussians, sigma: float, seed: int = 1) -> Gaussians:
     gen = torch.Generator().manual_seed(seed)
     theta = g.flatten()
     return g.unflatten(theta + sigma * torch.randn(theta.shape, generator=gen, dtype=theta.dtype))
+
+
+def wide_blobs(n: int = 3, seed: int = 0, dtype=torch.float64) -> Gaussians:
+    """n large, faint Gaussians near the optical axis whose α ≥ 1/255 footprints cover the whole
+    image in every view of ``two_cameras``: no pair crosses the α-skip or footprint thresholds,
+    so the rendered energy is smooth near the optimum (needed for tight inner solves)."""
+    g = torch.Generator().manual_seed(seed)
+    means = (torch.rand(n, 3, generator=g, dtype=dtype) - 0.5) * torch.tensor([0.5, 0.5, 0.4], dtype=dtype)
+    log_scales = math.log(0.9) + 0.1 * torch.randn(n, 3, generator=g, dtype=dtype)
+    quats = torch.randn(n, 4, generator=g, dtype=dtype)
+    quats[:, 0] = quats[:, 0].abs() + 1.0
+    p = 0.35 + 0.1 * (torch.rand(n, generator=g, dtype=dtype) - 0.5)
+    opacity_logits = torch.log(p / (1 - p))
+    sh = (torch.rand(n, 1, 3, generator=g, dtype=dtype) - 0.5) * 3.0
+    return Gaussians(means, log_scales, quats, opacity_logits, sh)
