@@ -287,7 +287,7 @@ def refine(
     images: Annotated[Optional[Path], typer.Option(help="Folder holding the input images, when they moved "
                                                         "since reconstruct. Default: the sidecar's paths.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output .ply. Default: "
-                                                                    "<stem>_refined.ply next to the input.")] = None,
+                                                                    "<stem>.refined.ply next to the input.")] = None,
     in_place: Annotated[bool, typer.Option("--in-place", help="Overwrite the input .ply (atomically).")] = False,
 ) -> None:
     """Refine a predicted scene on its input views by uncertainty-weighted test-time optimization.
@@ -301,7 +301,7 @@ def refine(
     read_ply(_require_exists(ply, ".ply"))  # validate before loading any engine
     if images is not None:
         _require_exists(images, "images folder")
-    dest = ply if in_place else (out if out is not None else ply.with_name(ply.stem + "_refined.ply"))
+    dest = ply if in_place else (out if out is not None else ply.with_name(ply.stem + ".refined.ply"))
     _check_output_file(dest)
     fn = _engine("refine", "diff3r_cli.pipeline", "refine_command")
     _print_result(fn(ply=ply, steps=steps, optimizer=optimizer.value, uncertainty=not no_uncertainty,

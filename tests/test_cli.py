@@ -239,7 +239,7 @@ def test_refine_render_train_eval_synth_dispatch(tmp_path, fake_engines):
     p = small_ply(tmp_path / "s.ply")
     assert run("refine", p, "--steps", "7", "--optimizer", "lm").exit_code == 0
     (_, kw), = fake_engines["refine_command"].calls
-    assert kw["out"] == tmp_path / "s_refined.ply" and kw["steps"] == 7 and kw["optimizer"] == "lm"
+    assert kw["out"] == tmp_path / "s.refined.ply" and kw["steps"] == 7 and kw["optimizer"] == "lm"
     assert kw["uncertainty"] is True
     assert run("refine", p, "--in-place").exit_code == 0
     assert fake_engines["refine_command"].calls[-1][1]["out"] == p
@@ -320,7 +320,7 @@ def test_corrupt_and_truncated_ply(tmp_path, fake_engines):
         for cmd in ("inspect", "refine", "render"):
             assert_one_line_error(run(cmd, p), str(p), "ply")
     assert not any(e.calls for e in fake_engines.values())
-    assert tree(tmp_path) == before  # no partial outputs (no _refined.ply, no _renders/)
+    assert tree(tmp_path) == before  # no partial outputs (no .refined.ply, no _renders/)
 
 
 def test_unwritable_outputs(tmp_path, fake_engines):
