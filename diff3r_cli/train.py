@@ -454,7 +454,7 @@ def train_main(data: str = "synthetic", data_root: str | None = None, stage: str
                resolution: int = 64, batch: int = 1, out: str | Path = "runs/train", resume: str | bool | None = None,
                init: str | None = None, outliers: float = 0.0, lr: float = 2e-4, inner_steps: int = 5,
                inner_optimizer: str = "adam", ckpt_every: int = 200, log_every: int = 10, eval_every: int = 0,
-               eval_scenes: int = 8, model_size: str = "small", seed: int = 0, context_views: int = 2,
+               eval_scenes: int = 8, eval_root: str | None = None, model_size: str = "small", seed: int = 0, context_views: int = 2,
                target_views: int = 2, min_gap: int | None = None, max_gap: int | None = None,
                ssim_weight: float = 0.05, ff_weight: float = 0.0, grad_clip: float = 1.0, warmup: int | None = None,
                weight_decay: float = 0.0, pcg_max_iter: int = 50, render_backend: str = "auto",
@@ -472,6 +472,9 @@ def train_main(data: str = "synthetic", data_root: str | None = None, stage: str
     once this many steps are done, without changing the schedule; time_limit: the same in
     seconds of wall time. model_overrides: PredictorConfig fields (tests use tiny models).
     return_model: also return the trained module (key "model") for callers in Python.
+    eval_every/eval_scenes/eval_root: every N steps, target-view PSNR of θ0 on the first
+    eval_scenes test scenes (fixed views from evaluation_index.json) of eval_root (default:
+    the training root), with the mean-colour baseline, logged as {"type": "eval"}.
     """
     if unknown:
         raise UserError(f"unknown training option(s): {', '.join(sorted(unknown))}", fix="see `diff3r train --help`")
@@ -484,10 +487,14 @@ def train_main(data: str = "synthetic", data_root: str | None = None, stage: str
         raise UserError(f"--outliers must be a probability in [0, 1], got {outliers}", fix="e.g. --outliers 0.5")
     if context_views < 2:
         raise UserError("the predictor needs at least 2 context views", fix="use --context-views 2 or more")
-    if threads:
-        torch.set_num_threads(int(threads))
     out = Path(out)
     dist = setup_distributed(device)
+    if threads:
+        torch.set_num_threads(int(threads))
+    elif dist.enabled and dist.device.type == "cpu":
+        # K CPU processes each using every core thrash badly: split the cores between them.
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", dist.world))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
     from diff3r_cli.data.re10k import RE10KDataset, ViewSamplerConfig
     from diff3r_cli.model.io import load_model, save_model
     from diff3r_cli.model.predictor import build_predictor
@@ -619,6 +626,12 @@ def train_main(data: str = "synthetic", data_root: str | None = None, stage: str
     last_eval: dict | None = None
     model.train()
     steps_this_run = 0
+    if eval_every and step == 0 and dist.main:  # where the untrained network stands
+        ev0 = evaluate_predictor(model, Path(eval_root) if eval_root else root, resolution, context_views, eval_scenes,
+                                 dist, render_backend)
+        if ev0 is not None:
+            last_eval = ev0
+            log({"type": "eval", "step": 0, **ev0})
     try:
         with flag.installed():
             while step < steps:
@@ -679,7 +692,7 @@ def train_main(data: str = "synthetic", data_root: str | None = None, stage: str
                     window = {"loss": 0.0, "n": 0, "mse": [], "mse0": [], "skipped": 0, "time": {}, "steps": 0,
                               "t0": time.perf_counter(), "pcg": [], "fallbacks": 0}
                 if eval_every and (step % eval_every == 0 or step == steps) and dist.main:
-                    ev = evaluate_predictor(model, root, resolution, context_views, eval_scenes, dist, render_backend)
+                    ev = evaluate_predictor(model, Path(eval_root) if eval_root else root, resolution, context_views, eval_scenes, dist, render_backend)
                     if ev is not None:
                         last_eval = ev
                         log({"type": "eval", "step": step, **ev})
