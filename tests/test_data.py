@@ -164,11 +164,11 @@ def test_depth_reprojection_consistency(seed):
     assert n > 200
     assert frac > 0.995, (frac, n)
     assert cdiff < 0.04  # Lambert shading is view-independent: colours agree too
-    # Negative controls: a 2 cm error along the optical axis, or a 0.5 degree rotation, breaks it.
+    # Negative controls: a 2 cm error along the optical axis, or a 2 degree rotation, breaks it.
     bad = scene.w2c[7].clone()
     bad[2, 3] += 0.02
     assert _reprojection_agreement(scene, 0, 7, bad)[0] < 0.5
-    a = math.radians(0.5)
+    a = math.radians(2.0)
     rot = torch.tensor([[math.cos(a), 0, math.sin(a)], [0, 1, 0], [-math.sin(a), 0, math.cos(a)]], dtype=torch.float64)
     bad = scene.w2c[7].clone()
     bad[:3] = rot @ bad[:3]

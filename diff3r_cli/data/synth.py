@@ -128,13 +128,15 @@ def _look_rotation(yaw: float, pitch: float, roll: float) -> torch.Tensor:
 
 
 def _camera_path(g: torch.Generator, lo: torch.Tensor, hi: torch.Tensor, frames: int
-                 ) -> tuple[torch.Tensor, torch.Tensor, float, float]:
-    """Positions (T,3) and camera-to-world rotations (T,3,3) of a smooth RE10K-like clip."""
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """Positions (T,3), camera-to-world rotations (T,3,3), yaws (T,) and length of a smooth RE10K-like clip."""
     margin = 0.8  # metres from the walls (the inside test allows 70% of it for the wobble)
     for attempt in range(100):
         p0 = torch.stack([_rand(g, lo[0] + margin, hi[0] - margin)[0], _rand(g, 1.1, min(1.9, hi[1] - 0.5))[0],
                           _rand(g, lo[2] + margin, hi[2] - margin)[0]])
-        yaw0 = _u(g, -math.pi, math.pi)
+        # Face the room's interior (RE10K clips look into rooms far more often than at a wall).
+        centre = (lo + hi) / 2
+        yaw0 = math.atan2(float(centre[0] - p0[0]), float(centre[2] - p0[2])) + _u(g, -0.9, 0.9)
         mode = int(torch.randint(0, 4, (1,), generator=g))  # forward, sideways, diagonal, turning
         motion_yaw = yaw0 + [0.0, math.copysign(math.pi / 2, _u(g, -1, 1)), _u(g, -0.8, 0.8), _u(g, -0.3, 0.3)][mode]
         length = _u(g, 0.6, 2.2) * (0.5 if mode == 3 else 1.0) * (0.5 ** (attempt // 25))
@@ -161,7 +163,7 @@ def _camera_path(g: torch.Generator, lo: torch.Tensor, hi: torch.Tensor, frames:
     pitches = pitch0 + 0.04 * torch.sin(2 * math.pi * 0.7 * t + wob_p)
     rolls = roll0 + 0.01 * torch.sin(2 * math.pi * 0.9 * t)
     rots = torch.stack([_look_rotation(float(a), float(b), float(c)) for a, b, c in zip(yaws, pitches, rolls)])
-    return pos, rots, yaw0, float(length)
+    return pos, rots, yaws, float(length)
 
 
 def random_scene(seed: int, frames: int = 40, width: int = 256, height: int = 256) -> SynthScene:
@@ -170,22 +172,24 @@ def random_scene(seed: int, frames: int = 40, width: int = 256, height: int = 25
     size = torch.tensor([_u(g, 4.0, 8.0), _u(g, 2.6, 3.6), _u(g, 4.0, 8.0)], dtype=torch.float64)
     lo = torch.tensor([-size[0] / 2, 0.0, -size[2] / 2], dtype=torch.float64)
     hi = torch.tensor([size[0] / 2, size[1], size[2] / 2], dtype=torch.float64)
-    pos, rots, yaw0, _ = _camera_path(g, lo, hi, frames)
+    pos, rots, yaws, _ = _camera_path(g, lo, hi, frames)
 
-    # Objects: many in front of the first camera (so they are seen), the rest anywhere; keep
+    # Objects: most in the view of the middle frame (so they are seen), the rest anywhere; keep
     # them out of the camera path and apart from each other (footprint circles in xz).
-    n_obj = int(torch.randint(4, 9, (1,), generator=g))
+    n_obj = int(torch.randint(5, 11, (1,), generator=g))
     placed: list[tuple[float, float, float]] = []  # (x, z, footprint radius)
     spheres, boxes, cylinders = [], [], []
-    fwd = torch.tensor([math.sin(yaw0), math.cos(yaw0)], dtype=torch.float64)
+    mid = frames // 2
+    fwd = torch.tensor([math.sin(float(yaws[mid])), math.cos(float(yaws[mid]))], dtype=torch.float64)
     path_xz = pos[:, [0, 2]]
-    for k in range(60):
+    for k in range(120):
         if len(placed) >= n_obj:
             break
         kind = int(torch.randint(0, 3, (1,), generator=g))
         r = _u(g, 0.2, 0.6)
         if k % 3 != 2:
-            c = pos[0, [0, 2]] + fwd * _u(g, 1.2, 4.0) + torch.stack([fwd[1], -fwd[0]]) * _u(g, -1.5, 1.5)
+            dist = _u(g, 1.3, 4.0)
+            c = pos[mid, [0, 2]] + fwd * dist + torch.stack([fwd[1], -fwd[0]]) * dist * _u(g, -0.6, 0.6)
         else:
             c = torch.stack([_rand(g, lo[0], hi[0])[0], _rand(g, lo[2], hi[2])[0]])
         if not (lo[0] + r + 0.05 < c[0] < hi[0] - r - 0.05 and lo[2] + r + 0.05 < c[1] < hi[2] - r - 0.05):
