@@ -382,24 +382,32 @@ def eval_cmd(
     model: Annotated[Optional[str], typer.Option(help="Diff3R model (bundled name or checkpoint). "
                                                       "Default: the bundled default.")] = None,
     ff_model: Annotated[Optional[str], typer.Option(help="Feed-forward baseline model to compare against "
-                                                         "(bundled name or checkpoint). Default: none.")] = None,
+                                                         "(bundled name or checkpoint). Default: the bundled "
+                                                         "ff-small when present.")] = None,
     tto_steps: Annotated[str, typer.Option(help="Comma-separated TTO step counts to evaluate.")] = "0,50,200",
-    outliers: Annotated[float, typer.Option(min=0.0, max=1.0, help="Probability of corrupting each context "
-                                                                   "view (robustness evaluation).")] = 0.0,
+    outliers: Annotated[float, typer.Option(min=0.0, max=1.0, help="Probability that a test scene's context "
+                                                                   "views get occluders / exposure changes "
+                                                                   "(robustness evaluation; targets stay clean).")] = 0.0,
     limit: Annotated[Optional[int], typer.Option(min=1, help="Evaluate at most this many test scenes.")] = None,
+    resolution: Annotated[Optional[int], typer.Option(min=16, help="Square working resolution. "
+                                                                   "Default: the model's training resolution.")] = None,
+    optimizer: Annotated[Optimizer, typer.Option(help="TTO optimizer.")] = Optimizer.adam,
     device: Annotated[Device, typer.Option(help="Where to run.")] = Device.auto,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the results as JSON on stdout.")] = False,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the results (summary and "
+                                                                    "per-scene rows) to this JSON file.")] = None,
 ) -> None:
-    """Evaluate PSNR/SSIM on held-out target views, after 0..K test-time optimization steps."""
+    """Evaluate PSNR/SSIM on held-out target views, after 0..K test-time optimization steps.
+
+    Compares ff (feed-forward baseline), ff+TTO, diff3r, diff3r+TTO with uncertainty and without, on the fixed views of <data-root>/evaluation_index.json; prints a table.
+    """
     _require_exists(data_root, "data root")
     steps = _parse_int_list(tto_steps, "--tto-steps")
+    if json_out is not None:
+        _check_output_file(json_out)
     fn = _engine("eval", "diff3r_cli.evaluate", "evaluate_main")
-    result = fn(data_root=data_root, data=data.value, model=model, ff_model=ff_model, tto_steps=steps,
-                outliers=outliers, limit=limit, device=device.value)
-    if json_out:
-        print(json.dumps(result, indent=1, default=str))
-    else:
-        _print_result(result)
+    fn(data_root=data_root, data=data.value, model=model, ff_model=ff_model, tto_steps=steps,
+       outliers=outliers, limit=limit, device=device.value, resolution=resolution, optimizer=optimizer.value,
+       json_out=json_out)
 
 
 # --- data synth ----------------------------------------------------------------------------

@@ -268,10 +268,10 @@ def reconstruct_command(path: Path, out: Path, model: Optional[str] = None, view
     t_start = time.perf_counter()
     dev = pick_device(device)
     model_path = resolve_model_path(model or DEFAULT_MODEL)
-    net = load_model(model_path, device="cpu")
     t0 = time.perf_counter()
-    scene = load_scene(path, progress=True)
+    scene = load_scene(path, progress=True)  # input errors first: they are the user's most likely mistake
     t_load = time.perf_counter() - t0
+    net = load_model(model_path, device="cpu")
     n = len(scene)
     if views is not None:
         bad = [v for v in views if v < 0 or v >= n]

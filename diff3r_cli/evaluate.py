@@ -1,0 +1,182 @@
+"""`diff3r eval`: target-view PSNR/SSIM of feed-forward prediction and test-time optimization.
+
+Methods compared on the same held-out scenes, views and TTO budget:
+  ff              the stage-ff model's prediction θ0 (no TTO)
+  ff+TTO          plain TTO (Λ = 0) from the ff model's θ0
+  diff3r          the stage-diff3r model's θ0 (no TTO)
+  diff3r+TTO+unc  TTO anchored by the predicted Λ (the method)
+  diff3r+TTO      plain TTO (Λ = 0) from the diff3r model's θ0 (ablation)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from diff3r_cli.cameras import Cameras
+from diff3r_cli.errors import NumericalError, UserError
+
+METHODS = ("ff", "ff+TTO", "diff3r", "diff3r+TTO+unc", "diff3r+TTO")
+
+
+def _metrics(pred: torch.Tensor, gt: torch.Tensor) -> tuple[float, float]:
+    from diff3r_cli.metrics import psnr, ssim
+
+    p = [float(psnr(pred[i], gt[i])) for i in range(len(gt))]
+    s = [float(ssim(pred[i], gt[i])) for i in range(len(gt))]
+    return sum(p) / len(p), sum(s) / len(s)
+
+
+def _render_rgb(g, K: torch.Tensor, w2c: torch.Tensor, w: int, h: int) -> torch.Tensor:
+    from diff3r_cli.render import render
+
+    with torch.no_grad():
+        return render(g, Cameras(K.to(g.dtype), w2c.to(g.dtype), w, h)).rgb.clamp(0, 1)
+
+
+def _model_resolution(model) -> Optional[int]:
+    meta = getattr(model, "meta", {}) or {}
+    r = meta.get("resolution")
+    return int(r) if isinstance(r, (int, float)) else None
+
+
+def evaluate_main(data_root: Path, data: str = "re10k", model: str = "diff3r-small", ff_model: Optional[str] = "ff-small",
+                  tto_steps: list[int] | tuple[int, ...] = (0, 50, 200), outliers: float = 0.0,
+                  limit: Optional[int] = None, device: str = "auto", resolution: Optional[int] = None,
+                  optimizer: str = "adam", split: str = "test", json_out: Optional[Path] = None,
+                  progress: bool = True, seed: int = 0) -> dict:
+    """Evaluate on the fixed test views of an RE10K-format root (evaluation_index.json).
+
+    Returns {"summary": [{method, steps, psnr, ssim, scenes}], "scenes": [per-scene rows], ...}.
+    """
+    from diff3r_cli.data.re10k import RE10KDataset
+    from diff3r_cli.model.io import load_model, resolve_model_path
+    from diff3r_cli.optim.tto import optimize
+    from diff3r_cli.pipeline import pick_device
+
+    root = Path(data_root)
+    index = root / "evaluation_index.json"
+    if not index.is_file():
+        raise UserError("no evaluation_index.json (key -> context/target frames) in the data root", root,
+                        "generate the test split with `diff3r data synth --split test` or give the index file")
+    dev = pick_device(device)
+    model = model or "diff3r-small"
+    if ff_model is None and resolve_model_path("ff-small").is_file():
+        ff_model = "ff-small"
+    models = {"diff3r": load_model(resolve_model_path(model), device=dev)}
+    if ff_model:
+        models["ff"] = load_model(resolve_model_path(ff_model), device=dev)
+    res = resolution or _model_resolution(models["diff3r"]) or 64
+    out_cfg = None
+    if outliers:
+        from diff3r_cli.data.outliers import OutlierConfig
+        p = 1.0 if outliers is True else float(outliers)
+        out_cfg = OutlierConfig(p_occluder=p, p_exposure=0.5 * p)
+    ds = RE10KDataset(root, split=split, resolution=res, evaluation_index=index, seed=seed, outliers=out_cfg)
+    steps_list = sorted({int(s) for s in tto_steps})
+    runs: list[tuple[str, str, bool, int]] = []  # (method, model, uncertainty, steps)
+    for s in steps_list:
+        if "ff" in models:
+            runs.append(("ff" if s == 0 else "ff+TTO", "ff", False, s))
+        if s == 0:
+            runs.append(("diff3r", "diff3r", False, 0))
+        else:
+            runs.append(("diff3r+TTO+unc", "diff3r", True, s))
+            runs.append(("diff3r+TTO", "diff3r", False, s))
+
+    bar = None
+    if progress:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+        bar = Progress(TextColumn("[bold]eval"), BarColumn(), TextColumn("{task.completed} scenes"),
+                       TextColumn("{task.fields[last]}"), TimeElapsedColumn())
+        bar.start()
+        task = bar.add_task("eval", total=limit, last="")
+    rows: list[dict] = []
+    failures = 0
+    t_start = time.perf_counter()
+    try:
+        for n, sample in enumerate(ds):
+            if limit is not None and n >= limit:
+                break
+            ci = sample["context_images"].to(dev)
+            cK, cw = sample["context_K"].to(dev), sample["context_w2c"].to(dev)
+            tK, tw, ti = sample["target_K"].to(dev), sample["target_w2c"].to(dev), sample["target_images"].to(dev)
+            H, W = ci.shape[1:3]
+            ctx_cams = Cameras(cK, cw, W, H)
+            preds = {}
+            for name, net in models.items():
+                with torch.no_grad():
+                    o = net(ci[None], cK[None], cw[None], sample["near"][None].to(dev), sample["far"][None].to(dev))
+                preds[name] = (o.gaussians[0].detach(), o.lam[0].detach())
+            row = {"key": sample["key"], "context": sample["context_indices"].tolist(),
+                   "target": sample["target_indices"].tolist()}
+            for method, mname, unc, s in runs:
+                g0, lam = preds[mname]
+                g = g0
+                if s > 0:
+                    try:
+                        g, _ = optimize(g0, lam if unc else None, ctx_cams, ci, s, optimizer=optimizer)
+                    except NumericalError:
+                        failures += 1
+                        row[f"{method}@{s}"] = None
+                        continue
+                p, q = _metrics(_render_rgb(g, tK, tw, W, H), ti)
+                row[f"{method}@{s}"] = {"psnr": p, "ssim": q}
+            rows.append(row)
+            if bar is not None:
+                last = ", ".join(f"{k}={v['psnr']:.2f}" for k, v in row.items()
+                                 if isinstance(v, dict) and k.endswith(f"@{steps_list[-1]}"))
+                bar.update(task, advance=1, last=last[:80])
+    finally:
+        if bar is not None:
+            bar.stop()
+    if not rows:
+        raise UserError("no evaluation scenes found", index, "check that the index keys match the chunks")
+    summary = []
+    for method, _, _, s in runs:
+        vals = [r[f"{method}@{s}"] for r in rows if r.get(f"{method}@{s}")]
+        if not vals:
+            continue
+        summary.append({"method": method, "steps": s, "psnr": sum(v["psnr"] for v in vals) / len(vals),
+                        "ssim": sum(v["ssim"] for v in vals) / len(vals), "scenes": len(vals)})
+    result = {"data_root": str(root), "resolution": res, "outliers": bool(outliers), "optimizer": optimizer,
+              "models": {k: str(resolve_model_path(v)) for k, v in (("diff3r", model), ("ff", ff_model)) if v},
+              "tto_steps": steps_list, "num_scenes": len(rows), "numerical_failures": failures,
+              "seconds": round(time.perf_counter() - t_start, 1), "summary": summary, "scenes": rows}
+    if json_out is not None:
+        from diff3r_cli.ply import atomic_output
+        with atomic_output(Path(json_out), "w") as f:
+            f.write(json.dumps(result, indent=1) + "\n")
+    print_summary(result)
+    return result
+
+
+def print_summary(result: dict) -> None:
+    """Rich table: one row per (method, steps)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"Target views, {result['num_scenes']} scenes at {result['resolution']}²"
+                    + (" (context outliers)" if result["outliers"] else ""))
+    for c in ("method", "TTO steps", "PSNR", "SSIM"):
+        t.add_column(c, justify="right" if c != "method" else "left")
+    for r in result["summary"]:
+        t.add_row(r["method"], str(r["steps"]), f"{r['psnr']:.2f}", f"{r['ssim']:.4f}")
+    Console().print(t)
+
+
+def markdown_table(result: dict) -> str:
+    """The summary as a Markdown table (for the README)."""
+    lines = ["| method | TTO steps | PSNR | SSIM |", "|---|---:|---:|---:|"]
+    for r in result["summary"]:
+        lines.append(f"| {r['method']} | {r['steps']} | {r['psnr']:.2f} | {r['ssim']:.4f} |")
+    return "\n".join(lines)
+
+
+__all__ = ["evaluate_main", "print_summary", "markdown_table", "METHODS"]
+_ = math
