@@ -52,9 +52,11 @@ def perturb(g: Gaussians, sigma: float, seed: int = 1) -> Gaussians:
 def wide_blobs(n: int = 3, seed: int = 0, dtype=torch.float64) -> Gaussians:
     """n large, faint Gaussians near the optical axis whose α ≥ 1/255 footprints cover the whole
     image in every view of ``two_cameras``: no pair crosses the α-skip or footprint thresholds,
-    so the rendered energy is smooth near the optimum (needed for tight inner solves)."""
+    so the rendered energy is smooth near the optimum (needed for tight inner solves). Depths
+    are spaced 0.25 apart so that no two Gaussians swap compositing order (a discontinuity)."""
     g = torch.Generator().manual_seed(seed)
-    means = (torch.rand(n, 3, generator=g, dtype=dtype) - 0.5) * torch.tensor([0.5, 0.5, 0.4], dtype=dtype)
+    means = (torch.rand(n, 3, generator=g, dtype=dtype) - 0.5) * torch.tensor([0.5, 0.5, 0.05], dtype=dtype)
+    means[:, 2] += 0.25 * (torch.arange(n, dtype=dtype) - (n - 1) / 2)
     log_scales = math.log(0.9) + 0.1 * torch.randn(n, 3, generator=g, dtype=dtype)
     quats = torch.randn(n, 4, generator=g, dtype=dtype)
     quats[:, 0] = quats[:, 0].abs() + 1.0
