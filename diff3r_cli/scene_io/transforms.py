@@ -173,6 +173,13 @@ def load_transforms_scene(path: str | Path, resolution: tuple[int, int] | None =
         width, height = int(resolution[0]), int(resolution[1])
     stacked, cams = stack_views(images, Ks, w2cs, width, height, mode)
     extras: dict = {"undistorted": any_undistorted, "transforms": str(json_path)}
+    # optional diff3r hints (ignored by other tools): which frames are the intended inputs, depth range
+    hint = meta.get("diff3r_context_views")
+    if views is None and isinstance(hint, list) and len(hint) >= 2 and all(
+            isinstance(i, int) and 0 <= i < len(images) for i in hint):
+        extras["context_views"] = list(hint)
+    if isinstance(meta.get("near"), (int, float)) and isinstance(meta.get("far"), (int, float)):
+        extras["near"], extras["far"] = float(meta["near"]), float(meta["far"])
     if any_undistorted:
         m, _ = stack_views([mk.float()[..., None].expand(-1, -1, 3) for mk in masks], Ks, w2cs, width, height, mode)
         extras["valid_mask"] = m[..., 0] > 0.999
