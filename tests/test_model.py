@@ -49,6 +49,9 @@ def test_predictor_shapes_positivity_finite(v, h, w):
         assert lam.shape == (n, 5) and bool((lam > 0).all())
         assert g.is_finite() and bool(torch.isfinite(lam).all())
         assert torch.allclose(out.log_lam[k].exp(), lam)
+        # at initialisation Λ ≈ lam_init / P with P = V·H·W (the energy's pixel normalisation)
+        ratio = lam * (v * h * w) / torch.tensor(model.cfg.lam_init)
+        assert bool(((ratio > 0.9) & (ratio < 1.1)).all())
         d = out.depth[k]
         assert bool((d >= near[k] * (1 - 1e-4)).all()) and bool((d <= far[k] * (1 + 1e-4)).all())
     assert out.depth.shape == (b, v, h, w) and out.confidence.shape == (b, v, h, w)

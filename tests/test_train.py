@@ -99,7 +99,7 @@ def test_stage_diff3r_gradients_reach_lambda(synth_root, tmp_path):
     assert "inner_tto" in t and "pcg_backward" in t and t["pcg_backward"] > 0
     assert "psnr_theta0" in r["last"]
     # Λ's bias received a gradient through the IFT backward and was updated
-    init_bias = torch.log(torch.tensor([1e-2] * 5))
+    init_bias = torch.log(torch.tensor(r["model"].cfg.lam_init))
     assert not torch.equal(r["model"].log_lam_bias.detach(), init_bias)
 
 

@@ -15,7 +15,8 @@ Architecture (MVSplat family, our own implementation):
 6. Each pixel becomes one Gaussian: the mean is the pixel centre unprojected at the
    refined depth; the scale is relative to depth/focal so a Gaussian covers about one pixel
    at initialisation; rotations are predicted in the camera frame and rotated to world; the
-   SH DC term is rgb_to_sh_dc(pixel colour) + a residual; Λ = exp(bias_g + bounded raw) > 0.
+   SH DC term is rgb_to_sh_dc(pixel colour) + a residual; Λ = exp(bias_g + bounded raw) / P > 0
+   (P = V·H·W, the pixel count that normalises the TTO energy's photometric term).
 
 Inputs of any size are accepted: images are padded (edge replicate, bottom/right, which
 leaves K unchanged) to a multiple of 16 and the outputs cropped back, so only real pixels
@@ -54,7 +55,12 @@ class PredictorConfig:
     sh_degree: int = 0
     scale_init_px: float = 0.5                  # Gaussian std in pixels at initialisation
     opacity_init: float = 0.75
-    lam_init: tuple[float, ...] = (1e-2, 1e-2, 1e-2, 1e-2, 1e-2)  # Λ per group at initialisation
+    # Λ per group at initialisation. With lam_relative, Λ is expressed in units of 1/P
+    # (P = V·H·W context pixels), the scale of one pixel's term in the TTO energy
+    # E = 1/(2P)·Σ‖r‖² + ½Σλ(θ−θ0)², so λ ≈ 1 weighs θ0 about as much as one pixel's
+    # photometric curvature, whatever the resolution and number of views.
+    lam_init: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0, 1.0)
+    lam_relative: bool = True
 
     @staticmethod
     def preset(size: str, **overrides) -> "PredictorConfig":
@@ -81,6 +87,7 @@ class PredictorConfig:
         for k in ("enc_channels", "lam_init"):
             if k in d:
                 d[k] = tuple(d[k])
+        d.setdefault("lam_relative", False)  # files written before the 1/P convention
         known = {f for f in PredictorConfig.__dataclass_fields__}
         return PredictorConfig(**{k: v for k, v in d.items() if k in known})
 
@@ -375,6 +382,8 @@ class Predictor(nn.Module):
         sh = torch.cat([dc[:, :, None], col[:, :, 1:]], 2)
 
         log_lam = self.log_lam_bias + 8.0 * torch.tanh(r_lam.reshape(b * v, H * W, len(GROUPS)) / 8.0)
+        if c.lam_relative:
+            log_lam = log_lam - math.log(v * H * W)
         lam = torch.exp(log_lam)
 
         n = v * H * W
