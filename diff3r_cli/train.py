@@ -389,6 +389,10 @@ def train_step(model, batch: dict, opts: dict, dist: Dist, timer: _Timer) -> dic
             loss0, m0 = image_loss(pred0, tgt[k], sw)
             loss = loss + alpha * loss0
             mses0.append(m0.item())
+        else:  # still log θ0's PSNR, to see what the inner TTO adds
+            with torch.no_grad(), timer("render"):
+                pred0 = _render(g0.detach(), tgt_K[k], tgt_w2c[k], w, h, backend)
+            mses0.append(float(((pred0 - tgt[k]) ** 2).mean()))
         losses.append(loss)
     # Keep every parameter in the graph even when all examples were skipped, so the
     # all-reduce below sees the same tensors on every rank.
@@ -460,8 +464,8 @@ def train_main(data: str = "synthetic", data_root: str | None = None, stage: str
                weight_decay: float = 0.0, pcg_max_iter: int = 50, render_backend: str = "auto",
                device: str | None = None, threads: int | None = None, progress: bool = True,
                stop_after: int | None = None, time_limit: float | None = None, model_overrides: dict | None = None,
-               return_model: bool = False, **unknown) -> dict:
-    """Train the predictor. Returns a summary dict (final step, last metrics, run dir, model).
+               return_model: bool = False, **unknown) -> dict | None:
+    """Train the predictor. Returns a summary dict (status, step, last metrics, run dir) on rank 0.
 
     data: "re10k" | "synthetic" (RE10K-format chunks under data_root; synthetic without a
     root generates a small set into the run dir). stage: "ff" | "diff3r". steps: total
@@ -671,11 +675,13 @@ def train_main(data: str = "synthetic", data_root: str | None = None, stage: str
                     stop = bool(_all_reduce_sum([float(stop)], dist)[0] > 0)
 
                 if step % log_every == 0 or step == steps or stop:
-                    loss_sum, n, sk = _all_reduce_sum([window["loss"], window["n"], window["skipped"]], dist)
+                    loss_sum, n, sk, mse_sum, mse_n = _all_reduce_sum(
+                        [window["loss"], window["n"], window["skipped"], float(sum(window["mse"])),
+                         float(len(window["mse"]))], dist)
                     dt = time.perf_counter() - window["t0"]
-                    mse_mean = float(np.mean(window["mse"])) if window["mse"] else float("nan")
+                    # PSNR of the window's mean MSE over all ranks' target views
                     last = {"type": "train", "step": step, "loss": loss_sum / max(n, 1),
-                            "psnr": psnr_from_mse(mse_mean) if window["mse"] else None,
+                            "psnr": psnr_from_mse(mse_sum / mse_n) if mse_n else None,
                             "lr": scheduler.get_last_lr()[0], "grad_norm": float(gn),
                             "steps_per_s": window["steps"] / dt, "skipped": int(sk), "skipped_total": total_skipped,
                             "time_per_step_s": {k2: v2 / window["steps"] for k2, v2 in window["time"].items()},
@@ -715,6 +721,8 @@ def train_main(data: str = "synthetic", data_root: str | None = None, stage: str
         summary.update({"eval_psnr": last_eval["psnr"], "eval_psnr_mean_colour": last_eval["psnr_mean_colour"]})
     if return_model:
         summary.update({"model": model, "rank": dist.rank, "last": last})
+    elif not dist.main:
+        return None  # under torchrun only rank 0 reports
     return summary
 
 
