@@ -203,6 +203,7 @@ def bin_pairs(ent: dict, C: int, width: int, height: int, chunk: int = DEFAULT_C
     cls_sorted = cls[order]
     uniq, counts = torch.unique_consecutive(cls_sorted, return_counts=True)
     hw = height * width
+    inf = torch.tensor(float("inf"), dtype=dt, device=dev)
 
     out_e, out_k, out_a = [], [], []
     pos = 0
@@ -222,20 +223,24 @@ def bin_pairs(ent: dict, C: int, width: int, height: int, chunk: int = DEFAULT_C
             Y = y0[ee, None] + oy                       # (n,gh)
             dx = m2[ee, 0, None] - (X.to(dt) + 0.5)
             dy = m2[ee, 1, None] - (Y.to(dt) + 0.5)
-            inf = torch.tensor(float("inf"), dtype=dt, device=dev)
+            # Grid cells outside the entry's own box get σ = inf (never selected).
             ax = torch.where(ox < bw[ee, None], 0.5 * conic[ee, 0, None] * dx * dx, inf)
             cy = torch.where(oy < bh[ee, None], 0.5 * conic[ee, 2, None] * dy * dy, inf)
             bx = conic[ee, 1, None] * dx
-            sigma = (ax[:, None, :] + cy[:, :, None]) + bx[:, None, :] * dy[:, :, None]   # (n,gh,gw)
+            sigma = (ax[:, None, :] + cy[:, :, None]).addcmul_(bx[:, None, :], dy[:, :, None])  # (n,gh,gw)
             sel = sigma <= thr[ee, None, None]
-            i, iy, ix = sel.nonzero(as_tuple=True)
-            sig = sigma[i, iy, ix]
-            e = ee[i]
-            al = torch.clamp_max(opac[e] * torch.exp(-sig), ALPHA_MAX)
+            # Boolean-mask selections are sequential scans: much cheaper than gathers.
+            sig = torch.masked_select(sigma, sel)
+            kgrid = (cam[ee] * hw)[:, None, None] + (Y * width)[:, :, None] + X[:, None, :]
+            k = torch.masked_select(kgrid, sel)
+            e = torch.masked_select(ee[:, None, None], sel)
+            o = torch.masked_select(opac[ee, None, None], sel)
+            al = torch.clamp_max(o * torch.exp(-sig), ALPHA_MAX)
             ok = al >= ALPHA_MIN
-            e, al = e[ok], al[ok]
+            if not bool(ok.all()):
+                e, k, al = (torch.masked_select(t, ok) for t in (e, k, al))
             out_e.append(e)
-            out_k.append(cam[e] * hw + (y0[e] + iy[ok]) * width + (x0[e] + ix[ok]))
+            out_k.append(k)
             out_a.append(al)
     if not out_e:
         return empty_l, empty_l, empty_f, empty_f
@@ -245,24 +250,19 @@ def bin_pairs(ent: dict, C: int, width: int, height: int, chunk: int = DEFAULT_C
     M = e_idx.numel()
     if M == 0:
         return empty_l, empty_l, empty_f, empty_f
-    # Put the pairs in entry order (= camera, depth order) without a sort: every entry's pairs
-    # are contiguous in the list, so a counting placement does it.
-    ar = torch.arange(M, device=dev)
-    cnt = torch.bincount(e_idx, minlength=E)
-    off = torch.cumsum(cnt, 0) - cnt
-    first = torch.full((E,), M, dtype=torch.long, device=dev).scatter_reduce(0, e_idx, ar, "amin")
-    dest = off[e_idx] + (ar - first[e_idx])
-    perm = torch.empty_like(dest).index_copy_(0, dest, ar)
-    e_idx, key, al = e_idx[perm], key[perm], al[perm]
-    # Stable sort by pixel key keeps the depth order within every pixel.
-    kdt = torch.int32 if C * hw < 2**31 else torch.int64
-    order = torch.sort(key.to(kdt), stable=True).indices
-    e_idx, key, al = e_idx[order], key[order], al[order]
+    # Entries are in (camera, depth) order, so sorting (pixel key << 32 | entry index) orders
+    # the pairs by (camera, pixel, depth) in a single sort of unique int64 values.
+    if C * hw >= 2**31 or E >= 2**32:
+        raise ValueError("image batch too large for the pair sort key (C·H·W must be < 2^31)")
+    v, order = torch.sort((key << 32) | e_idx)
+    key = v >> 32
+    e_idx = v & 0xFFFFFFFF
+    al = al[order]
     # Transmittance cut-off: drop the first pair whose T_next <= T_MIN and all after it.
     log_t_incl, log_t_excl = _segmented_log_transmittance(torch.log1p(-al.double()), key)
     keep = log_t_incl > math.log(T_MIN)
     if not bool(keep.all()):
-        e_idx, key, al, log_t_excl = e_idx[keep], key[keep], al[keep], log_t_excl[keep]
+        e_idx, key, al, log_t_excl = (torch.masked_select(t, keep) for t in (e_idx, key, al, log_t_excl))
     return e_idx, key, al, torch.exp(log_t_excl).to(dt)
 
 
@@ -308,78 +308,91 @@ def _segmented_suffix_sum(v: torch.Tensor, seg_id, seg_start) -> torch.Tensor:
 class _Composite(torch.autograd.Function):
     """Front-to-back compositing of sorted (entry, pixel) pairs with analytic derivatives.
 
-    Input ``packed`` (E,10) per entry: mean2d (2), conic a,b,c (3), opacity, rgb (3), depth.
-    Output (C·H·W, 5): Σ w·rgb, Σ w·z, Σ w with w = α·T. α and T come from the binning pass
-    (same formula, no autograd); backward and jvp are written out by hand (like gsplat's
-    backward kernel: dα_i = T_i s_i - Σ_{j>i} w_j s_j / (1-α_i)), which is several times
-    cheaper than letting autograd record the per-pair graph.
+    Inputs per entry: ``geo`` (E,6) = mean2d x, y, conic a, b, c, opacity; ``feat`` (E,4) =
+    rgb, depth. Output (C·H·W, 5): Σ w·rgb, Σ w·z, Σ w with w = α·T. α and T come from the
+    binning pass (same formula, no autograd); backward and jvp are written out by hand (the
+    backward like gsplat's kernel: dα_i = T_i s_i - Σ_{j>i} w_j s_j / (1-α_i)), several
+    times cheaper than letting autograd record a per-pair graph. The derivative of a
+    clamped α (= ALPHA_MAX) is zero, as in gsplat; the cut-off and the 1/255 skip are
+    piecewise-constant decisions with no derivative.
     """
 
     @staticmethod
-    def forward(packed, e_idx, key, alpha, trans, seg_id, seg_start, n_pix, width, height):
+    def forward(geo, feat, e_idx, key, alpha, trans, seg_id, seg_start, n_pix, width, height):
         w = alpha * trans
-        f = packed[e_idx, 6:10]
-        vals = torch.cat([w[:, None] * f, w[:, None]], dim=1)
-        return torch.zeros(n_pix, 5, dtype=packed.dtype, device=packed.device).index_add(0, key, vals)
+        vals = torch.empty(w.shape[0], 5, dtype=feat.dtype, device=feat.device)
+        torch.mul(feat[e_idx], w[:, None], out=vals[:, :4])
+        vals[:, 4] = w
+        return torch.zeros(n_pix, 5, dtype=feat.dtype, device=feat.device).index_add_(0, key, vals)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        packed, e_idx, key, alpha, trans, seg_id, seg_start, n_pix, width, height = inputs
-        ctx.save_for_backward(packed, e_idx, key, alpha, trans, seg_id, seg_start)
-        ctx.save_for_forward(packed, e_idx, key, alpha, trans, seg_id, seg_start)
+        geo, feat, e_idx, key, alpha, trans, seg_id, seg_start, n_pix, width, height = inputs
+        ctx.save_for_backward(geo, feat, e_idx, key, alpha, trans, seg_id, seg_start)
+        ctx.save_for_forward(geo, feat, e_idx, key, alpha, trans, seg_id, seg_start)
         ctx.width, ctx.height, ctx.n_pix = width, height, n_pix
 
     @staticmethod
-    def _pair_geometry(P, key, width, height):
-        """dx, dy (mean - pixel centre), conic, opacity, G = exp(-σ) per pair."""
+    def _pair_geometry(geo, e_idx, key, width, height):
+        """Per pair: dx, dy (mean - pixel centre), conic a, b, c, opacity, G = exp(-σ)."""
+        P = geo[e_idx]
         dt = P.dtype
         dx = P[:, 0] - ((key % width).to(dt) + 0.5)
         dy = P[:, 1] - (((key // width) % height).to(dt) + 0.5)
         ca, cb, cc, o = P[:, 2], P[:, 3], P[:, 4], P[:, 5]
-        G = torch.exp(-(0.5 * (ca * dx * dx + cc * dy * dy) + cb * dx * dy))
-        return dx, dy, ca, cb, cc, o, G
+        sigma = (0.5 * ca * dx * dx).addcmul_(0.5 * cc * dy, dy).addcmul_(cb * dx, dy)
+        return dx, dy, ca, cb, cc, o, torch.exp(-sigma)
 
     @staticmethod
     def backward(ctx, grad):
-        packed, e_idx, key, alpha, trans, seg_id, seg_start = ctx.saved_tensors
-        P = packed[e_idx]
-        g = grad.contiguous()[key]                             # (M,5)
+        geo, feat, e_idx, key, alpha, trans, seg_id, seg_start = ctx.saved_tensors
+        M = e_idx.shape[0]
+        g = grad.contiguous()[key]                              # (M,5) pixel gradients
         w = alpha * trans
-        s = (g[:, :4] * P[:, 6:10]).sum(1) + g[:, 4]           # ∂L/∂w per pair
+        s = (g[:, :4] * feat[e_idx]).sum(1).add_(g[:, 4])       # ∂L/∂w per pair
         d_alpha = trans * s - _segmented_suffix_sum(w * s, seg_id, seg_start) / (1.0 - alpha)
-        dx, dy, ca, cb, cc, o, G = _Composite._pair_geometry(P, key, ctx.width, ctx.height)
-        free = (o * G) <= ALPHA_MAX                            # clamped α has zero derivative
-        d_alpha = torch.where(free, d_alpha, torch.zeros_like(d_alpha))
-        d_sigma = -(o * G) * d_alpha
-        gp = torch.stack([
-            (ca * dx + cb * dy) * d_sigma,
-            (cc * dy + cb * dx) * d_sigma,
-            0.5 * dx * dx * d_sigma,
-            dx * dy * d_sigma,
-            0.5 * dy * dy * d_sigma,
-            G * d_alpha,
-        ], dim=1)
-        gp = torch.cat([gp, w[:, None] * g[:, :4]], dim=1)     # rgb, depth
-        gpacked = torch.zeros_like(packed).index_add(0, e_idx, gp)
-        return (gpacked,) + (None,) * 9
+        dx, dy, ca, cb, cc, o, G = _Composite._pair_geometry(geo, e_idx, key, ctx.width, ctx.height)
+        raw = o * G
+        d_alpha = torch.where(raw <= ALPHA_MAX, d_alpha, torch.zeros_like(d_alpha))
+        d_sigma = -raw * d_alpha
+        gp = torch.empty(M, 6, dtype=geo.dtype, device=geo.device)
+        tx = dx * d_sigma
+        ty = dy * d_sigma
+        torch.addcmul(ca * tx, cb, ty, out=gp[:, 0])            # ∂σ/∂mx = a dx + b dy
+        torch.addcmul(cc * ty, cb, tx, out=gp[:, 1])            # ∂σ/∂my = c dy + b dx
+        torch.mul(tx, 0.5 * dx, out=gp[:, 2])
+        torch.mul(tx, dy, out=gp[:, 3])
+        torch.mul(ty, 0.5 * dy, out=gp[:, 4])
+        torch.mul(G, d_alpha, out=gp[:, 5])
+        ggeo = torch.zeros_like(geo).index_add_(0, e_idx, gp)
+        gfeat = torch.zeros_like(feat).index_add_(0, e_idx, g[:, :4] * w[:, None])
+        return (ggeo, gfeat) + (None,) * 9
 
     @staticmethod
-    def jvp(ctx, dpacked, *_):
-        packed, e_idx, key, alpha, trans, seg_id, seg_start = ctx.saved_tensors
-        dt = packed.dtype
-        P = packed[e_idx]
-        dP = dpacked[e_idx]
-        dx, dy, ca, cb, cc, o, G = _Composite._pair_geometry(P, key, ctx.width, ctx.height)
-        d_sigma = ((ca * dx + cb * dy) * dP[:, 0] + (cc * dy + cb * dx) * dP[:, 1]
-                   + 0.5 * dx * dx * dP[:, 2] + dx * dy * dP[:, 3] + 0.5 * dy * dy * dP[:, 4])
-        d_alpha = G * dP[:, 5] - (o * G) * d_sigma
-        d_alpha = torch.where((o * G) <= ALPHA_MAX, d_alpha, torch.zeros_like(d_alpha))
+    def jvp(ctx, dgeo, dfeat, *_):
+        geo, feat, e_idx, key, alpha, trans, seg_id, seg_start = ctx.saved_tensors
+        dt = geo.dtype
+        dx, dy, ca, cb, cc, o, G = _Composite._pair_geometry(geo, e_idx, key, ctx.width, ctx.height)
+        M = e_idx.shape[0]
         w = alpha * trans
-        # d log T_i = Σ_{j<i} -dα_j / (1-α_j)
-        dlogt = _segmented_exclusive_cumsum(-d_alpha / (1.0 - alpha), seg_id, seg_start)
-        dw = d_alpha * trans + w * dlogt
-        dvals = torch.cat([dw[:, None] * P[:, 6:10] + w[:, None] * dP[:, 6:10], dw[:, None]], dim=1)
-        return torch.zeros(ctx.n_pix, 5, dtype=dt, device=packed.device).index_add(0, key, dvals)
+        if dgeo is not None:
+            dP = dgeo[e_idx]
+            d_sigma = ((ca * dx + cb * dy) * dP[:, 0] + (cc * dy + cb * dx) * dP[:, 1]
+                       + 0.5 * dx * dx * dP[:, 2] + dx * dy * dP[:, 3] + 0.5 * dy * dy * dP[:, 4])
+            raw = o * G
+            d_alpha = G * dP[:, 5] - raw * d_sigma
+            d_alpha = torch.where(raw <= ALPHA_MAX, d_alpha, torch.zeros_like(d_alpha))
+            # d log T_i = Σ_{j<i} -dα_j / (1-α_j)
+            dlogt = _segmented_exclusive_cumsum(-d_alpha / (1.0 - alpha), seg_id, seg_start)
+            dw = d_alpha * trans + w * dlogt
+        else:
+            dw = torch.zeros_like(w)
+        dvals = torch.empty(M, 5, dtype=dt, device=geo.device)
+        torch.mul(feat[e_idx], dw[:, None], out=dvals[:, :4])
+        if dfeat is not None:
+            dvals[:, :4] += dfeat[e_idx] * w[:, None]
+        dvals[:, 4] = dw
+        return torch.zeros(ctx.n_pix, 5, dtype=dt, device=geo.device).index_add_(0, key, dvals)
 
 
 def render_torch(gaussians: Gaussians, cameras, background=None, chunk: int = DEFAULT_CHUNK,
@@ -409,13 +422,13 @@ def render_torch(gaussians: Gaussians, cameras, background=None, chunk: int = DE
     centers = torch.linalg.inv(w2c)[:, :3, 3]
     dirs = g.means[ent["gid"]] - centers[ent["cam"]]
     color = torch.clamp_min(eval_sh(g.sh[ent["gid"]], dirs) + 0.5, 0.0)
-    packed = torch.cat([ent["mean2d"], ent["conic"], ent["opacity"][:, None], color,
-                        ent["depth"][:, None]], dim=1)  # (E,10)
+    geo = torch.cat([ent["mean2d"], ent["conic"], ent["opacity"][:, None]], dim=1)  # (E,6)
+    feat = torch.cat([color, ent["depth"][:, None]], dim=1)                          # (E,4)
 
     e_idx, key, al, trans = bin_pairs(ent, C, W, H, chunk=chunk)
     seg_id, seg_start = _segment_ids(key)
     # key is global over cameras; the pixel position inside an image is key mod H·W
-    acc = _Composite.apply(packed, e_idx, key, al, trans, seg_id, seg_start, C * H * W, W, H)
+    acc = _Composite.apply(geo, feat, e_idx, key, al, trans, seg_id, seg_start, C * H * W, W, H)
     acc = acc.reshape(C, H, W, 5)
     alpha = acc[..., 4]
     rgb = acc[..., :3]
