@@ -30,7 +30,7 @@ from diff3r_cli.errors import UserError
 from diff3r_cli.gaussians import Gaussians
 from diff3r_cli.optim.energy import Energy, check_inputs
 from diff3r_cli.optim.pcg import pcg
-from diff3r_cli.optim.tto import OPTIMIZERS, adam_lr_vector, adam_run, lm_run, scene_extent
+from diff3r_cli.optim.tto import ADAM_EPS, OPTIMIZERS, adam_lr_vector, adam_run, lm_run, scene_extent
 
 HESSIANS = ("gn", "exact")
 FALLBACKS = ("jacobi", "zeros")
@@ -178,11 +178,12 @@ def optimization_layer(
     with torch.no_grad():
         if optimizer == "adam":
             patience = int(tto_options.pop("patience", 3))
+            eps = float(tto_options.pop("adam_eps", ADAM_EPS))
             if tto_options:
                 raise TypeError(f"unexpected options for adam: {sorted(tto_options)}")
             lr_vec = adam_lr_vector(template, scene_extent(template, cameras), lr)
             theta_star, hist = adam_run(energy, theta0.detach(), int(steps), lr_vec, rtol_stop=rtol_stop or 0.0,
-                                        patience=patience)
+                                        patience=patience, eps=eps)
         else:
             theta_star, hist = lm_run(energy, theta0.detach(), int(steps),
                                       rtol_stop=1e-6 if rtol_stop is None else rtol_stop, **tto_options)

@@ -103,6 +103,7 @@ def adam_run(
     rtol_stop: float = 0.0,
     patience: int = 3,
     progress: Optional[Callable[[dict], None]] = None,
+    eps: float = ADAM_EPS,
 ) -> tuple[torch.Tensor, list[dict]]:
     """Run Adam on E from θ; returns (θ_K, history of K+1 records).
 
@@ -136,7 +137,7 @@ def adam_run(
         v = b2 * v + (1 - b2) * grad * grad
         mhat = m / (1 - b1 ** (k + 1))
         vhat = v / (1 - b2 ** (k + 1))
-        x = x - lr_vec * mhat / torch.sqrt(vhat + ADAM_EPS ** 2)
+        x = x - lr_vec * mhat / torch.sqrt(vhat + eps * eps)
         if not create_graph:
             x = x.detach()
             _check_finite(x, f"parameters after step {k}")
@@ -252,7 +253,7 @@ def optimize(
     images: (C,H,W,3) in [0,1], one per camera. steps: Adam steps or LM iterations.
     rtol_stop: early stop on relative energy decrease (default: 0 i.e. off for Adam, 1e-6
     for LM; Adam needs ``patience`` (3) consecutive small steps). lm_options: mu0,
-    pcg_rtol, pcg_max_iter, num_probes, jvp, seed, gtol (LM only) or patience (Adam).
+    pcg_rtol, pcg_max_iter, num_probes, jvp, seed, gtol (LM only) or patience, adam_eps (Adam).
     history: list of dicts with step, energy, photometric, proximal (+ LM diagnostics).
     """
     if optimizer not in OPTIMIZERS:
@@ -269,11 +270,12 @@ def optimize(
     t0 = time.perf_counter()
     if optimizer == "adam":
         patience = int(lm_options.pop("patience", 3))
+        eps = float(lm_options.pop("adam_eps", ADAM_EPS))
         if lm_options:
             raise TypeError(f"unexpected options for adam: {sorted(lm_options)}")
         lr_vec = adam_lr_vector(g0, scene_extent(g0, cameras), lr)
         theta, hist = adam_run(energy, theta0, int(steps), lr_vec, rtol_stop=rtol_stop or 0.0,
-                               patience=patience, progress=progress)
+                               patience=patience, progress=progress, eps=eps)
     else:
         theta, hist = lm_run(energy, theta0, int(steps), rtol_stop=1e-6 if rtol_stop is None else rtol_stop,
                              progress=progress, **lm_options)
