@@ -134,3 +134,27 @@ def test_cli_bad_data_path_no_traceback(tmp_path):
     assert "Traceback" not in p.stderr
     lines = [line for line in p.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "train" in lines[0], p.stderr
+
+
+def test_outliers_corrupt_context_only(synth_root, tmp_path, monkeypatch):
+    import diff3r_cli.train as tr
+
+    seen = []
+    real = tr.train_step
+
+    def spy(model, batch, *a, **k):
+        seen.append((batch["context_outlier_mask"].clone(), batch["target_images"].clone(), batch["key"]))
+        return real(model, batch, *a, **k)
+
+    monkeypatch.setattr(tr, "train_step", spy)
+    train_main_(data_root=synth_root, steps=2, out=tmp_path / "o", outliers=1.0)
+    assert len(seen) == 2
+    # with P = 1 every example gets an occluder in one context view ...
+    assert all(bool(mask.any()) for mask, _, _ in seen)
+    # ... while the targets are the clean frames (same as a run without outliers)
+    seen_clean = []
+    monkeypatch.setattr(tr, "train_step", lambda model, batch, *a, **k: (
+        seen_clean.append(batch["target_images"].clone()), real(model, batch, *a, **k))[1])
+    train_main_(data_root=synth_root, steps=2, out=tmp_path / "c")
+    for (_, tgt, _), clean in zip(seen, seen_clean):
+        assert torch.equal(tgt, clean)
