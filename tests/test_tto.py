@@ -124,7 +124,7 @@ def test_lm_early_stop_and_fd_jvp(scene):
     gs, hist = optimize(g0, lam, cams, images, 100, "lm", rtol_stop=1e-3)
     assert len(hist) < 100
     gf, hf = optimize(g0, lam, cams, images, 3, "lm", jvp="fd")
-    gr, hr = optimize(g0, lam, cams, images, 3, "lm", jvp="reverse")
+    gr, hr = optimize(g0, lam, cams, images, 3, "lm", jvp="forward")
     assert hf[-1]["energy"] < hf[0]["energy"]
     assert hf[-1]["energy"] == pytest.approx(hr[-1]["energy"], rel=1e-3)
 
