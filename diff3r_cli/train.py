@@ -531,6 +531,9 @@ def train_main(data: str = "synthetic", data_root: str | None = None, stage: str
         ff_weight = saved.get("ff_weight", ff_weight)
         warmup = saved.get("warmup", warmup)
 
+    if resume_state is None and (out / "latest.json").exists():
+        raise UserError("this run directory already holds a training run", out,
+                        "pass --resume to continue it, or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     root = _resolve_data(data, data_root, resolution, seed, out, dist)
 

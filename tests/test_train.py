@@ -37,6 +37,8 @@ def test_resume_is_bit_exact(synth_root, tmp_path):
     assert ra["status"] == "finished" and ra["step"] == 6
     rb1 = train_main_(data_root=synth_root, steps=6, out=b, stop_after=3)
     assert rb1["status"] == "stopped" and rb1["step"] == 3
+    with pytest.raises(UserError, match="--resume"):  # a fresh run never mixes into an old one
+        train_main_(data_root=synth_root, steps=6, out=b)
     assert json.loads((b / "latest.json").read_text())["step"] == 3
     rb2 = train_main_(data_root=synth_root, steps=6, out=b, resume=True)
     assert rb2["status"] == "finished" and rb2["step"] == 6
