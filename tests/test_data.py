@@ -398,6 +398,20 @@ def test_sharding_ranks_and_workers(tmp_path, synth_root, chunk_size):
         assert set(seen.values()) == {1}
 
 
+def test_rank_from_process_group(synth_root, monkeypatch):
+    import torch.distributed as dist
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    ds = _ds(synth_root)
+    assert (ds.rank, ds.world_size) == (1, 2)
+    assert _ds(synth_root, rank=0, world_size=1).rank == 0  # explicit arguments win
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    assert (_ds(synth_root).rank, _ds(synth_root).world_size) == (0, 1)
+    with pytest.raises(ValueError):
+        _ds(synth_root, rank=2, world_size=2)
+
+
 def test_repeat_mode_continues_epochs(synth_root):
     ds = _ds(synth_root, repeat=True)
     it = iter(ds)

@@ -112,19 +112,25 @@ class RE10KDataset(IterableDataset):
     shuffling). baseline_normalize: scale the scene so the first-to-last context baseline is 1
     (near/far from depth are scaled too; the default near/far are taken as already normalised,
     as in MVSplat). near/far: used when the example stores no depth. rank/world_size: DDP
-    sharding. repeat: loop over epochs forever (the epoch counter advances each pass).
+    sharding (default: taken from an initialised torch.distributed group, else 0/1). repeat: loop over epochs forever (the epoch counter advances each pass).
     """
 
     def __init__(self, root: str | Path, split: str = "train", resolution: int | tuple[int, int] = 256,
                  sampler: ViewSamplerConfig | None = None, evaluation_index: str | Path | None = None,
                  baseline_normalize: bool = False, near: float = 1.0, far: float = 100.0,
-                 depth_margin: float = 0.8, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 depth_margin: float = 0.8, seed: int = 0, rank: int | None = None, world_size: int | None = None,
                  shuffle: bool | None = None, repeat: bool = False, outliers=None,
                  min_baseline: float = 1e-3, warn: bool = True):
         root = Path(root)
         self.chunks = find_chunks(root, split)
         if not self.chunks:
             raise UserError(f"no .torch chunks found for split {split!r}", root, LAYOUT_HINT)
+        if rank is None or world_size is None:
+            # Default to the initialised torch.distributed group (torchrun), else a single process.
+            dist = torch.distributed
+            on = dist.is_available() and dist.is_initialized()
+            rank = (dist.get_rank() if on else 0) if rank is None else rank
+            world_size = (dist.get_world_size() if on else 1) if world_size is None else world_size
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world_size {world_size}")
         self.root, self.split = root, split
