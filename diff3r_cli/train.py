@@ -412,11 +412,12 @@ def train_step(model, batch: dict, opts: dict, dist: Dist, timer: _Timer) -> dic
 
 @torch.no_grad()
 def evaluate_predictor(model, root: Path, resolution: int, num_context: int, max_scenes: int, dist: Dist,
-                       backend: str = "auto") -> dict | None:
+                       backend: str = "auto", tto_steps: int = 0, tto_optimizer: str = "adam") -> dict | None:
     """Target-view PSNR of θ0 on the test split (fixed views) and the mean-colour baseline.
 
     The baseline paints each target view with the mean colour of that scene's context views.
-    Returns None when there is no test split.
+    With tto_steps > 0 also the PSNR after TTO on the context views, with the predicted Λ
+    (psnr_tto) and with Λ = 0 (plain TTO, psnr_tto_plain). Returns None without a test split.
     """
     from diff3r_cli.data.re10k import RE10KDataset
 
@@ -426,7 +427,7 @@ def evaluate_predictor(model, root: Path, resolution: int, num_context: int, max
     was_training = model.training
     model.eval()
     ds = RE10KDataset(root, "test", resolution=resolution, evaluation_index=ev, warn=False)
-    ps, ps_base, ss = [], [], []
+    ps, ps_base, ss, ps_tto, ps_plain = [], [], [], [], []
     try:
         for i, s in enumerate(ds):
             if i >= max_scenes:
@@ -444,12 +445,28 @@ def evaluate_predictor(model, root: Path, resolution: int, num_context: int, max
             ps_base.extend(psnr_from_mse(float(((base[t] - tgt[t]) ** 2).mean())) for t in range(len(tgt)))
             if resolution >= 11:
                 ss.extend(ssim(pred, tgt).tolist())
+            if tto_steps > 0:
+                from diff3r_cli.optim.tto import optimize
+                cams = Cameras(s["context_K"].to(dev), s["context_w2c"].to(dev), resolution, resolution)
+                for lam, acc in ((out.lam[0], ps_tto), (None, ps_plain)):
+                    try:
+                        g_star, _ = optimize(out.gaussians[0], lam, cams, s["context_images"].to(dev), tto_steps,
+                                             tto_optimizer, backend=backend)
+                    except NumericalError:
+                        continue
+                    pr = _render(g_star, s["target_K"].to(dev), s["target_w2c"].to(dev), resolution, resolution,
+                                 backend).clamp(0, 1)
+                    acc.extend(psnr_from_mse(float(((pr[t] - tgt[t]) ** 2).mean())) for t in range(len(tgt)))
     finally:
         model.train(was_training)
     if not ps:
         return None
-    return {"psnr": float(np.mean(ps)), "psnr_mean_colour": float(np.mean(ps_base)),
-            "ssim": float(np.mean(ss)) if ss else None, "views": len(ps)}
+    res = {"psnr": float(np.mean(ps)), "psnr_mean_colour": float(np.mean(ps_base)),
+           "ssim": float(np.mean(ss)) if ss else None, "views": len(ps)}
+    if tto_steps > 0:
+        res.update({"tto_steps": tto_steps, "psnr_tto": float(np.mean(ps_tto)) if ps_tto else None,
+                    "psnr_tto_plain": float(np.mean(ps_plain)) if ps_plain else None})
+    return res
 
 
 # ----------------------------------------------------------------------------- main entry
@@ -458,7 +475,7 @@ def train_main(data: str = "synthetic", data_root: str | None = None, stage: str
                resolution: int = 64, batch: int = 1, out: str | Path = "runs/train", resume: str | bool | None = None,
                init: str | None = None, outliers: float = 0.0, lr: float = 2e-4, inner_steps: int = 5,
                inner_optimizer: str = "adam", ckpt_every: int = 200, log_every: int = 10, eval_every: int = 0,
-               eval_scenes: int = 8, eval_root: str | None = None, model_size: str = "small", seed: int = 0, context_views: int = 2,
+               eval_scenes: int = 8, eval_root: str | None = None, eval_tto_steps: int | None = None, model_size: str = "small", seed: int = 0, context_views: int = 2,
                target_views: int = 2, min_gap: int | None = None, max_gap: int | None = None,
                ssim_weight: float = 0.05, ff_weight: float = 0.0, grad_clip: float = 1.0, warmup: int | None = None,
                weight_decay: float = 0.0, pcg_max_iter: int = 50, render_backend: str = "auto",
@@ -478,7 +495,9 @@ def train_main(data: str = "synthetic", data_root: str | None = None, stage: str
     return_model: also return the trained module (key "model") for callers in Python.
     eval_every/eval_scenes/eval_root: every N steps, target-view PSNR of θ0 on the first
     eval_scenes test scenes (fixed views from evaluation_index.json) of eval_root (default:
-    the training root), with the mean-colour baseline, logged as {"type": "eval"}.
+    the training root), with the mean-colour baseline, logged as {"type": "eval"};
+    eval_tto_steps (default: inner_steps in stage diff3r, 0 in stage ff) adds the PSNR after
+    TTO with the predicted Λ and with Λ = 0.
     """
     if unknown:
         raise UserError(f"unknown training option(s): {', '.join(sorted(unknown))}", fix="see `diff3r train --help`")
@@ -633,9 +652,12 @@ def train_main(data: str = "synthetic", data_root: str | None = None, stage: str
     last_eval: dict | None = None
     model.train()
     steps_this_run = 0
+    if eval_tto_steps is None:
+        eval_tto_steps = inner_steps if stage == "diff3r" else 0
+    eval_args = dict(backend=render_backend, tto_steps=eval_tto_steps, tto_optimizer=inner_optimizer)
     if eval_every and step == 0 and dist.main:  # where the untrained network stands
         ev0 = evaluate_predictor(model, Path(eval_root) if eval_root else root, resolution, context_views, eval_scenes,
-                                 dist, render_backend)
+                                 dist, **eval_args)
         if ev0 is not None:
             last_eval = ev0
             log({"type": "eval", "step": 0, **ev0})
@@ -701,7 +723,8 @@ def train_main(data: str = "synthetic", data_root: str | None = None, stage: str
                     window = {"loss": 0.0, "n": 0, "mse": [], "mse0": [], "skipped": 0, "time": {}, "steps": 0,
                               "t0": time.perf_counter(), "pcg": [], "fallbacks": 0}
                 if eval_every and (step % eval_every == 0 or step == steps) and dist.main:
-                    ev = evaluate_predictor(model, Path(eval_root) if eval_root else root, resolution, context_views, eval_scenes, dist, render_backend)
+                    ev = evaluate_predictor(model, Path(eval_root) if eval_root else root, resolution, context_views,
+                                            eval_scenes, dist, **eval_args)
                     if ev is not None:
                         last_eval = ev
                         log({"type": "eval", "step": step, **ev})

@@ -93,13 +93,19 @@ def test_sigterm_checkpoints_and_stops(synth_root, tmp_path, monkeypatch):
 def test_stage_diff3r_gradients_reach_lambda(synth_root, tmp_path):
     pytest.importorskip("diff3r_cli.optim.implicit")
     r = train_main_(data_root=synth_root, stage="diff3r", steps=1, out=tmp_path / "d", inner_steps=2, ff_weight=0.5,
-                    pcg_max_iter=5, return_model=True)
+                    pcg_max_iter=5, return_model=True, eval_every=1, eval_scenes=1)
     assert r["status"] == "finished"
     assert r["last"]["skipped"] == 0
     assert r["loss"] is not None and r["loss"] == r["loss"]  # finite
     t = r["last"]["time_per_step_s"]
     assert "inner_tto" in t and "pcg_backward" in t and t["pcg_backward"] > 0
     assert "psnr_theta0" in r["last"]
+    evals = [json.loads(line) for line in (tmp_path / "d" / "log.jsonl").read_text().splitlines()
+             if json.loads(line)["type"] == "eval"]
+    assert [e["step"] for e in evals] == [0, 1]
+    for e in evals:
+        assert e["tto_steps"] == 2 and e["psnr_tto"] > 0 and e["psnr_tto_plain"] > 0
+        assert e["psnr_mean_colour"] > 0 and e["views"] >= 1
     # Λ's bias received a gradient through the IFT backward and was updated
     init_bias = torch.log(torch.tensor(r["model"].cfg.lam_init))
     assert not torch.equal(r["model"].log_lam_bias.detach(), init_bias)
