@@ -209,3 +209,18 @@ def test_save_load_roundtrip_and_errors(tmp_path):
     with pytest.raises(UserError):
         load_model("no-such-bundled-model")
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_sh_degree_and_base_preset():
+    torch.manual_seed(3)
+    model = build_predictor("small", **{**TINY, "sh_degree": 2})
+    imgs = torch.rand(1, 2, 16, 16, 3)
+    K, w2c = _rig(2, 16, 16)
+    g = model(imgs, K[None], w2c[None], 1.0, 10.0).gaussians[0]
+    assert g.sh.shape == (2 * 16 * 16, 9, 3) and g.sh_degree == 2
+    # the higher-order coefficients start near zero; the DC term carries the pixel colour
+    assert g.sh[:, 1:].abs().max() < 0.05
+    base = PredictorConfig.preset("base")
+    assert base.feat_dim > PredictorConfig.preset("small").feat_dim and base.size == "base"
+    with pytest.raises(ValueError):
+        PredictorConfig.preset("huge")
