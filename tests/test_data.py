@@ -278,6 +278,14 @@ def test_value_noise_continuous_and_ranged():
     assert dv.max() < 1e-2  # continuous (smoothstep lattice interpolation)
 
 
+def test_float32_render_matches_float64_reference():
+    scene = random_scene(6, 2, 40, 40)
+    rgb32, d32 = render_frame(scene, 1, 4)
+    rgb64, d64 = render_frame(scene, 1, 4, dtype=torch.float64)
+    assert (rgb32 - rgb64).abs().max() < 1e-3
+    assert ((d32 - d64) / d64).abs().max() < 1e-5
+
+
 def test_antialiasing_averages_samples():
     scene = random_scene(4, 2, 24, 24)
     one, d1 = render_frame(scene, 0, spp=1)

@@ -262,8 +262,8 @@ def _hit_box(bx: torch.Tensor, o: torch.Tensor, d: torch.Tensor) -> torch.Tensor
     rel = o - bx[:3]
     ol = [c * rel[0] - s * rel[2], rel[1], s * rel[0] + c * rel[2]]
     dl = [d[..., 0] * c - d[..., 2] * s, d[..., 1], d[..., 0] * s + d[..., 2] * c]
-    tn = torch.full(d.shape[:-1], -float("inf"), dtype=d.dtype)
-    tf = torch.full(d.shape[:-1], float("inf"), dtype=d.dtype)
+    tn = torch.full(d.shape[:-1], -float("inf"), dtype=d.dtype, device=d.device)
+    tf = torch.full(d.shape[:-1], float("inf"), dtype=d.dtype, device=d.device)
     for i in range(3):
         inv = 1.0 / torch.where(dl[i].abs() < 1e-12, torch.full_like(dl[i], 1e-12), dl[i])
         t1 = (-float(bx[3 + i]) - ol[i]) * inv
@@ -275,7 +275,7 @@ def _hit_box(bx: torch.Tensor, o: torch.Tensor, d: torch.Tensor) -> torch.Tensor
 
 def _hit_cylinder(cl: torch.Tensor, o: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     """First hit with a vertical capped cylinder (side or caps)."""
-    inf = torch.full(d.shape[:-1], float("inf"), dtype=d.dtype)
+    inf = torch.full(d.shape[:-1], float("inf"), dtype=d.dtype, device=d.device)
     ox, oz, r, y0, y1 = float(o[0] - cl[0]), float(o[2] - cl[1]), float(cl[2]), float(cl[3]), float(cl[4])
     dx, dy, dz = d[..., 0], d[..., 1], d[..., 2]
     a = (dx * dx + dz * dz).clamp_min(1e-12)
@@ -326,8 +326,9 @@ def intersect(scene: SynthScene, o: torch.Tensor, d: torch.Tensor, K: torch.Tens
     is tested only on the pixels its bounding sphere can cover (same result, less work).
     """
     dt = d.dtype
-    lo, hi = scene.room_lo.to(dt), scene.room_hi.to(dt)
-    o = o.to(dt)
+    dev = d.device
+    lo, hi = scene.room_lo.to(dev, dt), scene.room_hi.to(dev, dt)
+    o = o.to(dev, dt)
     # Room from inside: the exit plane on each axis, then the nearest of the three.
     safe = torch.where(d.abs() < 1e-12, torch.full_like(d, 1e-12), d)
     t_axes = (torch.where(d > 0, hi, lo) - o) / safe
@@ -335,7 +336,7 @@ def intersect(scene: SynthScene, o: torch.Tensor, d: torch.Tensor, K: torch.Tens
     surf = axis * 2 + (d.gather(-1, axis[..., None])[..., 0] > 0).long()
     cull = K is not None and w2c is not None and d.dim() == 4
     for k, (kind, prm, centre, radius) in enumerate(_objects(scene)):
-        prm = prm.to(dt)
+        prm = prm.to(dev, dt)
         if cull:
             box = _screen_box(centre, radius, K.double(), w2c.double(), d.shape[2], d.shape[1])
             if box is None:
@@ -362,12 +363,12 @@ def surface_normals(scene: SynthScene, p: torch.Tensor, surf: torch.Tensor, d: t
         idx = (flat_s == sid).nonzero()[:, 0]
         q = flat_p[idx]
         if sid < 6:
-            nn_ = torch.zeros(3, dtype=dt)
+            nn_ = torch.zeros(3, dtype=dt, device=p.device)
             nn_[sid // 2] = 1.0 if sid % 2 == 0 else -1.0  # room faces point inwards
             flat_n[idx] = nn_
             continue
         kind, prm, _, _ = objs[sid - 6]
-        prm = prm.to(dt)
+        prm = prm.to(p.device, dt)
         if kind == "sphere":
             flat_n[idx] = torch.nn.functional.normalize(q - prm[:3], dim=1)
         elif kind == "box":
@@ -393,20 +394,20 @@ def surface_normals(scene: SynthScene, p: torch.Tensor, surf: torch.Tensor, d: t
 
 
 NOISE_PERIOD = 64
-_NOISE_VOLUME: dict[torch.dtype, torch.Tensor] = {}
+_NOISE_VOLUME: dict[tuple, torch.Tensor] = {}
 
 
-def noise_lattice(dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def noise_lattice(dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> torch.Tensor:
     """(P+1)^3 random lattice values (period P = 64), last slice = first on every axis (wraps)."""
-    vol = _NOISE_VOLUME.get(dtype)
+    vol = _NOISE_VOLUME.get((dtype, str(device)))
     if vol is None:
         base = torch.rand(NOISE_PERIOD, NOISE_PERIOD, NOISE_PERIOD, generator=torch.Generator().manual_seed(12345),
                           dtype=torch.float64)
         base = torch.cat([base, base[:1]], 0)
         base = torch.cat([base, base[:, :1]], 1)
         base = torch.cat([base, base[:, :, :1]], 2)
-        vol = base.to(dtype)
-        _NOISE_VOLUME[dtype] = vol
+        vol = base.to(device, dtype)
+        _NOISE_VOLUME[(dtype, str(device))] = vol
     return vol
 
 
@@ -416,8 +417,8 @@ def value_noise(p: torch.Tensor, octaves: int = 3) -> torch.Tensor:
     The trilinear interpolation runs in grid_sample (one fused call per octave): warping the
     fractional coordinate by the smoothstep first makes its linear weights the smoothstep ones.
     """
-    vol = noise_lattice(p.dtype)[None, None]                        # (1,1,P+1,P+1,P+1) [z,y,x]
-    total = torch.zeros(p.shape[0], dtype=p.dtype)
+    vol = noise_lattice(p.dtype, p.device)[None, None]                        # (1,1,P+1,P+1,P+1) [z,y,x]
+    total = torch.zeros(p.shape[0], dtype=p.dtype, device=p.device)
     amp, norm, q = 1.0, 0.0, p
     for _ in range(octaves):
         fl = torch.floor(q)
@@ -444,18 +445,19 @@ def _palette_lerp(pal: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
 def shade_texture(tex: Texture, p: torch.Tensor) -> torch.Tensor:
     """Albedo (M,3) of a texture at world points p (M,3)."""
     dt = p.dtype
-    pal = tex.palette.to(dt)
-    q = (p @ tex.rot.to(dt).T) * tex.freq + tex.offset.to(dt)
+    dev = p.device
+    pal = tex.palette.to(dev, dt)
+    q = (p @ tex.rot.to(dev, dt).T) * tex.freq + tex.offset.to(dev, dt)
     if tex.kind == TEX_NOISE:
         s = value_noise(q, 4)
         s = (s - 0.5) * 2.2 + 0.5
     elif tex.kind == TEX_STRIPES:
-        x = (p @ tex.direction.to(dt)) * tex.freq
+        x = (p @ tex.direction.to(dev, dt)) * tex.freq
         s = 0.5 + 0.5 * torch.tanh(4.0 * torch.sin(2 * math.pi * x))
     elif tex.kind == TEX_CHECKER:
         s = (torch.floor(q).long().sum(1) % 2).to(dt)
     else:
-        x = (p @ tex.direction.to(dt)) * tex.freq
+        x = (p @ tex.direction.to(dev, dt)) * tex.freq
         s = 0.5 + 0.5 * torch.sin(2 * math.pi * x)
     albedo = _palette_lerp(pal, s)
     grain = value_noise(q * 3.1 + 5.0, 2)
@@ -469,8 +471,8 @@ def shade(scene: SynthScene, p: torch.Tensor, n: torch.Tensor, surf: torch.Tenso
     for s in torch.bincount(surf).nonzero()[:, 0].tolist():
         m = (surf == s).nonzero()[:, 0]
         albedo[m] = shade_texture(scene.textures[s], p[m])
-    light = torch.full((p.shape[0],), scene.ambient, dtype=dt)
-    for L in scene.lights.to(dt):
+    light = torch.full((p.shape[0],), scene.ambient, dtype=dt, device=p.device)
+    for L in scene.lights.to(p.device, dt):
         v = L[:3] - p
         dist = v.norm(dim=1).clamp_min(1e-6)
         cos = ((v * n).sum(1) / dist).clamp_min(0)
@@ -479,12 +481,14 @@ def shade(scene: SynthScene, p: torch.Tensor, n: torch.Tensor, surf: torch.Tenso
 
 
 def render_frame(scene: SynthScene, frame: int, spp: int = 4, generator: torch.Generator | None = None,
-                 dtype: torch.dtype = torch.float32, return_surface: bool = False):
-    """Ray-cast one frame: returns rgb (H,W,3) float32 in [0,1] and z-depth (H,W) float32.
+                 dtype: torch.dtype = torch.float32, return_surface: bool = False,
+                 device: torch.device | str = "cpu"):
+    """Ray-cast one frame: returns rgb (H,W,3) float32 in [0,1] and z-depth (H,W) float32 (on the CPU).
 
     ``spp`` jittered samples per pixel (stratified when spp is a square) are shaded and
     averaged; the depth is that of the ray through the pixel centre. return_surface: also
-    return the surface id (H,W) long hit by each pixel-centre ray.
+    return the surface id (H,W) long hit by each pixel-centre ray. device: where the rays are
+    cast (the jitter is drawn on the CPU, so results do not depend on it beyond rounding).
     """
     H, W = scene.height, scene.width
     K, w2c = scene.K[frame], scene.w2c[frame]
@@ -494,26 +498,27 @@ def render_frame(scene: SynthScene, frame: int, spp: int = 4, generator: torch.G
     side = int(round(math.sqrt(spp)))
     offsets = []
     for s in range(spp):
-        jit = torch.rand(2, H, W, generator=g, dtype=dtype)
+        jit = torch.rand(2, H, W, generator=g).to(dtype)  # float32 draw: same samples for every dtype
         if side * side == spp:
             jit = (torch.tensor([s % side, s // side], dtype=dtype)[:, None, None] + jit) / side
         offsets.append(jit)
     offsets.append(torch.full((2, H, W), 0.5, dtype=dtype))          # pixel centre (depth)
-    samples = torch.stack(offsets)                                  # (S+1,2,H,W)
-    u = torch.arange(W, dtype=dtype)[None, None, :] + samples[:, 0]
-    v = torch.arange(H, dtype=dtype)[None, :, None] + samples[:, 1]
+    samples = torch.stack(offsets).to(device)                       # (S+1,2,H,W)
+    u = torch.arange(W, dtype=dtype, device=device)[None, None, :] + samples[:, 0]
+    v = torch.arange(H, dtype=dtype, device=device)[None, :, None] + samples[:, 1]
     fx, fy, cx, cy = (float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2]))
     # Camera directions with z = 1, so the ray parameter t equals the z-depth.
     dirs_cam = torch.stack([(u - cx) / fx, (v - cy) / fy, torch.ones_like(u)], -1)   # (S+1,H,W,3)
-    dirs = dirs_cam @ R_c2w.T
+    dirs = dirs_cam @ R_c2w.T.to(device)
+    origin = origin.to(device)
     t, surf, nrm = intersect(scene, origin, dirs, K, w2c)
     p = origin + t[:spp, ..., None] * dirs[:spp]
     col = shade(scene, p.reshape(-1, 3), nrm[:spp].reshape(-1, 3), surf[:spp].reshape(-1))
     rgb = col.reshape(spp, H, W, 3).mean(0)
     depth = t[spp]
     if return_surface:
-        return rgb.float(), depth.float(), surf[spp].clone()
-    return rgb.float(), depth.float()
+        return rgb.float().cpu(), depth.float().cpu(), surf[spp].cpu().clone()
+    return rgb.float().cpu(), depth.float().cpu()
 
 
 # ----------------------------------------------------------------------------- dataset writer
@@ -529,12 +534,12 @@ def scene_seed(index: int, seed: int, split: str) -> int:
 
 
 def make_example(seed: int, frames: int, resolution: int, spp: int = 4, jpeg_quality: int = 92,
-                 save_depth: bool = True) -> dict:
+                 save_depth: bool = True, device: torch.device | str = "cpu") -> dict:
     """Render one scene into an RE10K example dict (plus `depths` float16 z-depth maps)."""
     scene = random_scene(seed, frames, resolution, resolution)
     images, depths = [], []
     for f in range(frames):
-        rgb, depth = render_frame(scene, f, spp)
+        rgb, depth = render_frame(scene, f, spp, device=device)
         images.append(encode_jpeg(rgb, jpeg_quality))
         depths.append(depth.to(torch.float16))
     ex = {"key": f"synth{seed:07d}", "url": f"synth://diff3r/{seed}",
@@ -572,11 +577,11 @@ def _chunk_complete(path: Path, keys: list[str], frames: int) -> bool:
 
 def _render_chunk(job: tuple) -> tuple[str, list[str], float]:
     """Render and write one chunk (runs in a worker process or inline). Returns name, keys, seconds."""
-    path, group, frames, resolution, spp, jpeg_quality, save_depth, threads = job
+    path, group, frames, resolution, spp, jpeg_quality, save_depth, threads, device = job
     if threads:
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    examples = [make_example(s, frames, resolution, spp, jpeg_quality, save_depth) for s in group]
+    examples = [make_example(s, frames, resolution, spp, jpeg_quality, save_depth, device) for s in group]
     write_chunk(path, examples)
     return path.name, [e["key"] for e in examples], time.perf_counter() - t0
 
@@ -585,7 +590,7 @@ def generate_dataset(out: str | Path, scenes: int, frames: int = 24, resolution:
                      split: str = "train", spp: int = 4, chunk_size: int = 16, jpeg_quality: int = 92,
                      save_depth: bool = True, eval_targets: int = 3,
                      progress: Callable[[int, int], None] | bool | None = None, workers: int = 1,
-                     threads: int | None = 1) -> dict:
+                     threads: int | None = 1, device: str = "cpu") -> dict:
     """Write ``scenes`` synthetic scenes as RE10K chunks under ``out/<split>/``.
 
     Defaults (128x128, 24 frames, 4 spp) are what fits 2,000 scenes in under an hour on a 2-core
@@ -596,13 +601,18 @@ def generate_dataset(out: str | Path, scenes: int, frames: int = 24, resolution:
     ``out/<split>/index.json`` is merged, and for the test split ``out/evaluation_index.json``
     (key -> context/target frames) too. progress: callback(done, total) or True for a rich bar.
     workers: processes rendering chunks in parallel. threads: torch threads per process (1 is
-    fastest for this many small ops; None leaves torch's setting). Returns a summary dict
+    fastest for this many small ops; None leaves torch's setting). device: where rays are cast
+    ("cuda" works in principle but has not been run on a GPU yet; use workers=1 with it).
+    Returns a summary dict
     (counts, seconds, scenes per minute of the rendered scenes).
     """
     if scenes < 0 or frames < 2 or resolution < 8 or spp < 1 or chunk_size < 1 or workers < 1:
         raise UserError(f"invalid synth settings (scenes={scenes}, frames={frames}, resolution={resolution}, "
                         f"spp={spp}, workers={workers})", out,
                         "use scenes >= 0, frames >= 2, resolution >= 8, spp >= 1, workers >= 1")
+    if workers > 1 and str(device) != "cpu":
+        raise UserError(f"workers={workers} with device={device!r}: worker processes render on the CPU only", out,
+                        "use workers=1 on a GPU")
     out = Path(out)
     split_dir = out / split
     try:
@@ -633,7 +643,7 @@ def generate_dataset(out: str | Path, scenes: int, frames: int = 24, resolution:
             index.update({k: path.name for k in keys})
             done += len(group)
         else:
-            jobs.append((path, group, frames, resolution, spp, jpeg_quality, save_depth, threads))
+            jobs.append((path, group, frames, resolution, spp, jpeg_quality, save_depth, threads, device))
     if cb:
         cb(done, scenes)
 
