@@ -283,7 +283,7 @@ def test_float32_render_matches_float64_reference():
     rgb32, d32 = render_frame(scene, 1, 4)
     rgb64, d64 = render_frame(scene, 1, 4, dtype=torch.float64)
     assert (rgb32 - rgb64).abs().max() < 1e-3
-    assert ((d32 - d64) / d64).abs().max() < 1e-5
+    assert ((d32 - d64) / d64).abs().max() < 1e-4  # float32 ray/plane solves near grazing angles
 
 
 def test_antialiasing_averages_samples():
