@@ -93,13 +93,17 @@ def test_gn_product_and_jvp_modes_match_explicit_jacobian(scene):
     ref_jv = J @ v
     ref_gn = J.T @ ref_jv / e.num_pixels + e.lam * v
     e2 = Energy(e.template, e.theta0, e.lam, cams, images, render_fn=render_rgb_autograd)  # twice differentiable
-    for mode, tol, en in (("forward", 1e-10, e), ("fd", 1e-5, e), ("reverse", 1e-10, e2), ("auto", 1e-10, e)):
+    for mode, tol, en in (("forward", 1e-10, e), ("fd", 1e-5, e), ("reverse", 1e-10, e2), ("auto", 1e-10, e),
+                          ("auto", 1e-10, e2)):
         lin = en.linearize(theta, mode)
         jv = lin.jvp(v).reshape(-1)
         assert (jv - ref_jv).norm() / ref_jv.norm() < tol, mode
         gn = lin.gn_matvec(v)
         assert (gn - ref_gn).norm() / ref_gn.norm() < tol, mode
         assert lin.jvp_count == 2
+        if mode == "auto":
+            assert lin.jvp_mode in ("forward", "reverse")
+    assert lin.jvp_mode == "reverse"  # the twice-differentiable helper takes the cheaper path
     # ∇E = Jᵀr/P + Λ(θ−θ0) against autograd of E itself
     lin = e.linearize(theta)
     _, grad = e.value_and_grad(theta)

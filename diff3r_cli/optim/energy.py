@@ -48,17 +48,24 @@ def resolve_backend(backend: str, g: Gaussians) -> str:
 
 
 def resolve_jvp(jvp: str, backend: str) -> str:
-    """'auto' -> exact forward-mode Jv on the torch backend, a central difference on gsplat.
+    """'auto' -> a central difference on gsplat; on the torch backend "auto-exact": the
+    double-vjp trick ("reverse", reuses the linearisation's graph: no re-binning, measured
+    ~4x cheaper than a forward-mode render) when it works, else forward mode.
 
-    "reverse" (double vjp, reusing one graph) is also exact but needs a renderer whose
-    backward is itself differentiable, which the torch backend's hand-written compositing
-    backward is not.
+    "reverse" needs the renderer's backward to be built from differentiable ops in its
+    incoming gradient (it is linear in it); whether it is, is checked once per renderer and
+    dtype against forward mode (``_JVP_VERDICT``), so a backward written with out= ops or
+    detached tensors falls back to forward mode instead of giving a wrong Jv.
     """
     if jvp not in JVP_MODES:
         raise ValueError(f"unknown jvp mode {jvp!r} (use one of {', '.join(JVP_MODES)})")
     if jvp == "auto":
-        return "fd" if backend == "gsplat" else "forward"
+        return "fd" if backend == "gsplat" else "auto-exact"
     return jvp
+
+
+# (render function, backend, dtype) -> "reverse" | "forward": the result of the one-time check.
+_JVP_VERDICT: dict = {}
 
 
 def check_inputs(g0: Gaussians, lam: Optional[torch.Tensor], cameras: Cameras, images: torch.Tensor) -> torch.Tensor:
@@ -186,8 +193,36 @@ class Linearization:
         self.vjp_count = getattr(self, "vjp_count", 0) + 1
         return g
 
+    def _verdict_key(self):
+        e = self.energy
+        return (e.render_fn, e.backend, self.theta.dtype)
+
+    def _choose_exact_mode(self, v: torch.Tensor) -> str:
+        key = self._verdict_key()
+        mode = _JVP_VERDICT.get(key)
+        if mode is None:
+            self.jvp_mode = "forward"
+            ref = self.jvp(v)
+            self.jvp_count -= 1
+            mode = "forward"
+            try:
+                rev = self._jvp_reverse(v)
+                tol = 1e-8 if self.theta.dtype == torch.float64 else 1e-3
+                if float(torch.linalg.vector_norm(rev - ref)) <= tol * float(torch.linalg.vector_norm(ref)) + 1e-30:
+                    mode = "reverse"
+            except RuntimeError:
+                pass
+            _JVP_VERDICT[key] = mode
+            self._vjp_u = None if mode == "forward" else self._vjp_u
+            self.jvp_mode = mode
+            return mode
+        self.jvp_mode = mode
+        return mode
+
     def jvp(self, v: torch.Tensor) -> torch.Tensor:
         """Jv, shaped like the residual."""
+        if self.jvp_mode == "auto-exact":
+            self._choose_exact_mode(v)
         self.jvp_count += 1
         if self.jvp_mode == "forward":
             # Dual tensors (torch.autograd.forward_ad): measured ~25% cheaper than torch.func.jvp.
