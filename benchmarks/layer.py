@@ -102,6 +102,24 @@ def outer_loss(g, tgt, tgt_img):
 
 
 # --------------------------------------------------------------------------- worker
+def _warm_up(ctx, images, g0, lam, method: str) -> None:
+    """One-time costs out of the timings: torch's lazy imports on the first forward-mode AD
+    call (~3 s here) and the auto-jvp check, done on an 8-Gaussian copy of the scene."""
+    import torch
+
+    from optim_scenes import render_rgb_autograd
+
+    from diff3r_cli.optim.energy import Energy
+
+    small = g0[:8].detach()
+    render_fn = None if method == "ift" else render_rgb_autograd
+    e = Energy(small, small.flatten(), small.expand_groups(lam[:8]), ctx, images, render_fn=render_fn)
+    lin = e.linearize(small.flatten())
+    lin.gn_matvec(torch.ones_like(small.flatten()))
+    lin.release()
+
+
+
 def _maxrss_mb() -> float:
     # Linux reports ru_maxrss in KiB.
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
@@ -125,6 +143,7 @@ def worker(res: int, steps: int, method: str, out: str, threads: int, pcg_compar
     from diff3r_cli.optim.tto import adam_lr_vector, adam_run, scene_extent
 
     ctx, images, g0, lam, tgt, tgt_img = make_scene(res, dtype=dtype)
+    _warm_up(ctx, images, g0, lam, method)
     theta0 = g0.flatten().detach().requires_grad_(True)
     lam_ = lam.clone().requires_grad_(True)
     base_rss = _maxrss_mb()
@@ -225,7 +244,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--res", type=int, nargs="+", default=[64])
     ap.add_argument("--steps", type=int, nargs="+", default=[5, 10, 20, 50, 100])
-    ap.add_argument("--methods", nargs="+", default=["ift", "unrolled"])
+    ap.add_argument("--methods", nargs="+", default=["ift", "ift_autograd", "unrolled"])
+    ap.add_argument("--pcg-method", default="ift_autograd", help="which IFT run also compares Jacobi PCG vs CG")
+    ap.add_argument("--max-unrolled-gb", type=float, default=8.0,
+                    help="skip unrolled runs whose memory, extrapolated from smaller K, would exceed this")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--dtype", default="float64", choices=["float32", "float64"],
                     help="float64 by default: differentiating unrolled Adam in float32 overflows (1/sqrt(v) "
@@ -247,48 +269,77 @@ def main(argv=None) -> int:
     import torch
 
     rows = []
+    unrolled_mb_per_step: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         for res in args.res:
             for k in args.steps:
                 recs = {}
                 for m in args.methods:
+                    per_step = unrolled_mb_per_step.get(res)
+                    if m == "unrolled" and per_step is not None and per_step * k > args.max_unrolled_gb * 1024:
+                        # The unrolled graph grows linearly in K: skip rather than swap the shared machine.
+                        recs[m] = {"skipped": f"predicted {per_step * k / 1024:.1f} GB > --max-unrolled-gb "
+                                              f"{args.max_unrolled_gb}"}
+                        print(f"  res {res} K {k:3d} {m:12s} skipped ({recs[m]['skipped']})", file=sys.stderr)
+                        continue
                     t = time.perf_counter()
-                    recs[m] = _run_worker(res, k, m, args.threads, m == "ift", tmp, args.timeout, args.adam_eps,
-                                          args.dtype)
-                    print(f"  res {res} K {k:3d} {m:8s} done in {time.perf_counter() - t:6.1f} s "
+                    recs[m] = _run_worker(res, k, m, args.threads, m == args.pcg_method, tmp, args.timeout,
+                                          args.adam_eps, args.dtype)
+                    print(f"  res {res} K {k:3d} {m:12s} done in {time.perf_counter() - t:6.1f} s "
                           f"{recs[m].get('error', '')}", file=sys.stderr, flush=True)
+                    if m == "unrolled" and "peak_increase_mb" in recs[m]:
+                        unrolled_mb_per_step[res] = max(unrolled_mb_per_step.get(res, 0.0),
+                                                        recs[m]["peak_increase_mb"] / k)
                 row = {"res": res, "steps": k}
                 for m, r in recs.items():
                     for key, val in r.items():
                         if key not in ("res", "steps", "method", "grad_file"):
                             row[f"{m}_{key}"] = val
-                if all("grad_file" in r for r in recs.values()) and {"ift", "unrolled"} <= set(recs):
-                    gi = torch.load(recs["ift"]["grad_file"])
-                    gu = torch.load(recs["unrolled"]["grad_file"])
-                    row["cos_theta0"] = _cos(gi["theta0"], gu["theta0"])
-                    row["cos_lam"] = _cos(gi["lam"], gu["lam"])
+                for m in ("ift", "ift_autograd"):
+                    if "grad_file" in recs.get(m, {}) and "grad_file" in recs.get("unrolled", {}):
+                        gi = torch.load(recs[m]["grad_file"])
+                        gu = torch.load(recs["unrolled"]["grad_file"])
+                        row[f"{m}_cos_theta0"] = _cos(gi["theta0"], gu["theta0"])
+                        row[f"{m}_cos_lam"] = _cos(gi["lam"], gu["lam"])
                 rows.append(row)
 
-    hdr = (f"{'res':>4} {'K':>4} | {'IFT peak MB':>11} {'(+MB)':>7} {'unroll peak MB':>14} {'(+MB)':>7} | "
-           f"{'IFT bwd s':>9} {'unroll bwd s':>12} | {'PCG jac':>7} {'CG':>5} | {'cos θ0':>7} {'cos Λ':>7}")
+    hdr = (f"{'res':>4} {'K':>4} | {'peak RSS MB: IFT':>16} {'IFT-ag':>7} {'unrolled':>9} | "
+           f"{'(+MB over pre-layer) IFT':>24} {'IFT-ag':>7} {'unrolled':>9} | "
+           f"{'bwd s: IFT':>10} {'IFT-ag':>7} {'unrolled':>9} | {'PCG jac':>7} {'CG':>5} | {'cos θ0':>7} {'cos Λ':>7}")
     print(hdr)
     print("-" * len(hdr))
 
-    def fmt(v, spec):
-        return format(v, spec) if isinstance(v, (int, float)) and v is not None else format("-", spec.split(".")[0].rstrip("fd"))
+    def fmt(v, width, prec=None):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return format("-", f">{width}")
+        return format(v, f">{width}.{prec}f") if prec is not None else format(v, f">{width}d")
 
+    pm = args.pcg_method
     for r in rows:
-        print(f"{r['res']:>4} {r['steps']:>4} | {fmt(r.get('ift_peak_rss_mb'), '11.0f')} {fmt(r.get('ift_peak_increase_mb'), '7.0f')} "
-              f"{fmt(r.get('unrolled_peak_rss_mb'), '14.0f')} {fmt(r.get('unrolled_peak_increase_mb'), '7.0f')} | "
-              f"{fmt(r.get('ift_backward_s'), '9.2f')} {fmt(r.get('unrolled_backward_s'), '12.2f')} | "
-              f"{fmt(r.get('ift_pcg_jacobi_iterations'), '7d')} {fmt(r.get('ift_pcg_none_iterations'), '5d')} | "
-              f"{fmt(r.get('cos_theta0'), '7.3f')} {fmt(r.get('cos_lam'), '7.3f')}")
+        print(f"{r['res']:>4} {r['steps']:>4} | {fmt(r.get('ift_peak_rss_mb'), 16, 0)} "
+              f"{fmt(r.get('ift_autograd_peak_rss_mb'), 7, 0)} {fmt(r.get('unrolled_peak_rss_mb'), 9, 0)} | "
+              f"{fmt(r.get('ift_peak_increase_mb'), 24, 0)} {fmt(r.get('ift_autograd_peak_increase_mb'), 7, 0)} "
+              f"{fmt(r.get('unrolled_peak_increase_mb'), 9, 0)} | "
+              f"{fmt(r.get('ift_backward_s'), 10, 2)} {fmt(r.get('ift_autograd_backward_s'), 7, 2)} "
+              f"{fmt(r.get('unrolled_backward_s'), 9, 2)} | "
+              f"{fmt(r.get(f'{pm}_pcg_jacobi_iterations'), 7)} {fmt(r.get(f'{pm}_pcg_none_iterations'), 5)} | "
+              f"{fmt(r.get('ift_cos_theta0', r.get('ift_autograd_cos_theta0')), 7, 3)} "
+              f"{fmt(r.get('ift_cos_lam', r.get('ift_autograd_cos_lam')), 7, 3)}")
         for m in args.methods:
-            if f"{m}_error" in r:
-                print(f"     {m}: {r[m + '_error']}")
-    meta = {"device": "cpu", "threads": args.threads, "dtype": args.dtype, "adam_eps": args.adam_eps, "torch": torch.__version__,
-            "command": " ".join([Path(sys.executable).name, "benchmarks/layer.py"] + (argv if argv is not None else sys.argv[1:])),
-            "inner_optimizer": "adam (3DGS per-group learning rates)", "ift": "GN Hessian, PCG rtol 1e-3, Jacobi (4 probes)"}
+            for tag in ("error", "skipped"):
+                if f"{m}_{tag}" in r:
+                    print(f"     {m} {tag}: {r[f'{m}_{tag}']}")
+    meta = {"device": "cpu", "threads": args.threads, "dtype": args.dtype, "adam_eps": args.adam_eps,
+            "torch": torch.__version__,
+            "command": " ".join(["python", "benchmarks/layer.py"] + (argv if argv is not None else sys.argv[1:])),
+            "inner_optimizer": "adam (3DGS per-group learning rates)",
+            "ift": "GN Hessian, PCG rtol 1e-3 (max 200), Jacobi from 4 probes",
+            "methods": {"ift": "IFT layer rendering with render() (torch backend)",
+                        "ift_autograd": "IFT layer rendering with tests/optim_scenes.render_rgb_autograd",
+                        "unrolled": "autograd through K Adam steps, rendering with render_rgb_autograd"},
+            "memory": "ru_maxrss of a fresh subprocess per configuration; +MB = increase over the footprint "
+                      "just before the layer call (scene built, torch loaded)",
+            "pcg": f"iterations to 1e-3 relative residual at θ* of the '{pm}' run: Jacobi vs plain CG (max 1000)"}
     _atomic_write_json(args.out_json, {"meta": meta, "rows": rows})
     print(f"wrote {args.out_json}", file=sys.stderr)
     return 0
