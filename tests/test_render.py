@@ -361,3 +361,29 @@ def test_backend_dispatch_and_errors():
         render(g, cams, backend="nope")
     with pytest.raises(ValueError):
         render_torch(g, cams, background=torch.zeros(4, dtype=torch.float64))
+
+
+def test_render_jvp_module_torch_exact_and_fd():
+    from diff3r_cli.render.jvp import fd_jvp, render_jvp
+    g, cams = _tiny_scene()
+    gen = torch.Generator().manual_seed(9)
+    tangent = g.unflatten(torch.randn(g.flatten().shape, generator=gen, dtype=torch.float64))
+    out, d = render_jvp(g, cams, tangent, backend="torch")
+    ref = render_torch(g, cams)
+    assert torch.equal(out.rgb, ref.rgb)
+    out2, d_fd = fd_jvp(g, cams, tangent, backend="torch")  # float64 default step
+    for name in ("rgb", "depth", "alpha"):
+        a, b = getattr(d, name), getattr(d_fd, name)
+        assert (a - b).norm() <= 0.01 * a.norm(), name
+    # a zero tangent gives a zero derivative without dividing by zero
+    zt = tangent.map(torch.zeros_like)
+    _, dz = fd_jvp(g, cams, zt, backend="torch")
+    assert dz.rgb.abs().max() == 0
+    with pytest.raises(ValueError):
+        render_jvp(g, cams, tangent, backend="nope")
+
+
+def test_gsplat_backend_refuses_cpu_tensors():
+    g, cams = _tiny_scene()
+    with pytest.raises(ValueError, match="CUDA"):
+        render(g, cams, backend="gsplat")
