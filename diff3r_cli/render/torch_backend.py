@@ -127,18 +127,22 @@ def project_gaussians(g: Gaussians, K: torch.Tensor, w2c: torch.Tensor, width: i
         idx = keep.nonzero(as_tuple=True)[0]
         if idx.numel() == 0:
             return None
-        # Sort entries by (camera, depth): stable sort by depth, then stable sort by camera.
+        # Entries stay in (camera, Gaussian) order, which keeps memory access coherent for
+        # predictor scenes (Gaussians in raster order); compositing order is given by
+        # depth_rank: the position of each entry in (camera, depth) order.
         d_sel = z.detach()[idx]
         o1 = torch.sort(d_sel, stable=True).indices
         o2 = torch.sort(cam[idx][o1], stable=True).indices
-        idx = idx[o1[o2]]
+        by_depth = o1[o2]
+        depth_rank = torch.empty_like(by_depth)
+        depth_rank[by_depth] = torch.arange(by_depth.numel(), device=by_depth.device)
 
     a, b, c, det = a[idx], b[idx], c[idx], det[idx]
     conic = torch.stack([c / det, -b / det, a / det], dim=-1)
     return {
         "cam": cam[idx], "gid": gid[idx], "mean2d": mean2d[idx], "conic": conic,
         "depth": z[idx], "opacity": opac[idx], "cov2d": torch.stack([a, b, c], -1),
-        "extend": extend[idx],
+        "extend": extend[idx], "depth_rank": depth_rank, "by_depth": by_depth,
     }
 
 
@@ -174,6 +178,7 @@ def bin_pairs(ent: dict, C: int, width: int, height: int, chunk: int = DEFAULT_C
     cov = ent["cov2d"].detach()
     ext = ent["extend"]
     cam = ent["cam"]
+    rank = ent["depth_rank"]
     dev, dt = m2.device, m2.dtype
     E = m2.shape[0]
     empty_l = torch.zeros(0, dtype=torch.long, device=dev)
@@ -233,7 +238,7 @@ def bin_pairs(ent: dict, C: int, width: int, height: int, chunk: int = DEFAULT_C
             sig = torch.masked_select(sigma, sel)
             kgrid = (cam[ee] * hw)[:, None, None] + (Y * width)[:, :, None] + X[:, None, :]
             k = torch.masked_select(kgrid, sel)
-            e = torch.masked_select(ee[:, None, None], sel)
+            e = torch.masked_select(rank[ee][:, None, None], sel)   # depth rank of the entry
             o = torch.masked_select(opac[ee, None, None], sel)
             al = torch.clamp_max(o * torch.exp(-sig), ALPHA_MAX)
             ok = al >= ALPHA_MIN
@@ -250,16 +255,16 @@ def bin_pairs(ent: dict, C: int, width: int, height: int, chunk: int = DEFAULT_C
     M = e_idx.numel()
     if M == 0:
         return empty_l, empty_l, empty_f, empty_f
-    # Entries are in (camera, depth) order, so sorting (pixel key << 32 | entry index) orders
-    # the pairs by (camera, pixel, depth) in a single sort of unique int64 values.
+    # Sorting (pixel key << 32 | depth rank of the entry) orders the pairs by (camera, pixel,
+    # depth) in a single sort of unique int64 values.
     if C * hw >= 2**31 or E >= 2**32:
         raise ValueError("image batch too large for the pair sort key (C·H·W must be < 2^31)")
     v, order = torch.sort((key << 32) | e_idx)
     key = v >> 32
-    e_idx = v & 0xFFFFFFFF
-    al = al[order]
+    e_idx = ent["by_depth"].index_select(0, v & 0xFFFFFFFF)
+    al = al.index_select(0, order)
     # Transmittance cut-off: drop the first pair whose T_next <= T_MIN and all after it.
-    log_t_incl, log_t_excl = _segmented_log_transmittance(torch.log1p(-al.double()), key)
+    log_t_incl, log_t_excl = _segmented_log_transmittance(torch.log1p(-al).double(), key)
     keep = log_t_incl > math.log(T_MIN)
     if not bool(keep.all()):
         e_idx, key, al, log_t_excl = (torch.masked_select(t, keep) for t in (e_idx, key, al, log_t_excl))
@@ -309,21 +314,25 @@ class _Composite(torch.autograd.Function):
     """Front-to-back compositing of sorted (entry, pixel) pairs with analytic derivatives.
 
     Inputs per entry: ``geo`` (E,6) = mean2d x, y, conic a, b, c, opacity; ``feat`` (E,4) =
-    rgb, depth. Output (C·H·W, 5): Σ w·rgb, Σ w·z, Σ w with w = α·T. α and T come from the
+    rgb, depth. Output (5, C·H·W): Σ w·rgb, Σ w·z, Σ w with w = α·T. α and T come from the
     binning pass (same formula, no autograd); backward and jvp are written out by hand (the
     backward like gsplat's kernel: dα_i = T_i s_i - Σ_{j>i} w_j s_j / (1-α_i)), several
     times cheaper than letting autograd record a per-pair graph. The derivative of a
     clamped α (= ALPHA_MAX) is zero, as in gsplat; the cut-off and the 1/255 skip are
     piecewise-constant decisions with no derivative.
+
+    Per-pair arrays are kept channel-major ((k, M), gathered with index_select) because
+    row gathers by advanced indexing and strided column arithmetic are several times slower
+    on the CPU.
     """
 
     @staticmethod
     def forward(geo, feat, e_idx, key, alpha, trans, seg_id, seg_start, n_pix, width, height):
         w = alpha * trans
-        vals = torch.empty(w.shape[0], 5, dtype=feat.dtype, device=feat.device)
-        torch.mul(feat[e_idx], w[:, None], out=vals[:, :4])
-        vals[:, 4] = w
-        return torch.zeros(n_pix, 5, dtype=feat.dtype, device=feat.device).index_add_(0, key, vals)
+        vals = torch.empty(5, w.shape[0], dtype=feat.dtype, device=feat.device)
+        torch.mul(feat.t().contiguous().index_select(1, e_idx), w, out=vals[:4])
+        vals[4] = w
+        return torch.zeros(5, n_pix, dtype=feat.dtype, device=feat.device).index_add_(1, key, vals)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -333,66 +342,70 @@ class _Composite(torch.autograd.Function):
         ctx.width, ctx.height, ctx.n_pix = width, height, n_pix
 
     @staticmethod
-    def _pair_geometry(geo, e_idx, key, width, height):
-        """Per pair: dx, dy (mean - pixel centre), conic a, b, c, opacity, G = exp(-σ)."""
-        P = geo[e_idx]
+    def _pair_geometry(geo, e_idx, key, alpha, width, height):
+        """Per pair: dx, dy (mean - pixel centre), conic a, b, c, opacity, and α where it is
+        not clamped (0 where clamped: a clamped α has zero derivative, as in gsplat).
+
+        Unclamped α = o·exp(-σ) exactly, so ∂α/∂σ = -α and ∂α/∂o = α/o: no exp needed.
+        """
+        P = geo.t().contiguous().index_select(1, e_idx)       # (6,M)
         dt = P.dtype
-        dx = P[:, 0] - ((key % width).to(dt) + 0.5)
-        dy = P[:, 1] - (((key // width) % height).to(dt) + 0.5)
-        ca, cb, cc, o = P[:, 2], P[:, 3], P[:, 4], P[:, 5]
-        sigma = (0.5 * ca * dx * dx).addcmul_(0.5 * cc * dy, dy).addcmul_(cb * dx, dy)
-        return dx, dy, ca, cb, cc, o, torch.exp(-sigma)
+        dx = P[0] - ((key % width).to(dt) + 0.5)
+        dy = P[1] - (((key // width) % height).to(dt) + 0.5)
+        a_free = torch.where(alpha < ALPHA_MAX, alpha, torch.zeros_like(alpha))
+        return dx, dy, P[2], P[3], P[4], P[5], a_free
 
     @staticmethod
     def backward(ctx, grad):
         geo, feat, e_idx, key, alpha, trans, seg_id, seg_start = ctx.saved_tensors
         M = e_idx.shape[0]
-        g = grad.contiguous()[key]                              # (M,5) pixel gradients
+        g = grad.contiguous().index_select(1, key)              # (5,M) pixel gradients
+        F = feat.t().contiguous().index_select(1, e_idx)        # (4,M)
         w = alpha * trans
-        s = (g[:, :4] * feat[e_idx]).sum(1).add_(g[:, 4])       # ∂L/∂w per pair
+        s = (g[:4] * F).sum(0).add_(g[4])                       # ∂L/∂w per pair
         d_alpha = trans * s - _segmented_suffix_sum(w * s, seg_id, seg_start) / (1.0 - alpha)
-        dx, dy, ca, cb, cc, o, G = _Composite._pair_geometry(geo, e_idx, key, ctx.width, ctx.height)
-        raw = o * G
-        d_alpha = torch.where(raw <= ALPHA_MAX, d_alpha, torch.zeros_like(d_alpha))
-        d_sigma = -raw * d_alpha
-        gp = torch.empty(M, 6, dtype=geo.dtype, device=geo.device)
+        dx, dy, ca, cb, cc, o, a_free = _Composite._pair_geometry(geo, e_idx, key, alpha, ctx.width,
+                                                                  ctx.height)
+        d_sigma = -a_free * d_alpha
+        gp = torch.empty(6, M, dtype=geo.dtype, device=geo.device)
         tx = dx * d_sigma
         ty = dy * d_sigma
-        torch.addcmul(ca * tx, cb, ty, out=gp[:, 0])            # ∂σ/∂mx = a dx + b dy
-        torch.addcmul(cc * ty, cb, tx, out=gp[:, 1])            # ∂σ/∂my = c dy + b dx
-        torch.mul(tx, 0.5 * dx, out=gp[:, 2])
-        torch.mul(tx, dy, out=gp[:, 3])
-        torch.mul(ty, 0.5 * dy, out=gp[:, 4])
-        torch.mul(G, d_alpha, out=gp[:, 5])
-        ggeo = torch.zeros_like(geo).index_add_(0, e_idx, gp)
-        gfeat = torch.zeros_like(feat).index_add_(0, e_idx, g[:, :4] * w[:, None])
+        torch.addcmul(ca * tx, cb, ty, out=gp[0])               # ∂σ/∂mx = a dx + b dy
+        torch.addcmul(cc * ty, cb, tx, out=gp[1])               # ∂σ/∂my = c dy + b dx
+        torch.mul(tx, 0.5 * dx, out=gp[2])
+        torch.mul(tx, dy, out=gp[3])
+        torch.mul(ty, 0.5 * dy, out=gp[4])
+        torch.mul(a_free / o, d_alpha, out=gp[5])               # ∂α/∂o = exp(-σ)
+        E = geo.shape[0]
+        ggeo = torch.zeros(6, E, dtype=geo.dtype, device=geo.device).index_add_(1, e_idx, gp).t()
+        gfeat = torch.zeros(4, E, dtype=geo.dtype, device=geo.device).index_add_(1, e_idx, g[:4] * w).t()
         return (ggeo, gfeat) + (None,) * 9
 
     @staticmethod
     def jvp(ctx, dgeo, dfeat, *_):
         geo, feat, e_idx, key, alpha, trans, seg_id, seg_start = ctx.saved_tensors
         dt = geo.dtype
-        dx, dy, ca, cb, cc, o, G = _Composite._pair_geometry(geo, e_idx, key, ctx.width, ctx.height)
+        dx, dy, ca, cb, cc, o, a_free = _Composite._pair_geometry(geo, e_idx, key, alpha, ctx.width,
+                                                                  ctx.height)
         M = e_idx.shape[0]
         w = alpha * trans
+        F = feat.t().contiguous().index_select(1, e_idx)
         if dgeo is not None:
-            dP = dgeo[e_idx]
-            d_sigma = ((ca * dx + cb * dy) * dP[:, 0] + (cc * dy + cb * dx) * dP[:, 1]
-                       + 0.5 * dx * dx * dP[:, 2] + dx * dy * dP[:, 3] + 0.5 * dy * dy * dP[:, 4])
-            raw = o * G
-            d_alpha = G * dP[:, 5] - raw * d_sigma
-            d_alpha = torch.where(raw <= ALPHA_MAX, d_alpha, torch.zeros_like(d_alpha))
+            dP = dgeo.t().contiguous().index_select(1, e_idx)
+            d_sigma = ((ca * dx + cb * dy) * dP[0] + (cc * dy + cb * dx) * dP[1]
+                       + 0.5 * dx * dx * dP[2] + dx * dy * dP[3] + 0.5 * dy * dy * dP[4])
+            d_alpha = a_free * (dP[5] / o - d_sigma)
             # d log T_i = Σ_{j<i} -dα_j / (1-α_j)
             dlogt = _segmented_exclusive_cumsum(-d_alpha / (1.0 - alpha), seg_id, seg_start)
             dw = d_alpha * trans + w * dlogt
         else:
             dw = torch.zeros_like(w)
-        dvals = torch.empty(M, 5, dtype=dt, device=geo.device)
-        torch.mul(feat[e_idx], dw[:, None], out=dvals[:, :4])
+        dvals = torch.empty(5, M, dtype=dt, device=geo.device)
+        torch.mul(F, dw, out=dvals[:4])
         if dfeat is not None:
-            dvals[:, :4] += dfeat[e_idx] * w[:, None]
-        dvals[:, 4] = dw
-        return torch.zeros(ctx.n_pix, 5, dtype=dt, device=geo.device).index_add_(0, key, dvals)
+            dvals[:4] += dfeat.t().contiguous().index_select(1, e_idx) * w
+        dvals[4] = dw
+        return torch.zeros(5, ctx.n_pix, dtype=dt, device=geo.device).index_add_(1, key, dvals)
 
 
 def render_torch(gaussians: Gaussians, cameras, background=None, chunk: int = DEFAULT_CHUNK,
@@ -429,12 +442,12 @@ def render_torch(gaussians: Gaussians, cameras, background=None, chunk: int = DE
     seg_id, seg_start = _segment_ids(key)
     # key is global over cameras; the pixel position inside an image is key mod H·W
     acc = _Composite.apply(geo, feat, e_idx, key, al, trans, seg_id, seg_start, C * H * W, W, H)
-    acc = acc.reshape(C, H, W, 5)
-    alpha = acc[..., 4]
-    rgb = acc[..., :3]
+    acc = acc.reshape(5, C, H, W)
+    alpha = acc[4]
+    rgb = acc[:3].permute(1, 2, 3, 0).contiguous()
     if bg is not None:
         rgb = rgb + (1.0 - alpha)[..., None] * bg[:, None, None, :]
-    depth = acc[..., 3] / alpha.clamp_min(1e-10)
+    depth = acc[3] / alpha.clamp_min(1e-10)
     return RenderOutput(rgb=rgb, depth=depth, alpha=alpha)
 
 
