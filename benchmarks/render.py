@@ -16,7 +16,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import statistics
 import sys
 import tempfile
@@ -66,31 +65,62 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def _time(fn, repeats: int, device: str) -> float:
+def _time(fn, repeats: int, device: str) -> tuple[float, float]:
+    """Median wall time and median process CPU time (all threads) in ms."""
     fn()  # warm-up
     _sync(device)
-    ts = []
+    ts, cs = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         fn()
         _sync(device)
         ts.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(ts)
+        cs.append((time.process_time() - c0) * 1000)
+    return statistics.median(ts), statistics.median(cs)
 
 
-def _peak_mb(fn, device: str) -> float:
-    """Peak memory of one call: CUDA allocator peak, or on the CPU the process max-RSS growth
-    (an upper-bound proxy: ru_maxrss only ever grows, so run the sizes in increasing order)."""
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        fn()
-        torch.cuda.synchronize()
-        return (torch.cuda.max_memory_allocated() - base) / 2**20
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+_PEAK_SCRIPT = """
+import os, sys, threading, time, torch
+sys.path.insert(0, {here!r})
+from render import pixel_aligned_scene
+from diff3r_cli.render import render
+torch.set_num_threads(1)
+page = os.sysconf("SC_PAGE_SIZE")
+def rss():
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * page
+g, cams = pixel_aligned_scene({size}, footprint={footprint!r})
+p = g.map(lambda t: t.clone().requires_grad_(True))
+peak, done = [0], [False]
+def sample():  # torch ops release the GIL, so this thread sees the live RSS
+    while not done[0]:
+        peak[0] = max(peak[0], rss())
+        time.sleep(0.0005)
+base = rss()
+th = threading.Thread(target=sample); th.start()
+o = render(p, cams, backend="torch")
+(o.rgb.sum() + o.depth.sum()).backward()
+done[0] = True; th.join()
+print(max(peak[0], rss()) - base)
+"""
+
+
+def _cpu_peak_mb(size: int, footprint: float) -> float:
+    """Peak resident-memory growth (MB) during one forward+backward, sampled every 0.5 ms in
+    a fresh process (so earlier, larger runs cannot hide it)."""
+    import subprocess
+    script = _PEAK_SCRIPT.format(here=str(Path(__file__).parent), size=size, footprint=footprint)
+    out = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True)
+    return int(out.stdout.split()[-1]) / 2**20
+
+
+def _cuda_peak_mb(fn) -> float:
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
     fn()
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return (after - before) / 1024
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
 def bench_one(size: int, backend: str, device: str, repeats: int, footprint: float) -> dict:
@@ -119,13 +149,13 @@ def bench_one(size: int, backend: str, device: str, repeats: int, footprint: flo
             render_jvp(g, cams, tangent, backend=backend)
 
     row = {"size": size, "backend": backend, "device": device, "gaussians": g.num,
-           "pairs": n_pairs, "threads": torch.get_num_threads()}
-    row["forward_ms"] = _time(fwd, repeats, device)
-    row["fwd_bwd_ms"] = _time(fwd_bwd, repeats, device)
-    row["jvp_ms"] = _time(jvp, repeats, device)
+           "pairs": n_pairs, "threads": torch.get_num_threads() if device == "cpu" else None,
+           "loadavg_before": os.getloadavg()[0]}
+    row["forward_ms"], row["forward_cpu_ms"] = _time(fwd, repeats, device)
+    row["fwd_bwd_ms"], row["fwd_bwd_cpu_ms"] = _time(fwd_bwd, repeats, device)
+    row["jvp_ms"], row["jvp_cpu_ms"] = _time(jvp, repeats, device)
     row["jvp_over_forward"] = row["jvp_ms"] / row["forward_ms"]
-    row["peak_fwd_bwd_mb"] = _peak_mb(fwd_bwd, device)
-    row["peak_mb_per_mpair"] = row["peak_fwd_bwd_mb"] / max(n_pairs / 1e6, 1e-9)
+    row["loadavg_after"] = os.getloadavg()[0]
     return row
 
 
@@ -134,31 +164,57 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--footprint", type=float, default=1.5)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, nargs="+", default=[2, 1],
+                    help="CPU thread counts to time (the first is the headline)")
+    ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "render.json"))
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    runs = [("torch", "cpu")]
+    runs = [("torch", "cpu", t) for t in args.threads]
     if torch.cuda.is_available():
-        runs += [("torch", "cuda"), ("gsplat", "cuda")]
+        runs += [("torch", "cuda", None), ("gsplat", "cuda", None)]
     rows = []
-    hdr = f"{'size':>5} {'backend':>7} {'dev':>4} {'gauss':>8} {'pairs':>10} {'fwd ms':>8} {'f+b ms':>8} {'jvp ms':>8} {'jvp/f':>6} {'peak MB':>8} {'MB/Mpair':>8}"
+    hdr = (f"{'size':>5} {'backend':>7} {'dev':>4} {'thr':>3} {'gauss':>7} {'pairs':>9} {'fwd ms':>8} "
+           f"{'f+b ms':>8} {'jvp ms':>8} {'jvp/f':>5} | {'cpu: fwd':>8} {'f+b':>7} {'jvp':>7} {'load':>5}")
     print(hdr)
-    for backend, device in runs:
+    for backend, device, threads in runs:
+        if threads is not None:
+            torch.set_num_threads(threads)
         for size in sorted(args.sizes):
             r = bench_one(size, backend, device, args.repeats, args.footprint)
             rows.append(r)
-            print(f"{r['size']:>5} {backend:>7} {device:>4} {r['gaussians']:>8} {r['pairs']:>10} "
-                  f"{r['forward_ms']:>8.1f} {r['fwd_bwd_ms']:>8.1f} {r['jvp_ms']:>8.1f} "
-                  f"{r['jvp_over_forward']:>6.2f} {r['peak_fwd_bwd_mb']:>8.1f} {r['peak_mb_per_mpair']:>8.1f}",
-                  flush=True)
+            print(f"{r['size']:>5} {backend:>7} {device:>4} {str(threads or '-'):>3} {r['gaussians']:>7} "
+                  f"{r['pairs']:>9} {r['forward_ms']:>8.1f} {r['fwd_bwd_ms']:>8.1f} {r['jvp_ms']:>8.1f} "
+                  f"{r['jvp_over_forward']:>5.2f} | {r['forward_cpu_ms']:>8.1f} {r['fwd_bwd_cpu_ms']:>7.1f} "
+                  f"{r['jvp_cpu_ms']:>7.1f} {r['loadavg_before']:>5.1f}", flush=True)
+    memory = []
+    if not args.no_memory:
+        print(f"{'size':>5} {'pairs':>9} {'peak MB (f+b, CPU, fresh process)':>34} {'MB per M pairs':>15}")
+        for size in sorted(args.sizes):
+            pairs = next(r["pairs"] for r in rows if r["size"] == size)
+            mb = _cpu_peak_mb(size, args.footprint)
+            memory.append({"size": size, "pairs": pairs, "peak_mb": mb, "mb_per_mpair": mb / (pairs / 1e6)})
+            print(f"{size:>5} {pairs:>9} {mb:>34.1f} {mb / (pairs / 1e6):>15.1f}", flush=True)
+        if torch.cuda.is_available():
+            for backend in ("torch", "gsplat"):
+                for size in sorted(args.sizes):
+                    g, cams = pixel_aligned_scene(size, footprint=args.footprint, device="cuda")
+                    p = g.map(lambda t: t.clone().requires_grad_(True))
+
+                    def fb():
+                        o = render(p, cams, backend=backend)
+                        (o.rgb.sum() + o.depth.sum()).backward()
+                    mb = _cuda_peak_mb(fb)
+                    memory.append({"size": size, "backend": backend, "device": "cuda", "peak_mb": mb})
+                    print(f"cuda {backend} {size}: peak {mb:.1f} MB", flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"footprint_px": args.footprint, "repeats": args.repeats, "torch": torch.__version__,
-            "cpu_count": os.cpu_count(), "command": " ".join([Path(sys.argv[0]).name] + (argv or sys.argv[1:]))}
+            "cpu_count": os.cpu_count(), "command": " ".join(["benchmarks/render.py"] + (argv or sys.argv[1:])),
+            "note": "wall times are medians; *_cpu_ms is process CPU time (all threads); the CPU is "
+                    "shared with other jobs, see loadavg_before/after"}
     fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".tmp")
     with os.fdopen(fd, "w") as fh:
-        json.dump({"meta": meta, "rows": rows}, fh, indent=2)
+        json.dump({"meta": meta, "rows": rows, "memory": memory}, fh, indent=2)
     os.replace(tmp, out)
     print(f"wrote {out}")
     return 0
