@@ -387,3 +387,28 @@ def test_gsplat_backend_refuses_cpu_tensors():
     g, cams = _tiny_scene()
     with pytest.raises(ValueError, match="CUDA"):
         render(g, cams, backend="gsplat")
+
+
+def test_only_invisible_pairs_gives_background_and_zero_gradients():
+    # Tiny Gaussians projecting exactly onto pixel corners with opacity just above 1/255:
+    # they survive culling, but every pixel centre sees α = o·exp(-σ) < 1/255.
+    K = torch.tensor([[20.0, 0, 5.0], [0, 20.0, 4.0], [0, 0, 1]], dtype=torch.float64)
+    cams = Cameras(K[None], torch.eye(4, dtype=torch.float64)[None], 10, 8)
+    uv = torch.tensor([[2.0, 3.0], [5.0, 5.0], [7.0, 1.0]], dtype=torch.float64)
+    z = torch.full((3, 1), 3.0, dtype=torch.float64)
+    means = torch.cat([(uv - K[[0, 1], [2, 2]]) / 20.0 * z, z], 1)
+    n = len(means)
+    g = Gaussians(means, torch.full((n, 3), -12.0, dtype=torch.float64),
+                  torch.tensor([[1.0, 0, 0, 0]], dtype=torch.float64).repeat(n, 1),
+                  torch.full((n,), math.log(0.0040 / 0.9960), dtype=torch.float64),
+                  torch.zeros(n, 1, 3, dtype=torch.float64))
+    g = g.map(lambda t: t.clone().requires_grad_(True))
+    bg = torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64)
+    out = render_torch(g, cams, background=bg)
+    assert torch.allclose(out.rgb, bg.expand_as(out.rgb)) and out.alpha.abs().max() == 0
+    out.rgb.sum().backward()
+    assert g.opacity_logits.grad.abs().max() == 0
+    # brighter copies of the same Gaussians are drawn (the test is not vacuous)
+    g2 = g.detach().clone()
+    g2.opacity_logits[:] = 0.0
+    assert render_torch(g2, cams).alpha.max() > 0.1

@@ -168,9 +168,10 @@ def bin_pairs(ent: dict, C: int, width: int, height: int, chunk: int = DEFAULT_C
     """Enumerate the (entry, pixel) pairs that gsplat composites, in compositing order.
 
     Pairs have α >= 1/255, are sorted by (camera, pixel, depth) and cut off where the
-    transmittance would fall to <= 1e-4. Returns ``(e_idx, key, alpha, trans)``: entry index,
-    pixel key ``cam·H·W + y·W + x``, α and the transmittance in front of the pair (T before
-    it), all (M,). No autograd; memory is O(pairs + chunk).
+    transmittance would fall to <= 1e-4. Returns ``(e_idx, key, alpha, trans, seg_id,
+    seg_start)``: entry index, pixel key ``cam·H·W + y·W + x``, α, the transmittance in front
+    of the pair (T before it), the pixel-segment id of each pair (all (M,)) and the start
+    index of each segment (S,). No autograd; memory is O(pairs + chunk).
     """
     m2 = ent["mean2d"].detach()
     conic = ent["conic"].detach()
@@ -184,7 +185,7 @@ def bin_pairs(ent: dict, C: int, width: int, height: int, chunk: int = DEFAULT_C
     empty_l = torch.zeros(0, dtype=torch.long, device=dev)
     empty_f = torch.zeros(0, dtype=dt, device=dev)
     if E == 0:
-        return empty_l, empty_l, empty_f, empty_f
+        return empty_l, empty_l, empty_f, empty_f, empty_l, empty_l
     # Tight box of the ellipse {dᵀΣ⁻¹d <= extend²} (half-widths extend·sqrt(Σxx), extend·sqrt(Σyy)),
     # in pixel indices whose centres (i+0.5) fall inside; a tiny margin guards rounding.
     hx = ext * cov[:, 0].sqrt() + 1e-3
@@ -248,13 +249,13 @@ def bin_pairs(ent: dict, C: int, width: int, height: int, chunk: int = DEFAULT_C
             out_k.append(k)
             out_a.append(al)
     if not out_e:
-        return empty_l, empty_l, empty_f, empty_f
+        return empty_l, empty_l, empty_f, empty_f, empty_l, empty_l
     e_idx = torch.cat(out_e)
     key = torch.cat(out_k)
     al = torch.cat(out_a)
     M = e_idx.numel()
     if M == 0:
-        return empty_l, empty_l, empty_f, empty_f
+        return empty_l, empty_l, empty_f, empty_f, empty_l, empty_l
     # Sorting (pixel key << 32 | depth rank of the entry) orders the pairs by (camera, pixel,
     # depth) in a single sort of unique int64 values.
     if C * hw >= 2**31 or E >= 2**32:
@@ -268,11 +269,20 @@ def bin_pairs(ent: dict, C: int, width: int, height: int, chunk: int = DEFAULT_C
     al = al.index_select(0, order)
     del order
     # Transmittance cut-off: drop the first pair whose T_next <= T_MIN and all after it.
-    log_t_incl, log_t_excl = _segmented_log_transmittance(torch.log1p(-al).double(), key)
+    seg_id, seg_start = _segment_ids(key)
+    log_t_incl, log_t_excl = _segmented_log_transmittance(torch.log1p(-al).double(), key,
+                                                          (seg_id, seg_start))
     keep = log_t_incl > math.log(T_MIN)
+    del log_t_incl
     if not bool(keep.all()):
-        e_idx, key, al, log_t_excl = (torch.masked_select(t, keep) for t in (e_idx, key, al, log_t_excl))
-    return e_idx, key, al, torch.exp(log_t_excl).to(dt)
+        # A segment's first pair always survives (α <= 0.999), so segments stay the same;
+        # their new starts are the kept-prefix counts at the old starts.
+        new_pos = torch.cumsum(keep, 0, dtype=torch.int64) - 1
+        seg_start = new_pos.index_select(0, seg_start)
+        del new_pos
+        e_idx, key, al, log_t_excl, seg_id = (torch.masked_select(t, keep)
+                                              for t in (e_idx, key, al, log_t_excl, seg_id))
+    return e_idx, key, al, torch.exp(log_t_excl).to(dt), seg_id, seg_start
 
 
 def _segment_ids(key: torch.Tensor):
@@ -443,8 +453,9 @@ def render_torch(gaussians: Gaussians, cameras, background=None, chunk: int = DE
     geo = torch.cat([ent["mean2d"], ent["conic"], ent["opacity"][:, None]], dim=1)  # (E,6)
     feat = torch.cat([color, ent["depth"][:, None]], dim=1)                          # (E,4)
 
-    e_idx, key, al, trans = bin_pairs(ent, C, W, H, chunk=chunk)
-    seg_id, seg_start = _segment_ids(key)
+    e_idx, key, al, trans, seg_id, seg_start = bin_pairs(ent, C, W, H, chunk=chunk)
+    if e_idx.numel() == 0:  # everything culled or too faint: background, zero gradients
+        return _empty_output(C, H, W, bg, g.means + 0 * (geo.sum() + feat.sum()))
     # key is global over cameras; the pixel position inside an image is key mod H·W
     acc = _Composite.apply(geo, feat, e_idx, key, al, trans, seg_id, seg_start, C * H * W, W, H)
     acc = acc.reshape(5, C, H, W)
