@@ -335,6 +335,10 @@ class _Composite(torch.autograd.Function):
     clamped α (= ALPHA_MAX) is zero, as in gsplat; the cut-off and the 1/255 skip are
     piecewise-constant decisions with no derivative.
 
+    The backward is built from differentiable ops and is linear in the incoming gradient u,
+    so the double-vjp trick Jv = ∂/∂u ⟨Jᵀu, v⟩ is exact (tested). It is *not* a correct
+    second derivative with respect to the parameters (α and T are constants of the backward).
+
     Per-pair arrays are kept channel-major ((k, M), gathered with index_select) because
     row gathers by advanced indexing and strided column arithmetic are several times slower
     on the CPU.
@@ -381,15 +385,14 @@ class _Composite(torch.autograd.Function):
         dx, dy, ca, cb, cc, o, a_free = _Composite._pair_geometry(geo, e_idx, key, alpha, ctx.width,
                                                                   ctx.height)
         d_sigma = -a_free * d_alpha
-        gp = torch.empty(6, M, dtype=geo.dtype, device=geo.device)
         tx = dx * d_sigma
         ty = dy * d_sigma
-        torch.addcmul(ca * tx, cb, ty, out=gp[0])               # ∂σ/∂mx = a dx + b dy
-        torch.addcmul(cc * ty, cb, tx, out=gp[1])               # ∂σ/∂my = c dy + b dx
-        torch.mul(tx, 0.5 * dx, out=gp[2])
-        torch.mul(tx, dy, out=gp[3])
-        torch.mul(ty, 0.5 * dy, out=gp[4])
-        torch.mul(a_free / o, d_alpha, out=gp[5])               # ∂α/∂o = exp(-σ)
+        rows = (torch.addcmul(ca * tx, cb, ty),                 # ∂σ/∂mx = a dx + b dy
+                torch.addcmul(cc * ty, cb, tx),                 # ∂σ/∂my = c dy + b dx
+                tx * (0.5 * dx), tx * dy, ty * (0.5 * dy),
+                (a_free / o) * d_alpha)                          # ∂α/∂o = exp(-σ)
+        gp = torch.stack(rows)
+        del rows
         E = geo.shape[0]
         e64 = e_idx.long()  # index_add_ has a very slow path for int32 indices on the CPU
         ggeo = torch.zeros(6, E, dtype=geo.dtype, device=geo.device).index_add_(1, e64, gp).t()
