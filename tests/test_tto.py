@@ -163,3 +163,15 @@ def test_guards(scene):
         optimize(g0, None, cams, images, 2, lr=-1.0)
     with pytest.raises(NumericalError):
         optimize(g0, None, cams, images, 3, lr={"mean": math.inf})
+
+
+def test_lm_nan_in_linear_solve_raises(scene):
+    cams, gt, images, g0 = scene
+
+    def nan_away_from_start(g, cameras, background, backend):
+        # Finite at θ0 (energy, gradient, probes) but NaN at the finite-difference points.
+        rgb = render(g, cameras, background=background, backend=backend).rgb
+        return rgb if torch.equal(g.means, g0.means) else rgb * float("nan")
+
+    with pytest.raises(NumericalError, match="linear solve"):
+        optimize(g0, None, cams, images, 2, "lm", jvp="fd", render_fn=nan_away_from_start)
