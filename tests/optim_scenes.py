@@ -112,3 +112,23 @@ def render_rgb_autograd(g: Gaussians, cameras, background=None, backend: str = "
         bg = torch.as_tensor(background, dtype=dt).reshape(-1, 3).expand(C, 3)
         rgb = rgb + (1.0 - acc)[..., None] * bg[:, None, None, :]
     return rgb
+
+
+def pixel_aligned(cams, dtype=torch.float64, seed: int = 0) -> Gaussians:
+    """One small Gaussian per pixel of the first camera, unprojected to depth ≈ 3 (like a
+    feed-forward predictor's output): many parameters of very different sensitivity."""
+    g = torch.Generator().manual_seed(seed)
+    H, W = cams.height, cams.width
+    K = cams.K[0].to(dtype)
+    ys, xs = torch.meshgrid(torch.arange(H, dtype=dtype) + 0.5, torch.arange(W, dtype=dtype) + 0.5, indexing="ij")
+    depth = 3.0 + 0.3 * torch.rand(H, W, generator=g, dtype=dtype)
+    pc = torch.stack([(xs - K[0, 2]) / K[0, 0] * depth, (ys - K[1, 2]) / K[1, 1] * depth, depth], -1).reshape(-1, 3)
+    c2w = torch.linalg.inv(cams.w2c[0].to(dtype))
+    means = pc @ c2w[:3, :3].T + c2w[:3, 3]
+    n = means.shape[0]
+    log_scales = torch.log(depth.reshape(-1, 1) / K[0, 0] * 0.7).expand(n, 3).clone()
+    quats = torch.zeros(n, 4, dtype=dtype)
+    quats[:, 0] = 1.0
+    opacity_logits = torch.full((n,), 1.0, dtype=dtype)
+    sh = (torch.rand(n, 1, 3, generator=g, dtype=dtype) - 0.5) * 2.0
+    return Gaussians(means, log_scales, quats, opacity_logits, sh)
