@@ -473,9 +473,10 @@ def evaluate_predictor(model, root: Path, resolution: int, num_context: int, max
 
 def train_main(data: str = "synthetic", data_root: str | None = None, stage: str = "ff", steps: int = 1000,
                resolution: int = 64, batch: int = 1, out: str | Path = "runs/train", resume: str | bool | None = None,
-               init: str | None = None, outliers: float = 0.0, lr: float = 2e-4, inner_steps: int = 5,
-               inner_optimizer: str = "adam", ckpt_every: int = 200, log_every: int = 10, eval_every: int = 0,
-               eval_scenes: int = 8, eval_root: str | None = None, eval_tto_steps: int | None = None, model_size: str = "small", seed: int = 0, context_views: int = 2,
+               init: str | None = None, outliers: float = 0.0, lr: float = 2e-4, lam_lr: float = 1e-2,
+               inner_steps: int = 5, inner_optimizer: str = "adam", ckpt_every: int = 200, log_every: int = 10,
+               eval_every: int = 0, eval_scenes: int = 8, eval_root: str | None = None,
+               eval_tto_steps: int | None = None, model_size: str = "small", seed: int = 0, context_views: int = 2,
                target_views: int = 2, min_gap: int | None = None, max_gap: int | None = None,
                ssim_weight: float = 0.05, ff_weight: float = 0.0, grad_clip: float = 1.0, warmup: int | None = None,
                weight_decay: float = 0.0, pcg_max_iter: int = 50, render_backend: str = "auto",
@@ -491,7 +492,8 @@ def train_main(data: str = "synthetic", data_root: str | None = None, stage: str
     run for stage diff3r. outliers: probability that an example's context views get
     occluders / exposure changes (targets stay clean). stop_after: stop (with a checkpoint)
     once this many steps are done, without changing the schedule; time_limit: the same in
-    seconds of wall time. model_overrides: PredictorConfig fields (tests use tiny models).
+    seconds of wall time. lam_lr: learning rate of Λ's per-group log-scale (the rest of the
+    network uses lr). model_overrides: PredictorConfig fields (tests use tiny models).
     return_model: also return the trained module (key "model") for callers in Python.
     eval_every/eval_scenes/eval_root: every N steps, target-view PSNR of θ0 on the first
     eval_scenes test scenes (fixed views from evaluation_index.json) of eval_root (default:
@@ -572,7 +574,11 @@ def train_main(data: str = "synthetic", data_root: str | None = None, stage: str
         for bf in model.buffers():
             torch.distributed.broadcast(bf.data, 0)
 
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    # Λ's per-group log-scale is 5 global numbers that must travel several nats: own, larger rate.
+    lam_params = [p for n, p in model.named_parameters() if n == "log_lam_bias"]
+    other = [p for n, p in model.named_parameters() if n != "log_lam_bias" and p.requires_grad]
+    optimizer = torch.optim.AdamW([{"params": other}, {"params": lam_params, "lr": lam_lr, "weight_decay": 0.0}],
+                                  lr=lr, weight_decay=weight_decay)
     warm = warmup if warmup is not None else min(200, max(1, steps // 20))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(warm, steps))
 
@@ -605,7 +611,7 @@ def train_main(data: str = "synthetic", data_root: str | None = None, stage: str
     stream = DataStream(make_dataset, batch, stream_state)
 
     options = dict(data=data, data_root=str(root), stage=stage, steps=steps, resolution=resolution, batch=batch,
-                   outliers=outliers, lr=lr, inner_steps=inner_steps, inner_optimizer=inner_optimizer,
+                   outliers=outliers, lr=lr, lam_lr=lam_lr, inner_steps=inner_steps, inner_optimizer=inner_optimizer,
                    model_size=model.cfg.size, seed=seed, context_views=context_views, target_views=target_views,
                    min_gap=sampler.min_gap, max_gap=sampler.max_gap,
                    ssim_weight=ssim_weight, ff_weight=ff_weight, grad_clip=grad_clip, warmup=warm,
