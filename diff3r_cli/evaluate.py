@@ -45,6 +45,68 @@ def _model_resolution(model) -> Optional[int]:
     return int(r) if isinstance(r, (int, float)) else None
 
 
+def plan_runs(steps_list: list[int], with_ff: bool) -> list[tuple[str, str, bool, int]]:
+    """(method, model key, use uncertainty, TTO steps) for every compared configuration."""
+    runs: list[tuple[str, str, bool, int]] = []
+    for s in steps_list:
+        if with_ff:
+            runs.append(("ff" if s == 0 else "ff+TTO", "ff", False, s))
+        if s == 0:
+            runs.append(("diff3r", "diff3r", False, 0))
+        else:
+            runs.append(("diff3r+TTO+unc", "diff3r", True, s))
+            runs.append(("diff3r+TTO", "diff3r", False, s))
+    return runs
+
+
+def evaluate_views(models: dict, runs: list[tuple[str, str, bool, int]], ctx_images: torch.Tensor,
+                   ctx_K: torch.Tensor, ctx_w2c: torch.Tensor, tgt_images: torch.Tensor, tgt_K: torch.Tensor,
+                   tgt_w2c: torch.Tensor, near: float, far: float, device: torch.device,
+                   optimizer: str = "adam") -> tuple[dict, int]:
+    """Predict from the context views with each model, run each TTO configuration, score the targets.
+
+    Returns ({"<method>@<steps>": {"psnr", "ssim"} or None on a numerical failure}, failures).
+    """
+    from diff3r_cli.optim.tto import optimize
+
+    dev = device
+    ci = ctx_images.to(dev)
+    cK, cw = ctx_K.to(dev), ctx_w2c.to(dev)
+    H, W = ci.shape[1:3]
+    ctx_cams = Cameras(cK, cw, W, H)
+    preds = {}
+    for name, net in models.items():
+        with torch.no_grad():
+            o = net(ci[None], cK[None], cw[None], torch.tensor([near], device=dev), torch.tensor([far], device=dev))
+        preds[name] = (o.gaussians[0].detach(), o.lam[0].detach())
+    out: dict = {}
+    failures = 0
+    for method, mname, unc, s in runs:
+        g0, lam = preds[mname]
+        g = g0
+        if s > 0:
+            try:
+                g, _ = optimize(g0, lam if unc else None, ctx_cams, ci, s, optimizer=optimizer)
+            except NumericalError:
+                failures += 1
+                out[f"{method}@{s}"] = None
+                continue
+        p, q = _metrics(_render_rgb(g, tgt_K.to(dev), tgt_w2c.to(dev), W, H), tgt_images.to(dev))
+        out[f"{method}@{s}"] = {"psnr": p, "ssim": q}
+    return out, failures
+
+
+def summarize(rows: list[dict], runs: list[tuple[str, str, bool, int]]) -> list[dict]:
+    """Mean PSNR/SSIM per configuration over the rows that have it."""
+    summary = []
+    for method, _, _, s in runs:
+        vals = [r[f"{method}@{s}"] for r in rows if r.get(f"{method}@{s}")]
+        if vals:
+            summary.append({"method": method, "steps": s, "psnr": sum(v["psnr"] for v in vals) / len(vals),
+                            "ssim": sum(v["ssim"] for v in vals) / len(vals), "scenes": len(vals)})
+    return summary
+
+
 def evaluate_main(data_root: Path, data: str = "re10k", model: str = "diff3r-small", ff_model: Optional[str] = "ff-small",
                   tto_steps: list[int] | tuple[int, ...] = (0, 50, 200), outliers: float = 0.0,
                   limit: Optional[int] = None, device: str = "auto", resolution: Optional[int] = None,
@@ -56,7 +118,6 @@ def evaluate_main(data_root: Path, data: str = "re10k", model: str = "diff3r-sma
     """
     from diff3r_cli.data.re10k import RE10KDataset
     from diff3r_cli.model.io import load_model, resolve_model_path
-    from diff3r_cli.optim.tto import optimize
     from diff3r_cli.pipeline import pick_device
 
     root = Path(data_root)
@@ -79,15 +140,7 @@ def evaluate_main(data_root: Path, data: str = "re10k", model: str = "diff3r-sma
         out_cfg = OutlierConfig(p_occluder=p, p_exposure=0.5 * p)
     ds = RE10KDataset(root, split=split, resolution=res, evaluation_index=index, seed=seed, outliers=out_cfg)
     steps_list = sorted({int(s) for s in tto_steps})
-    runs: list[tuple[str, str, bool, int]] = []  # (method, model, uncertainty, steps)
-    for s in steps_list:
-        if "ff" in models:
-            runs.append(("ff" if s == 0 else "ff+TTO", "ff", False, s))
-        if s == 0:
-            runs.append(("diff3r", "diff3r", False, 0))
-        else:
-            runs.append(("diff3r+TTO+unc", "diff3r", True, s))
-            runs.append(("diff3r+TTO", "diff3r", False, s))
+    runs = plan_runs(steps_list, "ff" in models)
 
     bar = None
     if progress:
@@ -103,30 +156,14 @@ def evaluate_main(data_root: Path, data: str = "re10k", model: str = "diff3r-sma
         for n, sample in enumerate(ds):
             if limit is not None and n >= limit:
                 break
-            ci = sample["context_images"].to(dev)
-            cK, cw = sample["context_K"].to(dev), sample["context_w2c"].to(dev)
-            tK, tw, ti = sample["target_K"].to(dev), sample["target_w2c"].to(dev), sample["target_images"].to(dev)
-            H, W = ci.shape[1:3]
-            ctx_cams = Cameras(cK, cw, W, H)
-            preds = {}
-            for name, net in models.items():
-                with torch.no_grad():
-                    o = net(ci[None], cK[None], cw[None], sample["near"][None].to(dev), sample["far"][None].to(dev))
-                preds[name] = (o.gaussians[0].detach(), o.lam[0].detach())
             row = {"key": sample["key"], "context": sample["context_indices"].tolist(),
                    "target": sample["target_indices"].tolist()}
-            for method, mname, unc, s in runs:
-                g0, lam = preds[mname]
-                g = g0
-                if s > 0:
-                    try:
-                        g, _ = optimize(g0, lam if unc else None, ctx_cams, ci, s, optimizer=optimizer)
-                    except NumericalError:
-                        failures += 1
-                        row[f"{method}@{s}"] = None
-                        continue
-                p, q = _metrics(_render_rgb(g, tK, tw, W, H), ti)
-                row[f"{method}@{s}"] = {"psnr": p, "ssim": q}
+            metrics, nfail = evaluate_views(models, runs, sample["context_images"], sample["context_K"],
+                                            sample["context_w2c"], sample["target_images"], sample["target_K"],
+                                            sample["target_w2c"], float(sample["near"]), float(sample["far"]),
+                                            dev, optimizer)
+            row.update(metrics)
+            failures += nfail
             rows.append(row)
             if bar is not None:
                 last = ", ".join(f"{k}={v['psnr']:.2f}" for k, v in row.items()
@@ -137,13 +174,7 @@ def evaluate_main(data_root: Path, data: str = "re10k", model: str = "diff3r-sma
             bar.stop()
     if not rows:
         raise UserError("no evaluation scenes found", index, "check that the index keys match the chunks")
-    summary = []
-    for method, _, _, s in runs:
-        vals = [r[f"{method}@{s}"] for r in rows if r.get(f"{method}@{s}")]
-        if not vals:
-            continue
-        summary.append({"method": method, "steps": s, "psnr": sum(v["psnr"] for v in vals) / len(vals),
-                        "ssim": sum(v["ssim"] for v in vals) / len(vals), "scenes": len(vals)})
+    summary = summarize(rows, runs)
     result = {"data_root": str(root), "resolution": res, "outliers": bool(outliers), "optimizer": optimizer,
               "models": {k: str(resolve_model_path(v)) for k, v in (("diff3r", model), ("ff", ff_model)) if v},
               "tto_steps": steps_list, "num_scenes": len(rows), "numerical_failures": failures,
@@ -178,5 +209,5 @@ def markdown_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["evaluate_main", "print_summary", "markdown_table", "METHODS"]
+__all__ = ["evaluate_main", "evaluate_views", "plan_runs", "summarize", "print_summary", "markdown_table", "METHODS"]
 _ = math
