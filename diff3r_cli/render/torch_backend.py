@@ -2,21 +2,26 @@
 
 Pipeline (all cameras at once):
 
-1. Project: world -> camera, EWA covariance with gsplat's clamped Jacobian, 2D covariance
-   dilated by ``EPS2D``·I, conic = its inverse. Cull (non-differentiably, like gsplat) camera
-   entries before the near plane / beyond the far plane, with opacity < 1/255, a non-positive
-   determinant, or a footprint box entirely off-screen.
-2. Bin (no autograd): for every surviving (camera, Gaussian) entry, enumerate the pixels of
-   the tight box around the ellipse where α can reach 1/255, evaluate α and keep the pairs
-   with α >= 1/255. Chunked, so memory grows with the number of overlaps, never N×pixels.
-3. Sort pairs by (camera, pixel, depth) and apply the transmittance cut-off (a pixel stops
-   before the first Gaussian whose inclusion would bring T to <= 1e-4).
-4. Composite (autograd + forward-mode AD): recompute α on the surviving pairs from the
-   differentiable per-entry parameters, segmented front-to-back transmittance by a float64
-   cumulative sum of log(1-α), weights w = α·T, scatter-add colour / depth / alpha.
+1. Project (autograd): world -> camera, EWA covariance with gsplat's clamped Jacobian, 2D
+   covariance dilated by ``EPS2D``·I, conic = its inverse, SH colour. Cull (discretely, like
+   gsplat) camera entries before the near plane / beyond the far plane, with opacity < 1/255,
+   a non-positive determinant, or a footprint box entirely off-screen.
+2. Bin (no autograd): entries are grouped by the size of the tight box around the ellipse
+   where α can reach 1/255; each group is evaluated as a dense (entries, h, w) grid and the
+   pairs with α >= 1/255 are kept. Chunked, so memory grows with the number of
+   (pixel, Gaussian) overlaps, never with N×pixels.
+3. Sort the pairs by (camera, pixel, depth) with one int64 sort, and apply the transmittance
+   cut-off (a pixel stops before the first Gaussian that would bring T·(1-α) to <= 1e-4),
+   using a float64 segmented cumulative sum of log(1-α).
+4. Composite: w = α·T scattered into colour / depth / alpha, in an autograd.Function with a
+   hand-written backward (gsplat's back-to-front formula, vectorised with segmented suffix
+   sums) and a hand-written forward-mode jvp, so ``backward``, ``torch.func.jvp`` and
+   ``torch.autograd.forward_ad`` all work and are exact derivatives of the piecewise-smooth
+   render (the 1/255 skip and the cut-off are treated as fixed, as gsplat does).
 
-Only out-of-place ops on differentiable tensors, so ``torch.func.jvp`` and
-``torch.autograd.forward_ad`` work as well as ``backward``.
+Measured on a 2-view pixel-aligned 256² scene (131k Gaussians, 6.3M pairs), one CPU thread:
+about 1.5 s forward+binning and 0.8 s backward of process CPU time, ~220-280 MB per million
+pairs at peak (benchmarks/render.py).
 """
 
 from __future__ import annotations
@@ -65,10 +70,13 @@ def _empty_output(C: int, H: int, W: int, bg, like: torch.Tensor) -> RenderOutpu
 def project_gaussians(g: Gaussians, K: torch.Tensor, w2c: torch.Tensor, width: int, height: int):
     """EWA-project every Gaussian into every camera and cull like gsplat.
 
-    Returns a dict of per-entry tensors for the surviving (camera, Gaussian) entries, sorted
-    by (camera, depth): ``cam`` (E,), ``gid`` (E,), ``mean2d`` (E,2), ``conic`` (E,3)
-    (inverse 2D covariance entries a, b, c of [[a,b],[b,c]]), ``depth`` (E,), ``opacity``
-    (E,), ``cov2d`` (E,3) (dilated covariance xx, xy, yy), differentiable w.r.t. ``g``.
+    Returns None if nothing survives, else a dict of per-entry tensors for the surviving
+    (camera, Gaussian) entries in (camera, Gaussian index) order: ``cam`` (E,), ``gid`` (E,),
+    ``mean2d`` (E,2), ``conic`` (E,3) (inverse 2D covariance entries a, b, c of
+    [[a,b],[b,c]]), ``depth`` (E,), ``opacity`` (E,), ``cov2d`` (E,3) (dilated covariance
+    xx, xy, yy) — these differentiable w.r.t. ``g`` — and, without autograd, ``extend`` (E,)
+    (footprint radius in σ), ``depth_rank`` (E,) (position in (camera, depth) order) and
+    ``by_depth`` (E,) (its inverse permutation).
     """
     C = K.shape[0]
     R = w2c[:, :3, :3]
