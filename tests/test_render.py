@@ -250,12 +250,51 @@ def test_all_behind_camera_is_background_and_backward_works():
     assert g.means.grad is not None and g.means.grad.abs().max() == 0
 
 
-def test_chunked_binning_matches_unchunked():
-    g = make_scene(n=60, seed=2)
-    cams = make_cams(37, 29, 2)
+@pytest.mark.parametrize("scene", ["random", "opaque"])
+def test_chunked_binning_matches_unchunked(scene):
+    if scene == "random":
+        g, cams = make_scene(n=60, seed=2), make_cams(37, 29, 2)
+    else:
+        g, cams = _opaque_stack(torch.float64), make_cams(24, 16, 1)
     a = render_torch(g, cams)
-    b = render_torch(g, cams, chunk=97)
-    assert torch.allclose(a.rgb, b.rgb, atol=1e-12)
+    b = render_torch(g, cams, chunk=97)               # small candidate grids
+    c = render_torch(g, cams, max_candidates=300)     # front-to-back depth chunks
+    for o in (b, c):
+        for name in ("rgb", "depth", "alpha"):
+            assert torch.allclose(getattr(a, name), getattr(o, name), atol=1e-12), name
+    # gradients through the depth-chunked path are the same too
+    grads = []
+    for mc in (None, 300):
+        p = g.map(lambda t: t.clone().requires_grad_(True))
+        kw = {} if mc is None else {"max_candidates": mc}
+        o = render_torch(p, cams, **kw)
+        (o.rgb.sum() + o.depth.sum()).backward()
+        grads.append(torch.cat([t.grad.reshape(-1) for t in p.tensors()]))
+    assert torch.allclose(grads[0], grads[1], atol=1e-10)
+
+
+def test_depth_chunks_skip_pixels_that_are_done():
+    # 40 opaque full-screen layers: with depth chunks, the layers behind the cut-off are
+    # never paired with the saturated pixels.
+    from diff3r_cli.render import torch_backend as tb
+    n = 40
+    means = torch.zeros(n, 3, dtype=torch.float64)
+    means[:, 2] = torch.linspace(2.0, 6.0, n)
+    g = Gaussians(means, torch.full((n, 3), 1.5, dtype=torch.float64),
+                  torch.tensor([[1.0, 0, 0, 0]], dtype=torch.float64).repeat(n, 1),
+                  torch.full((n,), 6.0, dtype=torch.float64), torch.rand(n, 1, 3, dtype=torch.float64))
+    cams = make_cams(16, 12, 1)
+    cams = Cameras(cams.K, torch.eye(4, dtype=torch.float64)[None], 16, 12)
+    ent = tb.project_gaussians(g, cams.K, cams.w2c, 16, 12)
+    s_full, s_chunk = {}, {}
+    full = tb.bin_pairs(ent, 1, 16, 12, stats=s_full)
+    chunked = tb.bin_pairs(ent, 1, 16, 12, max_candidates=2 * 16 * 12, stats=s_chunk)
+    assert torch.equal(full[0], chunked[0]) and torch.equal(full[1], chunked[1])
+    assert torch.allclose(full[3], chunked[3], atol=1e-12)
+    assert full[0].numel() <= 4 * 16 * 12            # ~3 layers per pixel survive the cut-off
+    assert s_full["depth_chunks"] == 1 and s_chunk["depth_chunks"] >= 10
+    assert s_full["pairs_sorted"] == n * 16 * 12      # every layer covers every pixel
+    assert s_chunk["pairs_sorted"] <= 8 * 16 * 12     # ... but done pixels take no more pairs
 
 
 def test_sh_basis_orthonormal_and_matches_reference():

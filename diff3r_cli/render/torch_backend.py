@@ -42,8 +42,10 @@ ALPHA_MIN = 1.0 / 255.0  # pairs below this α are skipped
 ALPHA_MAX = 0.999       # α clamp; gsplat 1.5's CUDA kernel uses 0.999 (DESIGN.md says 0.99)
 T_MIN = 1e-4            # compositing stops before T·(1-α) <= T_MIN (exclusive, as gsplat)
 
-# Maximum number of candidate (pixel, Gaussian) box pairs handled at once in the binning pass.
+# Maximum number of candidate (pixel, Gaussian) grid cells evaluated at once in the binning pass.
 DEFAULT_CHUNK = 1 << 22
+# Above this many footprint-box cells in all, binning goes front to back in depth chunks.
+DEFAULT_MAX_CANDIDATES = 1 << 25
 
 
 def _prepare_background(background, C: int, like: torch.Tensor) -> torch.Tensor | None:
@@ -172,14 +174,23 @@ def _size_buckets(limit: int, device) -> torch.Tensor:
 
 
 @torch.no_grad()
-def bin_pairs(ent: dict, C: int, width: int, height: int, chunk: int = DEFAULT_CHUNK):
+def bin_pairs(ent: dict, C: int, width: int, height: int, chunk: int = DEFAULT_CHUNK,
+              max_candidates: int = DEFAULT_MAX_CANDIDATES, stats: dict | None = None):
     """Enumerate the (entry, pixel) pairs that gsplat composites, in compositing order.
 
     Pairs have α >= 1/255, are sorted by (camera, pixel, depth) and cut off where the
     transmittance would fall to <= 1e-4. Returns ``(e_idx, key, alpha, trans, seg_id,
     seg_start)``: entry index, pixel key ``cam·H·W + y·W + x``, α, the transmittance in front
     of the pair (T before it), the pixel-segment id of each pair (all (M,)) and the start
-    index of each segment (S,). No autograd; memory is O(pairs + chunk).
+    index of each segment (S,). No autograd.
+
+    Memory: dense candidate grids are built ``chunk`` cells at a time. When the footprint
+    boxes hold more than ``max_candidates`` cells in all (large or many overlapping
+    Gaussians), entries are processed front to back in depth chunks that carry each pixel's
+    transmittance along, and pixels that reached the cut-off take no further pairs, so the
+    memory is bounded by the pairs actually composited plus one chunk. If ``stats`` is a
+    dict, ``stats["pairs_sorted"]`` receives the number of pairs that were sorted (before the
+    cut-off) and ``stats["depth_chunks"]`` the number of depth chunks.
     """
     m2 = ent["mean2d"].detach()
     conic = ent["conic"].detach()
@@ -188,12 +199,17 @@ def bin_pairs(ent: dict, C: int, width: int, height: int, chunk: int = DEFAULT_C
     ext = ent["extend"]
     cam = ent["cam"]
     rank = ent["depth_rank"]
+    by_depth = ent["by_depth"]
     dev, dt = m2.device, m2.dtype
     E = m2.shape[0]
+    hw = height * width
     empty_l = torch.zeros(0, dtype=torch.long, device=dev)
     empty_f = torch.zeros(0, dtype=dt, device=dev)
+    empty = (empty_l, empty_l, empty_f, empty_f, empty_l, empty_l)
     if E == 0:
-        return empty_l, empty_l, empty_f, empty_f, empty_l, empty_l
+        return empty
+    if C * hw >= 2**31 or E >= 2**32:
+        raise ValueError("image batch too large for the pair sort key (C·H·W must be < 2^31)")
     # Tight box of the ellipse {dᵀΣ⁻¹d <= extend²} (half-widths extend·sqrt(Σxx), extend·sqrt(Σyy)),
     # in pixel indices whose centres (i+0.5) fall inside; a tiny margin guards rounding.
     hx = ext * cov[:, 0].sqrt() + 1e-3
@@ -209,88 +225,133 @@ def bin_pairs(ent: dict, C: int, width: int, height: int, chunk: int = DEFAULT_C
     thr = torch.log(opac / ALPHA_MIN) + 1e-6
 
     buckets = _size_buckets(max(width, height), dev)
-    cw = torch.searchsorted(buckets, bw)
-    chh = torch.searchsorted(buckets, bh)
-    cls = cw * len(buckets) + chh
+    nb = len(buckets)
+    cls = torch.searchsorted(buckets, bw) * nb + torch.searchsorted(buckets, bh)
     cls[(bw == 0) | (bh == 0)] = -1
-    order = torch.sort(cls, stable=True).indices
-    cls_sorted = cls[order]
-    uniq, counts = torch.unique_consecutive(cls_sorted, return_counts=True)
-    hw = height * width
     inf = torch.tensor(float("inf"), dtype=dt, device=dev)
 
-    out_e, out_k, out_a = [], [], []
-    pos = 0
-    for u, n_u in zip(uniq.tolist(), counts.tolist()):
-        ids = order[pos:pos + n_u]
-        pos += n_u
-        if u < 0:
+    def candidates(sub: torch.Tensor):
+        """(depth rank, pixel key, α) of the pairs with α >= 1/255 of the entries ``sub``."""
+        order = sub[torch.sort(cls[sub], stable=True).indices]
+        uniq, counts = torch.unique_consecutive(cls[order], return_counts=True)
+        out_r, out_k, out_a = [], [], []
+        pos = 0
+        for u, n_u in zip(uniq.tolist(), counts.tolist()):
+            ids = order[pos:pos + n_u]
+            pos += n_u
+            if u < 0:
+                continue
+            gw, gh = int(buckets[u // nb]), int(buckets[u % nb])
+            step = max(1, chunk // (gw * gh))
+            ox = torch.arange(gw, device=dev)
+            oy = torch.arange(gh, device=dev)
+            for s0 in range(0, n_u, step):
+                ee = ids[s0:s0 + step]
+                X = x0[ee, None] + ox                       # (n,gw)
+                Y = y0[ee, None] + oy                       # (n,gh)
+                dx = m2[ee, 0, None] - (X.to(dt) + 0.5)
+                dy = m2[ee, 1, None] - (Y.to(dt) + 0.5)
+                # Grid cells outside the entry's own box get σ = inf (never selected).
+                ax = torch.where(ox < bw[ee, None], 0.5 * conic[ee, 0, None] * dx * dx, inf)
+                cy = torch.where(oy < bh[ee, None], 0.5 * conic[ee, 2, None] * dy * dy, inf)
+                bx = conic[ee, 1, None] * dx
+                sigma = (ax[:, None, :] + cy[:, :, None]).addcmul_(bx[:, None, :], dy[:, :, None])
+                sel = sigma <= thr[ee, None, None]
+                # Boolean-mask selections are sequential scans: much cheaper than gathers.
+                sig = torch.masked_select(sigma, sel)
+                kgrid = (cam[ee] * hw)[:, None, None] + (Y * width)[:, :, None] + X[:, None, :]
+                k = torch.masked_select(kgrid, sel)
+                r = torch.masked_select(rank[ee][:, None, None], sel)
+                o = torch.masked_select(opac[ee, None, None], sel)
+                al = torch.clamp_max(o * torch.exp(-sig), ALPHA_MAX)
+                ok = al >= ALPHA_MIN
+                if not bool(ok.all()):
+                    r, k, al = (torch.masked_select(t, ok) for t in (r, k, al))
+                out_r.append(r)
+                out_k.append(k)
+                out_a.append(al)
+        if not out_r:
+            return empty_l, empty_l, empty_f
+        return torch.cat(out_r), torch.cat(out_k), torch.cat(out_a)
+
+    # Depth chunks (consecutive depth ranks) of at most max_candidates box cells each.
+    cum = torch.cumsum((bw * bh).index_select(0, by_depth), 0)
+    total = int(cum[-1])
+    bounds = [0]
+    while bounds[-1] < E and total > max_candidates:
+        base = int(cum[bounds[-1] - 1]) if bounds[-1] > 0 else 0
+        nxt = int(torch.searchsorted(cum, base + max_candidates, right=True))
+        bounds.append(min(E, max(nxt, bounds[-1] + 1)))
+    if bounds[-1] < E:
+        bounds.append(E)
+    single = len(bounds) == 2
+    if not single:
+        log_t_pix = torch.zeros(C * hw, dtype=torch.float64, device=dev)  # running log T
+        done = torch.zeros(C * hw, dtype=torch.bool, device=dev)
+    log_t_min = math.log(T_MIN)
+    parts = []
+    n_sorted = 0
+    for r0, r1 in zip(bounds[:-1], bounds[1:]):
+        r, key, al = candidates(by_depth[r0:r1])
+        if r.numel() and not single:
+            live = ~done.index_select(0, key)
+            if not bool(live.all()):
+                r, key, al = (torch.masked_select(t, live) for t in (r, key, al))
+        if r.numel() == 0:
             continue
-        gw = int(buckets[u // len(buckets)])
-        gh = int(buckets[u % len(buckets)])
-        step = max(1, chunk // (gw * gh))
-        ox = torch.arange(gw, device=dev)
-        oy = torch.arange(gh, device=dev)
-        for s0 in range(0, n_u, step):
-            ee = ids[s0:s0 + step]
-            X = x0[ee, None] + ox                       # (n,gw)
-            Y = y0[ee, None] + oy                       # (n,gh)
-            dx = m2[ee, 0, None] - (X.to(dt) + 0.5)
-            dy = m2[ee, 1, None] - (Y.to(dt) + 0.5)
-            # Grid cells outside the entry's own box get σ = inf (never selected).
-            ax = torch.where(ox < bw[ee, None], 0.5 * conic[ee, 0, None] * dx * dx, inf)
-            cy = torch.where(oy < bh[ee, None], 0.5 * conic[ee, 2, None] * dy * dy, inf)
-            bx = conic[ee, 1, None] * dx
-            sigma = (ax[:, None, :] + cy[:, :, None]).addcmul_(bx[:, None, :], dy[:, :, None])  # (n,gh,gw)
-            sel = sigma <= thr[ee, None, None]
-            # Boolean-mask selections are sequential scans: much cheaper than gathers.
-            sig = torch.masked_select(sigma, sel)
-            kgrid = (cam[ee] * hw)[:, None, None] + (Y * width)[:, :, None] + X[:, None, :]
-            k = torch.masked_select(kgrid, sel)
-            e = torch.masked_select(rank[ee][:, None, None], sel)   # depth rank of the entry
-            o = torch.masked_select(opac[ee, None, None], sel)
-            al = torch.clamp_max(o * torch.exp(-sig), ALPHA_MAX)
-            ok = al >= ALPHA_MIN
-            if not bool(ok.all()):
-                e, k, al = (torch.masked_select(t, ok) for t in (e, k, al))
-            out_e.append(e)
-            out_k.append(k)
-            out_a.append(al)
-    if not out_e:
-        return empty_l, empty_l, empty_f, empty_f, empty_l, empty_l
-    e_idx = torch.cat(out_e)
-    key = torch.cat(out_k)
-    al = torch.cat(out_a)
-    M = e_idx.numel()
-    if M == 0:
-        return empty_l, empty_l, empty_f, empty_f, empty_l, empty_l
-    # Sorting (pixel key << 32 | depth rank of the entry) orders the pairs by (camera, pixel,
-    # depth) in a single sort of unique int64 values.
-    if C * hw >= 2**31 or E >= 2**32:
-        raise ValueError("image batch too large for the pair sort key (C·H·W must be < 2^31)")
-    v, order = torch.sort((key << 32) | e_idx)
+        n_sorted += r.numel()
+        # Sorting (pixel key << 32 | depth rank) orders the pairs by (camera, pixel, depth)
+        # in a single sort of unique int64 values.
+        v, order = torch.sort((key << 32) | r)
+        key = v >> 32
+        r = v & 0xFFFFFFFF
+        del v
+        al = al.index_select(0, order)
+        del order
+        # Transmittance cut-off: drop the first pair whose T_next <= T_MIN and all after it.
+        seg_id, seg_start = _segment_ids(key)
+        log1m = torch.log1p(-al).double()
+        log_t_incl, log_t_excl = _segmented_log_transmittance(log1m, key, (seg_id, seg_start))
+        if not single:
+            before = log_t_pix.index_select(0, key)
+            log_t_incl += before
+            log_t_excl += before
+            del before
+        keep = log_t_incl > log_t_min
+        del log_t_incl
+        if not single:
+            log_t_pix.index_add_(0, key, torch.where(keep, log1m, torch.zeros_like(log1m)))
+            done.index_fill_(0, torch.masked_select(key, ~keep), True)
+        del log1m
+        if not bool(keep.all()):
+            # A segment's first pair always survives (α <= 0.999), so segments stay the
+            # same; their new starts are the kept-prefix counts at the old starts.
+            new_pos = torch.cumsum(keep, 0, dtype=torch.int64) - 1
+            seg_start = new_pos.index_select(0, seg_start)
+            del new_pos
+            r, key, al, log_t_excl, seg_id = (torch.masked_select(t, keep)
+                                              for t in (r, key, al, log_t_excl, seg_id))
+        parts.append((r, key, al, log_t_excl, seg_id, seg_start))
+    if stats is not None:
+        stats["pairs_sorted"] = n_sorted
+        stats["depth_chunks"] = len(bounds) - 1
+    if not parts:
+        return empty
+    if len(parts) == 1:
+        r, key, al, log_t_excl, seg_id, seg_start = parts[0]
+    else:
+        # Chunks come in depth order, so a stable sort by pixel key restores (pixel, depth).
+        r, key, al, log_t_excl = (torch.cat([p[i] for p in parts]) for i in range(4))
+        del parts
+        key, order = torch.sort(key.to(torch.int32 if C * hw < 2**31 else torch.int64), stable=True)
+        key = key.long()
+        r, al, log_t_excl = (t.index_select(0, order) for t in (r, al, log_t_excl))
+        del order
+        seg_id, seg_start = _segment_ids(key)
     # int32 indices halve the memory traffic of every later per-pair gather and scatter.
     idt = torch.int32 if max(C * hw, E) < 2**31 else torch.int64
-    key = (v >> 32).to(idt)
-    e_idx = ent["by_depth"].to(idt).index_select(0, v & 0xFFFFFFFF)
-    del v
-    al = al.index_select(0, order)
-    del order
-    # Transmittance cut-off: drop the first pair whose T_next <= T_MIN and all after it.
-    seg_id, seg_start = _segment_ids(key)
-    log_t_incl, log_t_excl = _segmented_log_transmittance(torch.log1p(-al).double(), key,
-                                                          (seg_id, seg_start))
-    keep = log_t_incl > math.log(T_MIN)
-    del log_t_incl
-    if not bool(keep.all()):
-        # A segment's first pair always survives (α <= 0.999), so segments stay the same;
-        # their new starts are the kept-prefix counts at the old starts.
-        new_pos = torch.cumsum(keep, 0, dtype=torch.int64) - 1
-        seg_start = new_pos.index_select(0, seg_start)
-        del new_pos
-        e_idx, key, al, log_t_excl, seg_id = (torch.masked_select(t, keep)
-                                              for t in (e_idx, key, al, log_t_excl, seg_id))
-    return e_idx, key, al, torch.exp(log_t_excl).to(dt), seg_id, seg_start
+    e_idx = by_depth.to(idt).index_select(0, r)
+    return e_idx, key.to(idt), al, torch.exp(log_t_excl).to(dt), seg_id.to(idt), seg_start
 
 
 def _segment_ids(key: torch.Tensor):
@@ -435,7 +496,7 @@ class _Composite(torch.autograd.Function):
 
 
 def render_torch(gaussians: Gaussians, cameras, background=None, chunk: int = DEFAULT_CHUNK,
-                 **kw) -> RenderOutput:
+                 max_candidates: int = DEFAULT_MAX_CANDIDATES, **kw) -> RenderOutput:
     """Render ``gaussians`` into every camera with the pure-PyTorch rasterizer.
 
     Returns RenderOutput with rgb (C,H,W,3) = Σ wᵢcᵢ + T_final·background, depth (C,H,W)
@@ -464,7 +525,8 @@ def render_torch(gaussians: Gaussians, cameras, background=None, chunk: int = DE
     geo = torch.cat([ent["mean2d"], ent["conic"], ent["opacity"][:, None]], dim=1)  # (E,6)
     feat = torch.cat([color, ent["depth"][:, None]], dim=1)                          # (E,4)
 
-    e_idx, key, al, trans, seg_id, seg_start = bin_pairs(ent, C, W, H, chunk=chunk)
+    e_idx, key, al, trans, seg_id, seg_start = bin_pairs(ent, C, W, H, chunk=chunk,
+                                                         max_candidates=max_candidates)
     if e_idx.numel() == 0:  # everything culled or too faint: background, zero gradients
         return _empty_output(C, H, W, bg, g.means + 0 * (geo.sum() + feat.sum()))
     # key is global over cameras; the pixel position inside an image is key mod H·W
