@@ -156,14 +156,6 @@ def project_gaussians(g: Gaussians, K: torch.Tensor, w2c: torch.Tensor, width: i
     }
 
 
-def _alpha(mean2d, conic, opac, px, py):
-    """α of pairs at pixel centres (px, py) (already +0.5)."""
-    dx = mean2d[:, 0] - px
-    dy = mean2d[:, 1] - py
-    sigma = 0.5 * (conic[:, 0] * dx * dx + conic[:, 2] * dy * dy) + conic[:, 1] * dx * dy
-    return torch.clamp_max(opac * torch.exp(-sigma), ALPHA_MAX)
-
-
 # Box sizes are rounded up to these grid sizes so entries can be processed in a few dense
 # (entries, h, w) batches; small sizes exact (pixel-aligned splats are 3-8 px wide).
 def _size_buckets(limit: int, device) -> torch.Tensor:
