@@ -104,12 +104,14 @@ def adam_run(
     patience: int = 3,
     progress: Optional[Callable[[dict], None]] = None,
     eps: float = ADAM_EPS,
+    snapshots: Optional[set[int]] = None,
 ) -> tuple[torch.Tensor, list[dict]]:
     """Run Adam on E from θ; returns (θ_K, history of K+1 records).
 
     With create_graph=True every step stays in the autograd graph (unrolled differentiation;
     θ must then be a non-leaf or a leaf requiring grad). history[k] is E at the iterate after
-    k updates.
+    k updates. snapshots: steps whose iterate is kept in history[k]["theta"] (one run of K
+    steps then serves evaluations at several smaller budgets).
     """
     b1, b2 = ADAM_BETAS
     m = torch.zeros_like(theta)
@@ -121,6 +123,8 @@ def adam_run(
         terms, grad = energy.value_and_grad(x, create_graph=create_graph)
         _check_value(terms.energy, "energy", k)
         rec = {"step": k, "energy": terms.energy, "photometric": terms.photometric, "proximal": terms.proximal}
+        if snapshots and k in snapshots:
+            rec["theta"] = x.detach().clone()
         hist.append(rec)
         if progress is not None:
             progress(rec)
@@ -271,11 +275,12 @@ def optimize(
     if optimizer == "adam":
         patience = int(lm_options.pop("patience", 3))
         eps = float(lm_options.pop("adam_eps", ADAM_EPS))
+        snapshots = lm_options.pop("snapshots", None)
         if lm_options:
             raise TypeError(f"unexpected options for adam: {sorted(lm_options)}")
         lr_vec = adam_lr_vector(g0, scene_extent(g0, cameras), lr)
         theta, hist = adam_run(energy, theta0, int(steps), lr_vec, rtol_stop=rtol_stop or 0.0,
-                               patience=patience, progress=progress, eps=eps)
+                               patience=patience, progress=progress, eps=eps, snapshots=snapshots)
     else:
         theta, hist = lm_run(energy, theta0, int(steps), rtol_stop=1e-6 if rtol_stop is None else rtol_stop,
                              progress=progress, **lm_options)
