@@ -599,8 +599,12 @@ def train_main(data: str = "synthetic", data_root: str | None = None, stage: str
     step = 0
     stream_state = None
     if resume_state is not None:
-        optimizer.load_state_dict(resume_state["optimizer"])
-        scheduler.load_state_dict(resume_state["scheduler"])
+        try:
+            optimizer.load_state_dict(resume_state["optimizer"])
+            scheduler.load_state_dict(resume_state["scheduler"])
+        except (ValueError, KeyError) as e:
+            raise UserError(f"the checkpoint's optimizer state does not fit this version of the trainer ({e})",
+                            state_path, "start a new run with --init <checkpoint> instead of --resume") from None
         step = int(resume_state["step"])
         streams = resume_state["streams"]
         if len(streams) != dist.world:
