@@ -364,8 +364,8 @@ def _segmented_log_transmittance(log1m: torch.Tensor, key: torch.Tensor, seg=Non
         seg = _segment_ids(key)
     seg_id, seg_start = seg
     cs = torch.cumsum(log1m, 0)
-    before = (cs - log1m)[seg_start]     # cumulative sum before each segment
-    incl = cs - before[seg_id]
+    before = (cs - log1m).index_select(0, seg_start)     # cumulative sum before each segment
+    incl = cs - before.index_select(0, seg_id)
     return incl, incl - log1m
 
 
@@ -373,8 +373,8 @@ def _segmented_exclusive_cumsum(v: torch.Tensor, seg_id, seg_start) -> torch.Ten
     """Σ_{j<i, same segment} v_j (accumulated in float64)."""
     v64 = v.double()
     cs = torch.cumsum(v64, 0)
-    before = (cs - v64)[seg_start]
-    return (cs - v64 - before[seg_id]).to(v.dtype)
+    before = (cs - v64).index_select(0, seg_start)
+    return (cs - v64 - before.index_select(0, seg_id)).to(v.dtype)
 
 
 def _segmented_suffix_sum(v: torch.Tensor, seg_id, seg_start) -> torch.Tensor:
@@ -382,7 +382,7 @@ def _segmented_suffix_sum(v: torch.Tensor, seg_id, seg_start) -> torch.Tensor:
     v64 = v.double()
     cs = torch.cumsum(v64, 0)
     seg_end = torch.cat([seg_start[1:], seg_start.new_tensor([v.numel()])]) - 1
-    return (cs[seg_end][seg_id] - cs).to(v.dtype)
+    return (cs.index_select(0, seg_end).index_select(0, seg_id) - cs).to(v.dtype)
 
 
 class _Composite(torch.autograd.Function):
