@@ -577,8 +577,10 @@ def train_main(data: str = "synthetic", data_root: str | None = None, stage: str
     # Λ's per-group log-scale is 5 global numbers that must travel several nats: own, larger rate.
     lam_params = [p for n, p in model.named_parameters() if n == "log_lam_bias"]
     other = [p for n, p in model.named_parameters() if n != "log_lam_bias" and p.requires_grad]
-    optimizer = torch.optim.AdamW([{"params": other}, {"params": lam_params, "lr": lam_lr, "weight_decay": 0.0}],
-                                  lr=lr, weight_decay=weight_decay)
+    groups = [{"params": other}, {"params": lam_params, "lr": lam_lr, "weight_decay": 0.0}]
+    if resume_state is not None and len(resume_state["optimizer"]["param_groups"]) == 1:
+        groups = [{"params": params}]  # runs started before lam_lr existed: their single group, same order
+    optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
     warm = warmup if warmup is not None else min(200, max(1, steps // 20))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(warm, steps))
 
