@@ -1,10 +1,10 @@
 """The IFT optimisation layer against independent references (float64, tiny scenes, torch renderer).
 
-References: dense Jacobians/Hessians from torch.autograd.functional, central finite
-differences of ℓ(θ*(θ0, Λ)) with the inner problem re-solved tightly, and autograd through
-a long unrolled (converged) gradient-descent run.
+References: dense Jacobians from torch.autograd.functional.jacobian, dense Hessians from
+central differences of autograd gradients, central finite differences of ℓ(θ*(θ0, Λ)) with
+the inner problem re-solved tightly, and autograd through a long unrolled (converged)
+gradient-descent run.
 """
-
 
 import pytest
 import torch
