@@ -1,5 +1,9 @@
 """Rasterizer benchmark on pixel-aligned scenes like the predictor makes.
 
+(Runs with OMP_WAIT_POLICY=PASSIVE unless --omp-active or the variable is already set: with
+OpenMP's default spin-waiting, 2 threads on a CPU shared with other jobs were 2-3x slower
+than 1 thread; passive waiting removes that.)
+
 One Gaussian per pixel of 2 views (depth 2-4 along the pixel ray, 3D std chosen so that the
 projected std is ``footprint/2`` px, i.e. a ≈``footprint``-px wide splat), rendered into those
 2 views. Measures forward, forward+backward and jvp wall time (median of repeats) and peak
@@ -167,7 +171,14 @@ def main(argv=None) -> int:
                     help="CPU thread counts to time (the first is the headline)")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "render.json"))
+    ap.add_argument("--omp-active", action="store_true",
+                    help="keep OpenMP's default spin-waiting (by default the benchmark re-runs itself "
+                         "with OMP_WAIT_POLICY=PASSIVE, 2-3x faster on a CPU shared with other jobs)")
     args = ap.parse_args(argv)
+    if not args.omp_active and "OMP_WAIT_POLICY" not in os.environ and argv is None:
+        # Must be set before OpenMP starts, hence a re-exec of this very command.
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+        os.execv(sys.executable, [sys.executable, str(Path(__file__).resolve())] + sys.argv[1:])
     runs = [("torch", "cpu", t) for t in args.threads]
     if torch.cuda.is_available():
         runs += [("torch", "cuda", None), ("gsplat", "cuda", None)]
@@ -208,7 +219,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"footprint_px": args.footprint, "repeats": args.repeats, "torch": torch.__version__,
-            "cpu_count": os.cpu_count(), "command": " ".join(["benchmarks/render.py"] + (argv or sys.argv[1:])),
+            "cpu_count": os.cpu_count(), "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "(default)"), "command": " ".join(["benchmarks/render.py"] + (argv or sys.argv[1:])),
             "note": "wall times are medians; *_cpu_ms is process CPU time (all threads); the CPU is "
                     "shared with other jobs, see loadavg_before/after"}
     fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".tmp")
