@@ -357,15 +357,35 @@ def train(
     inner_steps: Annotated[Optional[int], typer.Option(help="TTO steps inside the layer (stage diff3r). "
                                                             "Default: the trainer's.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed. Default: the trainer's.")] = None,
+    lam_lr: Annotated[Optional[float], typer.Option(help="Learning rate of Λ's per-group log-scale. "
+                                                         "Default: the trainer's.")] = None,
+    ff_weight: Annotated[Optional[float], typer.Option(help="Stage diff3r: weight of the feed-forward loss on θ0 "
+                                                            "added to the loss on θ*. Default: the trainer's.")] = None,
+    pcg_max_iter: Annotated[Optional[int], typer.Option(help="Stage diff3r: PCG iteration cap of the IFT "
+                                                             "backward. Default: the trainer's.")] = None,
+    warmup: Annotated[Optional[int], typer.Option(help="Warm-up steps of the cosine schedule.")] = None,
+    ckpt_every: Annotated[Optional[int], typer.Option(help="Checkpoint every N steps (and on Ctrl-C).")] = None,
+    eval_every: Annotated[Optional[int], typer.Option(help="Evaluate target-view PSNR on the test split every "
+                                                           "N steps (0 = never).")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads per process (1 is fastest on a busy "
+                                                        "CPU).")] = None,
+    time_limit: Annotated[Optional[float], typer.Option(help="Stop with a checkpoint after this many seconds "
+                                                             "(resume later with --resume).")] = None,
 ) -> None:
-    """Train the predictor (multi-GPU: torchrun --nproc_per_node K -m diff3r_cli train ...)."""
+    """Train the predictor (multi-GPU: torchrun --nproc_per_node K -m diff3r_cli train ...).
+
+    Writes OUT/log.jsonl (metrics, time per step), OUT/ckpt-*.{safetensors,pt}, OUT/model.safetensors; Ctrl-C checkpoints, --resume continues exactly.
+    """
     if data_root is not None:
         _require_exists(data_root, "data root")
     if init is not None:
         _require_exists(init, "--init checkpoint")
     _check_output_dir(out)
     fn = _engine("train", "diff3r_cli.train", "train_main")
-    extra = {k: v for k, v in dict(model_size=model_size, lr=lr, inner_steps=inner_steps, seed=seed).items()
+    extra = {k: v for k, v in dict(model_size=model_size, lr=lr, inner_steps=inner_steps, seed=seed, lam_lr=lam_lr,
+                                   ff_weight=ff_weight, pcg_max_iter=pcg_max_iter, warmup=warmup,
+                                   ckpt_every=ckpt_every, eval_every=eval_every, threads=threads,
+                                   time_limit=time_limit).items()
              if v is not None}  # let the trainer's own defaults stand
     _print_result(fn(data=data.value, data_root=data_root, stage=stage.value, steps=steps, resolution=resolution,
                      batch=batch, out=out, resume=resume, init=init, outliers=outliers, **extra))
