@@ -21,13 +21,6 @@ from diff3r_cli.scene_io.re10k import decode_jpeg, example_to_cameras, read_chun
 RES, FRAMES = 32, 10
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Many small tensor ops: one torch thread is much faster on a loaded 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

@@ -23,13 +23,6 @@ TIGHT = dict(pcg_rtol=1e-10, pcg_max_iter=300, gtol=1e-12, rtol_stop=0.0)
 RESOLVE = dict(pcg_rtol=1e-8, pcg_max_iter=300, gtol=1e-11, rtol_stop=0.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The CI/dev machines have 2 shared cores; intra-op threads mostly wait on each other here.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

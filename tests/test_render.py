@@ -16,13 +16,6 @@ from diff3r_cli.render.sh import sh_basis
 from diff3r_cli.render.torch_backend import render_torch
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: thread hand-offs cost more than they save on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # ---------------------------------------------------------------------------------------
