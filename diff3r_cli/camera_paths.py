@@ -7,6 +7,7 @@ import math
 import torch
 
 from diff3r_cli.cameras import Cameras
+from diff3r_cli.gaussians import quat_to_rotmat
 
 
 def _rotmat_to_quat(R: torch.Tensor) -> torch.Tensor:
@@ -27,11 +28,6 @@ def _rotmat_to_quat(R: torch.Tensor) -> torch.Tensor:
         q[1 + k] = (R[k, i] + R[i, k]) / s
     q = torch.tensor([float(v) for v in q], dtype=torch.float64)
     return q / q.norm()
-
-
-def _quat_to_rotmat(q: torch.Tensor) -> torch.Tensor:
-    from diff3r_cli.gaussians import quat_to_rotmat
-    return quat_to_rotmat(q)
 
 
 def _slerp(q0: torch.Tensor, q1: torch.Tensor, t: float) -> torch.Tensor:
@@ -62,7 +58,7 @@ def interpolate_path(cameras: Cameras, frames: int) -> Cameras:
         s = f / (frames - 1) * (n - 1)
         i = min(int(math.floor(s)), n - 2)
         t = s - i
-        R = _quat_to_rotmat(_slerp(quats[i], quats[i + 1], t))
+        R = quat_to_rotmat(_slerp(quats[i], quats[i + 1], t))
         C = (1 - t) * c2w[i, :3, 3] + t * c2w[i + 1, :3, 3]
         m = torch.eye(4, dtype=torch.float64)
         m[:3, :3] = R

@@ -11,7 +11,6 @@ Methods compared on the same held-out scenes, views and TTO budget:
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 from typing import Optional
@@ -30,13 +29,6 @@ def _metrics(pred: torch.Tensor, gt: torch.Tensor) -> tuple[float, float]:
     p = [float(psnr(pred[i], gt[i])) for i in range(len(gt))]
     s = [float(ssim(pred[i], gt[i])) for i in range(len(gt))]
     return sum(p) / len(p), sum(s) / len(s)
-
-
-def _render_rgb(g, K: torch.Tensor, w2c: torch.Tensor, w: int, h: int) -> torch.Tensor:
-    from diff3r_cli.render import render
-
-    with torch.no_grad():
-        return render(g, Cameras(K.to(g.dtype), w2c.to(g.dtype), w, h)).rgb.clamp(0, 1)
 
 
 def _model_resolution(model) -> Optional[int]:
@@ -68,6 +60,7 @@ def evaluate_views(models: dict, runs: list[tuple[str, str, bool, int]], ctx_ima
     Returns ({"<method>@<steps>": {"psnr", "ssim"} or None on a numerical failure}, failures).
     """
     from diff3r_cli.optim.tto import optimize
+    from diff3r_cli.pipeline import render_views
 
     dev = device
     ci = ctx_images.to(dev)
@@ -110,7 +103,7 @@ def evaluate_views(models: dict, runs: list[tuple[str, str, bool, int]], ctx_ima
         for method, s in items:
             if f"{method}@{s}" in out:
                 continue
-            p, q = _metrics(_render_rgb(states[s], tgt_K.to(dev), tgt_w2c.to(dev), W, H), tgt_images.to(dev))
+            p, q = _metrics(render_views(states[s], Cameras(tgt_K, tgt_w2c, W, H)), tgt_images.float().cpu())
             out[f"{method}@{s}"] = {"psnr": p, "ssim": q}
     return out, failures
 
@@ -229,4 +222,3 @@ def markdown_table(result: dict) -> str:
 
 
 __all__ = ["evaluate_main", "evaluate_views", "plan_runs", "summarize", "print_summary", "markdown_table", "METHODS"]
-_ = math

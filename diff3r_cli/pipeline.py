@@ -13,7 +13,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ from PIL import Image
 
 from diff3r_cli.cameras import Cameras
 from diff3r_cli.errors import NumericalError, UserError
-from diff3r_cli.gaussians import GROUPS, Gaussians
+from diff3r_cli.gaussians import Gaussians
 
 DEFAULT_MODEL = "diff3r-small"
 MAX_SIDE = 512          # default working resolution cap (long side), CPU-friendly
@@ -70,8 +70,7 @@ def estimate_depth_range(scene, context: list[int]) -> tuple[float, float, str]:
     Priority: stored depths (synthetic/RE10K extras), sparse 3D points (COLMAP/SfM),
     sidecar/transforms near/far hints, else the cameras' common look-at point.
     """
-    cams = scene.cameras[context] if isinstance(context, int) else Cameras(
-        scene.cameras.K[context], scene.cameras.w2c[context], scene.width, scene.height)
+    cams = scene.cameras[context]
     ex = scene.extras
     if "near" in ex and "far" in ex:
         return float(ex["near"]), float(ex["far"]), "scene"
@@ -140,9 +139,17 @@ def save_gif(path: Path, frames: list[np.ndarray], fps: int = 15) -> None:
     ims[0].save(path, save_all=True, append_images=ims[1:], duration=int(1000 / fps), loop=0)
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = float(((a.float() - b.float()) ** 2).mean())
-    return float("inf") if mse == 0 else -10.0 * math.log10(mse)
+def mean_psnr(pred: torch.Tensor, gt: torch.Tensor) -> float:
+    """PSNR averaged over views (C,H,W,3), the convention of `eval` and the papers."""
+    from diff3r_cli.metrics import psnr
+
+    return float(psnr(pred.float(), gt.float()).mean())
+
+
+def photometric_psnr(photometric: float) -> float:
+    """PSNR implied by the TTO energy's photometric term 1/(2P)·Σ‖R−I‖² (3 channels per pixel)."""
+    mse = 2.0 * photometric / 3.0
+    return float("inf") if mse <= 0 else -10.0 * math.log10(mse)
 
 
 # --- prediction -------------------------------------------------------------------------------
@@ -211,8 +218,7 @@ def render_views(g: Gaussians, cameras: Cameras, batch: int = 4) -> torch.Tensor
     outs = []
     with torch.no_grad():
         for i in range(0, len(cams), batch):
-            sub = Cameras(cams.K[i:i + batch], cams.w2c[i:i + batch], cams.width, cams.height)
-            outs.append(render(g, sub).rgb.clamp(0, 1).cpu())
+            outs.append(render(g, cams[i:i + batch]).rgb.clamp(0, 1).cpu())
     return torch.cat(outs)
 
 
@@ -247,7 +253,7 @@ def write_renders(dest: Path, g: Gaussians, path_cams: Cameras, video: bool,
                 if gt is not None:
                     save_png(tmp / f"{name}_{i:02d}_gt.png", gt[i])
             if gt is not None:
-                figures[f"psnr_{name}"] = round(float(np.mean([psnr(imgs[i], gt[i]) for i in range(len(imgs))])), 2)
+                figures[f"psnr_{name}"] = round(mean_psnr(imgs, gt), 2)
     figures["renders"] = str(dest)
     figures["frames"] = len(path_cams)
     return figures
@@ -288,7 +294,7 @@ def reconstruct_command(path: Path, out: Path, model: Optional[str] = None, view
     if (res[0], res[1]) != (scene.width, scene.height):
         scene = resize_scene(scene, res[0], res[1])
     near, far, range_src = estimate_depth_range(scene, context)
-    ctx_cams = Cameras(scene.cameras.K[context], scene.cameras.w2c[context], scene.width, scene.height)
+    ctx_cams = scene.cameras[context]
     ctx_imgs = scene.images[context]
 
     t0 = time.perf_counter()
@@ -323,8 +329,7 @@ def reconstruct_command(path: Path, out: Path, model: Optional[str] = None, view
     if render:
         named = {"context": (ctx_cams, ctx_imgs)}
         if held:
-            named["heldout"] = (Cameras(scene.cameras.K[held], scene.cameras.w2c[held], scene.width, scene.height),
-                                scene.images[held])
+            named["heldout"] = (scene.cameras[held], scene.images[held])
         result.update(write_renders(out.with_name(out.stem + "_renders"), g,
                                     make_path("interpolate", ctx_cams, g, frames), video=True, named=named))
     result["total_s"] = round(time.perf_counter() - t_start, 2)
@@ -333,8 +338,9 @@ def reconstruct_command(path: Path, out: Path, model: Optional[str] = None, view
 
 def _load_context_images(doc: dict, sidecar: Path, images_dir: Optional[Path], cams: Cameras) -> torch.Tensor:
     """The context images refine optimises against: the exact network inputs saved by reconstruct,
-    or (with --images / when those are gone) the original files resized to the stored cameras."""
-    from diff3r_cli.scene_io.images import load_image
+    or (with --images / when those are gone) the original files resized and centre-cropped to the
+    stored cameras' size (a distorted camera's undistortion is not redone on this path)."""
+    from diff3r_cli.scene_io.images import load_image, resize_view
 
     ctx = doc.get("context_views") or []
     saved = doc.get("context_images")
@@ -351,14 +357,8 @@ def _load_context_images(doc: dict, sidecar: Path, images_dir: Optional[Path], c
     for p in paths:
         im = load_image(p)
         if im.shape[:2] != (cams.height, cams.width):
-            pil = Image.fromarray(_to_uint8(im))
-            # same rule as reconstruct: scale to cover, centre-crop
-            s = max(cams.width / pil.width, cams.height / pil.height)
-            sw, sh = max(cams.width, round(pil.width * s)), max(cams.height, round(pil.height * s))
-            pil = pil.resize((sw, sh), Image.LANCZOS)
-            left, top = (sw - cams.width) // 2, (sh - cams.height) // 2
-            pil = pil.crop((left, top, left + cams.width, top + cams.height))
-            im = torch.from_numpy(np.asarray(pil).astype(np.float32) / 255.0)
+            # the crop depends only on the sizes, so any K does; same resampling as reconstruct
+            im, _ = resize_view(im, torch.eye(3, dtype=torch.float64), cams.width, cams.height)
         imgs.append(im)
     return torch.stack(imgs)
 
@@ -371,7 +371,7 @@ def _context_cameras(doc: dict, sidecar: Path) -> Cameras:
     if ctx:
         if max(ctx) >= len(cams):
             raise UserError("sidecar context views do not match its cameras", sidecar, "re-run reconstruct")
-        cams = Cameras(cams.K[ctx], cams.w2c[ctx], cams.width, cams.height)
+        cams = cams[ctx]
     return cams
 
 
@@ -395,21 +395,20 @@ def refine_command(ply: Path, steps: int = 200, optimizer: str = "adam", uncerta
     dev = pick_device(device)
     g0 = g0.to(dev, torch.float32)
     lam_used = lam.to(dev, torch.float32) if uncertainty else None
-    before = psnr(render_views(g0, cams), imgs)
     t0 = time.perf_counter()
     g, hist = refine_gaussians(g0, lam_used, cams, imgs.to(dev), steps, optimizer)
     dt = time.perf_counter() - t0
     g = g.to("cpu")
-    after = psnr(render_views(g, cams), imgs)
     info = {k: v for k, v in doc.items() if k != "diff3r_sidecar"}
     info["extras"] = dict(info.get("extras") or {})
     info["extras"].update({"refined_from": str(ply.resolve()), "refine_steps": steps, "optimizer": optimizer,
                            "uncertainty": uncertainty})
     write_splat(out, g, lam.cpu() if lam is not None else None, info)
-    e0 = hist[0]["energy"] if hist else float("nan")
-    e1 = hist[-1]["energy"] if hist else float("nan")
-    return {"steps_run": max(len(hist) - 1, 0), "energy": f"{e0:.5g} -> {e1:.5g}",
-            "context_psnr": f"{before:.2f} -> {after:.2f} dB", "time_s": round(dt, 2), "ply": str(out)}
+    first, last = hist[0], hist[-1]  # history holds E at θ0 and at every iterate, final included
+    return {"steps_run": len(hist) - 1, "energy": f"{first['energy']:.5g} -> {last['energy']:.5g}",
+            "context_psnr": f"{photometric_psnr(first['photometric']):.2f} -> "
+                            f"{photometric_psnr(last['photometric']):.2f} dB",
+            "time_s": round(dt, 2), "ply": str(out)}
 
 
 def render_command(ply: Path, out: Path, path: str = "interpolate", frames: int = 60, video: bool = False,
@@ -428,4 +427,4 @@ def render_command(ply: Path, out: Path, path: str = "interpolate", frames: int 
 
 __all__ = ["reconstruct_command", "refine_command", "render_command", "predict", "refine_gaussians",
            "render_views", "estimate_depth_range", "choose_context", "default_resolution", "pick_device",
-           "GROUPS"]
+           "mean_psnr"]

@@ -52,6 +52,13 @@ def test_reconstruct_refine_render(tiny):
     assert not torch.equal(g2.means, g.means)  # but the Gaussians moved
     assert read_ply(out)[0].means.equal(g.means)  # input untouched
 
+    # --images (original files, resampled like reconstruct) gives the same refinement as the saved inputs
+    res = runner.invoke(app, ["refine", str(out), "--steps", "3", "--images", str(scene / "images"),
+                              "--out", str(root / "out" / "s_img.ply")])
+    assert res.exit_code == 0, res.output
+    g3, _ = read_ply(root / "out" / "s_img.ply")
+    assert all(torch.equal(a, b) for a, b in zip(g3.tensors(), g2.tensors()))
+
     res = runner.invoke(app, ["render", str(refined), "--path", "orbit", "--frames", "3", "--out", str(root / "r")])
     assert res.exit_code == 0, res.output
     assert sorted(p.name for p in (root / "r").iterdir()) == ["frame_0000.png", "frame_0001.png", "frame_0002.png"]

@@ -9,7 +9,7 @@ import pycolmap
 import torch
 
 from diff3r_cli.errors import UserError
-from diff3r_cli.scene_io.images import image_size, load_image, stack_views
+from diff3r_cli.scene_io.images import image_size, load_image, stack_posed_views
 from diff3r_cli.scene_io.scene import Scene
 from diff3r_cli.scene_io.undistort import (DISTORTED_MODELS, PINHOLE_MODELS, is_identity_distortion,
                                            model_name, pinhole_K, undistort_image)
@@ -131,19 +131,9 @@ def load_colmap_scene(path: str | Path, resolution: tuple[int, int] | None = Non
         w2cs.append(_w2c(im))
         masks.append(valid)
 
-    sizes = {(img.shape[1], img.shape[0]) for img in images}
-    if resolution is None:
-        if len(sizes) > 1:
-            raise UserError(f"images have different sizes {sorted(sizes)}", img_dir,
-                            "give a resolution (e.g. --resolution 512x384) to resample all views to one size")
-        width, height = sizes.pop()
-    else:
-        width, height = int(resolution[0]), int(resolution[1])
-    stacked, cams = stack_views(images, Ks, w2cs, width, height, mode)
-    extras: dict = {"undistorted": any_undistorted, "model_dir": str(model_dir)}
-    if any_undistorted:
-        m, _ = stack_views([mk.float()[..., None].expand(-1, -1, 3) for mk in masks], Ks, w2cs, width, height, mode)
-        extras["valid_mask"] = m[..., 0] > 0.999
+    stacked, cams, extras = stack_posed_views(images, Ks, w2cs, masks, resolution, mode, img_dir,
+                                              any_undistorted)
+    extras["model_dir"] = str(model_dir)
     if rec.num_points3D() > 0:
         pts = rec.points3D.values()
         extras["points3d"] = torch.tensor(np.array([p.xyz for p in pts]), dtype=torch.float64)

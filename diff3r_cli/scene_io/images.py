@@ -110,6 +110,31 @@ def stack_views(images: list[torch.Tensor], Ks: list[torch.Tensor], w2cs: list[t
     return torch.stack(out_img), Cameras(torch.stack(out_K), w2c, width, height)
 
 
+def stack_posed_views(images: list[torch.Tensor], Ks: list[torch.Tensor], w2cs: list[torch.Tensor],
+                      masks: list[torch.Tensor], resolution: tuple[int, int] | None, mode: str,
+                      source: str | Path, undistorted: bool) -> tuple[torch.Tensor, Cameras, dict]:
+    """Batch a reader's views at one size; returns (images, cameras, extras).
+
+    Without a resolution all views must share a size (UserError naming `source` otherwise).
+    `masks` are per-view undistortion validity masks; when any view was undistorted they are
+    resampled with the images into extras["valid_mask"].
+    """
+    sizes = {(img.shape[1], img.shape[0]) for img in images}
+    if resolution is None:
+        if len(sizes) > 1:
+            raise UserError(f"images have different sizes {sorted(sizes)}", source,
+                            "give a resolution (e.g. --resolution 512x384) to resample all views to one size")
+        width, height = sizes.pop()
+    else:
+        width, height = int(resolution[0]), int(resolution[1])
+    stacked, cams = stack_views(images, Ks, w2cs, width, height, mode)
+    extras: dict = {"undistorted": undistorted}
+    if undistorted:
+        m, _ = stack_views([mk.float()[..., None].expand(-1, -1, 3) for mk in masks], Ks, w2cs, width, height, mode)
+        extras["valid_mask"] = m[..., 0] > 0.999
+    return stacked, cams, extras
+
+
 def resize_scene(scene: Scene, width: int, height: int, mode: str = "resize_crop") -> Scene:
     """Scene with every image resampled to (width,height) and the intrinsics adjusted exactly."""
     if width <= 0 or height <= 0:

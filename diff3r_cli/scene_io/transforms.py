@@ -16,7 +16,7 @@ import torch
 
 from diff3r_cli.cameras import Cameras
 from diff3r_cli.errors import UserError
-from diff3r_cli.scene_io.images import IMAGE_EXTENSIONS, image_size, load_image, stack_views
+from diff3r_cli.scene_io.images import IMAGE_EXTENSIONS, image_size, load_image, stack_posed_views
 from diff3r_cli.scene_io.scene import Scene
 from diff3r_cli.scene_io.undistort import opencv_camera, undistort_image
 
@@ -163,16 +163,9 @@ def load_transforms_scene(path: str | Path, resolution: tuple[int, int] | None =
         w2cs.append(cams.w2c[0])
         masks.append(valid)
 
-    sizes = {(img.shape[1], img.shape[0]) for img in images}
-    if resolution is None:
-        if len(sizes) > 1:
-            raise UserError(f"images have different sizes {sorted(sizes)}", json_path,
-                            "give a resolution (e.g. --resolution 512x384) to resample all views to one size")
-        width, height = sizes.pop()
-    else:
-        width, height = int(resolution[0]), int(resolution[1])
-    stacked, cams = stack_views(images, Ks, w2cs, width, height, mode)
-    extras: dict = {"undistorted": any_undistorted, "transforms": str(json_path)}
+    stacked, cams, extras = stack_posed_views(images, Ks, w2cs, masks, resolution, mode, json_path,
+                                              any_undistorted)
+    extras["transforms"] = str(json_path)
     # optional diff3r hints (ignored by other tools): which frames are the intended inputs, depth range
     hint = meta.get("diff3r_context_views")
     if views is None and isinstance(hint, list) and len(hint) >= 2 and all(
@@ -180,7 +173,4 @@ def load_transforms_scene(path: str | Path, resolution: tuple[int, int] | None =
         extras["context_views"] = list(hint)
     if isinstance(meta.get("near"), (int, float)) and isinstance(meta.get("far"), (int, float)):
         extras["near"], extras["far"] = float(meta["near"]), float(meta["far"])
-    if any_undistorted:
-        m, _ = stack_views([mk.float()[..., None].expand(-1, -1, 3) for mk in masks], Ks, w2cs, width, height, mode)
-        extras["valid_mask"] = m[..., 0] > 0.999
     return Scene(stacked, cams, [str(p) for p in paths], "transforms", path, extras)
