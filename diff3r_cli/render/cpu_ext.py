@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import sys
 import threading
 from pathlib import Path
@@ -56,6 +57,10 @@ def load() -> bool:
         _state["loaded"] = True
         if os.environ.get("DIFF3R_NO_COMPILE"):
             _state["reason"] = "DIFF3R_NO_COMPILE is set"
+            return False
+        cxx = os.environ.get("CXX", "c++")
+        if shutil.which(cxx) is None:
+            _state["reason"] = f"no C++ compiler found ({cxx}); install g++ or set CXX"
             return False
         try:
             from torch.utils import cpp_extension
