@@ -106,7 +106,8 @@ def main(argv=None) -> int:
         if args.device == "cuda":
             row["gsplat"] = render_ms(size, "gsplat", "cuda")
             row["torch-cuda"] = render_ms(size, "torch", "cuda")
-        row["compiled-cpu"] = render_ms(size, "cpu", "cpu")
+        from diff3r_cli.render import cpu_ext
+        row["compiled-cpu"] = render_ms(size, "cpu", "cpu") if cpu_ext.load() else None
         res["render_fb_ms"][str(size)] = row
     res.update(predictor_and_ift(args.device, args.predict_res, args.ift_res))
     res["predict_res"], res["ift_res"] = args.predict_res, args.ift_res
@@ -116,7 +117,8 @@ def main(argv=None) -> int:
     print(f"{'render fwd+bwd (ms)':<28}" + "".join(f"{k:>14}" for k in ("gsplat", "torch-cuda", "compiled-cpu")))
     for size, row in res["render_fb_ms"].items():
         print(f"{'  ' + size + '² pixel-aligned':<28}" + "".join(
-            f"{row[k]:>14.1f}" if k in row else f"{'-':>14}" for k in ("gsplat", "torch-cuda", "compiled-cpu")))
+            f"{row[k]:>14.1f}" if row.get(k) is not None else f"{'-':>14}"
+            for k in ("gsplat", "torch-cuda", "compiled-cpu")))
     print(f"{f'predictor ms / scene ({args.predict_res}²)':<28}{res['predictor_ms']:>14.1f}")
     print(f"{f'IFT backward s ({args.ift_res}², K=10)':<28}{res['ift_backward_s']:>14.2f}")
     for k, v in (res.get("steps") or {}).items():

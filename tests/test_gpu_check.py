@@ -37,5 +37,8 @@ def test_gpu_check_cpu_mode_runs_every_non_gpu_step(tmp_path):
     for key in ("reconstruct_s", "refine_3_s", "train_2_steps_s", "train_s_per_step"):
         assert steps[key] > 0, key
     assert steps["train_skipped"] == 0
-    assert res["render_fb_ms"]["32"]["compiled-cpu"] > 0 and res["predictor_ms"] > 0
+    assert res["predictor_ms"] > 0
+    from diff3r_cli.render import cpu_ext
+    if cpu_ext.load():
+        assert res["render_fb_ms"]["32"]["compiled-cpu"] > 0
     assert "render fwd+bwd" in p.stdout  # the table was printed
