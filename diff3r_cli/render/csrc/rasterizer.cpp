@@ -754,12 +754,16 @@ std::vector<at::Tensor> raster_forward_impl(const at::Tensor& geo, const at::Ten
   return {out, tfin, lastk};
 }
 
+// Tangent of the composite along (dgeo, dfeat); with_primal also writes the composite itself
+// (one pass for forward-mode AD, which needs both).
 template <typename T>
-at::Tensor raster_jvp_impl(const at::Tensor& geo, const at::Tensor& feat, const at::Tensor& box,
-                           const at::Tensor& offsets, const at::Tensor& list, const Grid& G,
-                           const at::Tensor& dgeo, const at::Tensor& dfeat) {
+std::vector<at::Tensor> raster_jvp_impl(const at::Tensor& geo, const at::Tensor& feat, const at::Tensor& box,
+                                        const at::Tensor& offsets, const at::Tensor& list, const Grid& G,
+                                        const at::Tensor& dgeo, const at::Tensor& dfeat, bool with_primal) {
   at::Tensor out = at::zeros({G.C * G.H * G.W, 5}, geo.options());
+  at::Tensor prim = with_primal ? at::zeros({G.C * G.H * G.W, 5}, geo.options()) : at::Tensor();
   T* o = out.data_ptr<T>();
+  T* op0 = with_primal ? prim.data_ptr<T>() : nullptr;
   const T* pg = geo.data_ptr<T>();
   const T* pf = feat.data_ptr<T>();
   const T* dg = dgeo.data_ptr<T>();
@@ -773,6 +777,7 @@ at::Tensor raster_jvp_impl(const at::Tensor& geo, const at::Tensor& feat, const 
   {
     std::vector<Packed<T>> ents;
     std::vector<double> dlogT;  // d log T per pixel: Σ_{j<i} -dα_j / (1-α_j)
+    std::vector<double> pacc;   // the primal composite (with_primal)
     TileState st;
 #pragma omp for schedule(dynamic, 4)
     for (int64_t t = 0; t < G.tiles(); ++t) {
@@ -781,6 +786,7 @@ at::Tensor raster_jvp_impl(const at::Tensor& geo, const at::Tensor& feat, const 
       gather_tile<T>(off[t], off[t + 1], pl, pg, pf, pb, ents);
       st.reset(tile * tile, 5);
       dlogT.assign(tile * tile, 0.0);
+      if (with_primal) pacc.assign(5 * tile * tile, 0.0);
       tile_pixels_inactive(ti, tile, st);
       composite_tile<T>(ents, ti, tile, st, [&](int, const Packed<T>& P, int i, T al, double Tr, T dx, T dy) {
         const T* d = dg + 6 * (int64_t)P.e;
@@ -796,16 +802,27 @@ at::Tensor raster_jvp_impl(const at::Tensor& geo, const at::Tensor& feat, const 
         for (int k = 0; k < 4; ++k) a[k] += (double)P.f[k] * dw + (double)dfe[k] * w;
         a[4] += dw;
         dlogT[i] -= dal / (1.0 - (double)al);
+        if (with_primal) {
+          double* pa = pacc.data() + 5 * i;
+          for (int k = 0; k < 4; ++k) pa[k] += w * (double)P.f[k];
+          pa[4] += w;
+        }
       });
       for (int ly = 0; ly < ti.h; ++ly)
         for (int lx = 0; lx < ti.w; ++lx) {
           T* op = o + 5 * ti.pixel(G, lx, ly);
           const double* a = st.acc.data() + 5 * (ly * tile + lx);
           for (int k = 0; k < 5; ++k) op[k] = (T)a[k];
+          if (with_primal) {
+            T* pp = op0 + 5 * ti.pixel(G, lx, ly);
+            const double* pa = pacc.data() + 5 * (ly * tile + lx);
+            for (int k = 0; k < 5; ++k) pp[k] = (T)pa[k];
+          }
         }
     }
   }
-  return out;
+  if (with_primal) return {prim, out};
+  return {out};
 }
 
 template <typename T>
@@ -974,7 +991,18 @@ at::Tensor raster_jvp(const at::Tensor& geo, const at::Tensor& feat, const at::T
   check_cpu(dgeo, "dgeo"); check_cpu(dfeat, "dfeat");
   at::Tensor out;
   AT_DISPATCH_FLOATING_TYPES(geo.scalar_type(), "raster_jvp", [&] {
-    out = raster_jvp_impl<scalar_t>(geo, feat, box, offsets, list, Grid(C, W, H, tile), dgeo, dfeat);
+    out = raster_jvp_impl<scalar_t>(geo, feat, box, offsets, list, Grid(C, W, H, tile), dgeo, dfeat, false)[0];
+  });
+  return out;
+}
+
+std::vector<at::Tensor> raster_forward_jvp(const at::Tensor& geo, const at::Tensor& feat, const at::Tensor& box,
+                                           const at::Tensor& offsets, const at::Tensor& list, int64_t C, int64_t W,
+                                           int64_t H, int64_t tile, const at::Tensor& dgeo, const at::Tensor& dfeat) {
+  check_cpu(geo, "geo"); check_cpu(feat, "feat"); check_cpu(dgeo, "dgeo"); check_cpu(dfeat, "dfeat");
+  std::vector<at::Tensor> out;
+  AT_DISPATCH_FLOATING_TYPES(geo.scalar_type(), "raster_forward_jvp", [&] {
+    out = raster_jvp_impl<scalar_t>(geo, feat, box, offsets, list, Grid(C, W, H, tile), dgeo, dfeat, true);
   });
   return out;
 }
@@ -1002,5 +1030,6 @@ TORCH_LIBRARY(diff3r_cpu, m) {
   m.def("bin_tiles", torch::dispatch(c10::DispatchKey::CPU, &bin_tiles));
   m.def("raster_forward", torch::dispatch(c10::DispatchKey::CPU, &raster_forward));
   m.def("raster_jvp", torch::dispatch(c10::DispatchKey::CPU, &raster_jvp));
+  m.def("raster_forward_jvp", torch::dispatch(c10::DispatchKey::CPU, &raster_forward_jvp));
   m.def("raster_backward", torch::dispatch(c10::DispatchKey::CPU, &raster_backward));
 }
