@@ -43,6 +43,16 @@ def standard_property_names(sh_degree: int) -> list[str]:
             + ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"])
 
 
+def default_mode(directory: bool = False) -> int:
+    """Permission bits a plain open()/mkdir() would give under the current umask (0644/0755 under 022).
+
+    mkstemp/mkdtemp create 0600/0700 on purpose; our outputs are ordinary files, so they get these.
+    """
+    mask = os.umask(0o022)  # read the umask (there is no getter) and put it back at once
+    os.umask(mask)
+    return (0o777 if directory else 0o666) & ~mask
+
+
 @contextmanager
 def atomic_output(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     """Open a temporary file next to ``path``; on success fsync and os.replace it into place.
@@ -51,11 +61,14 @@ def atomic_output(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     file behind (and never clobbers an existing good one). OS errors become a UserError
     naming the path.
     """
+    from diff3r_cli.interrupts import register_temp, unregister_temp
+
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     try:
         parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+        register_temp(tmp)  # removed even when a signal ends the process inside native code
     except OSError as e:
         raise UserError(f"cannot write here ({e.strerror or e})", path,
                         "choose an output path in a writable directory") from None
@@ -63,6 +76,7 @@ def atomic_output(path: str | Path, mode: str = "wb") -> Iterator[IO]:
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
+            os.fchmod(f.fileno(), default_mode())
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
@@ -72,6 +86,8 @@ def atomic_output(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     except BaseException:
         _unlink_quiet(tmp)
         raise
+    finally:
+        unregister_temp(tmp)
 
 
 def _unlink_quiet(p: str) -> None:

@@ -290,12 +290,14 @@ class _StopFlag:
 
     def __init__(self):
         self.requested = False
+        self.signum: int | None = None
         self._old = {}
 
     def _handler(self, signum, frame):
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = True
+        self.signum = signum
 
     @contextmanager
     def installed(self):
@@ -755,6 +757,8 @@ def train_main(data: str = "synthetic", data_root: str | None = None, stage: str
     summary = {"status": status, "step": step, "out": str(out), "loss": last.get("loss"), "psnr": last.get("psnr"),
                "steps_per_s": last.get("steps_per_s"), "skipped_total": total_skipped,
                "parameters": model.num_parameters(), "world_size": dist.world}
+    if status == "interrupted":
+        summary["signal"] = flag.signum
     if last_eval:
         summary.update({"eval_psnr": last_eval["psnr"], "eval_psnr_mean_colour": last_eval["psnr_mean_colour"]})
     if return_model:
