@@ -372,6 +372,30 @@ def render_cmd(
     _print_result(fn(ply=ply, out=dest, path=path.value, frames=frames, video="gif" if gif else video))
 
 
+# --- view ----------------------------------------------------------------------------------
+
+@app.command()
+@_guarded
+def view(
+    ply: Annotated[Path, typer.Argument(help="A splat .ply (its sidecar .json, when present, adds the input "
+                                             "cameras and their images).", show_default=False)],
+    host: Annotated[str, typer.Option(help="Address to listen on. The default serves this machine only; "
+                                           "0.0.0.0 lets others on the network see the scene.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port (the next free one is taken when it is "
+                                                             "busy; 0 = any free port).")] = 8080,
+) -> None:
+    """Open an interactive viewer in the browser (viser): the splats, the input cameras with their images,
+    colouring by the predicted uncertainty Λ per group, and a button that saves the current view as a PNG.
+
+    Prints the local URL and serves until Ctrl-C.
+    """
+    from diff3r_cli.ply import read_ply
+
+    read_ply(_require_exists(ply, ".ply"))  # validate before starting a server
+    fn = _engine("view", "diff3r_cli.viewer", "view_command")
+    fn(ply=ply, host=host, port=port)
+
+
 # --- train ---------------------------------------------------------------------------------
 
 @app.command()
