@@ -289,9 +289,9 @@ def make_path(kind: str, cameras: Cameras, g: Gaussians, frames: int) -> Cameras
 def split_unseen(cameras: Cameras, context: list[int], max_interp: int = MAX_INTERP_VIEWS) -> tuple[list[int], list[int]]:
     """Split the views that are not context views into (interpolation, extrapolation) views.
 
-    Interpolation views sit between or near the context cameras: the centre lies within half
-    the context baseline (the largest distance between two context centres) of a context
-    centre, and the optical axis is within the context cameras' largest mutual angle (+10°) of
+    Interpolation views sit between or near the context cameras: the centre lies within three
+    quarters of the context baseline (the largest distance between two context centres) of a
+    context centre, and the optical axis is within the context cameras' largest mutual angle (+10°) of
     that camera's axis. The ``max_interp`` nearest of them are kept; every other view is an
     extrapolation view (e.g. the far side of an object), which 2-3 context photos cannot
     predict and which is therefore only evaluated on request.
@@ -310,7 +310,7 @@ def split_unseen(cameras: Cameras, context: list[int], max_interp: int = MAX_INT
         d = (cc - c[j]).norm(dim=1)
         k = int(d.argmin())
         ang = float(torch.rad2deg(torch.acos((ca[k] @ axis[j]).clamp(-1, 1))))
-        if base > 0 and float(d[k]) <= 0.5 * base and ang <= max_angle:
+        if base > 0 and float(d[k]) <= 0.75 * base and ang <= max_angle:
             scored.append((float(d[k]), j))
     interp = sorted(j for _, j in sorted(scored)[:max_interp])
     return interp, [j for j in others if j not in set(interp)]
