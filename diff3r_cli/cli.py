@@ -289,6 +289,9 @@ def reconstruct(
                                                               "context cameras) and report psnr_extrap.")] = False,
     gif: Annotated[bool, typer.Option("--gif", help="Write the camera path as path.gif instead of "
                                                     "path.mp4.")] = False,
+    compact_ply: Annotated[bool, typer.Option("--compact-ply", help="Store SH at its own degree with Λ in the "
+                                              "vertex element (smaller; the reference SIBR viewer cannot read it). "
+                                              "Default: the 62-property layout every viewer reads.")] = False,
 ) -> None:
     """Predict a 3DGS scene from posed (or SfM-posed) images in one network pass.
 
@@ -303,7 +306,7 @@ def reconstruct(
     _print_result(fn(path=path, out=out, model=model, views=_parse_int_list(views, "--views"),
                      resolution=_parse_resolution(resolution), device=device.value, refine_steps=refine_steps,
                      uncertainty=not no_uncertainty, render=render, eval_all=eval_all,
-                     video="gif" if gif else "mp4"))
+                     video="gif" if gif else "mp4", **({"ply_layout": "compact"} if compact_ply else {})))
 
 
 # --- refine --------------------------------------------------------------------------------
@@ -326,6 +329,8 @@ def refine(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output .ply. Default: "
                                                                     "<stem>.refined.ply next to the input.")] = None,
     in_place: Annotated[bool, typer.Option("--in-place", help="Overwrite the input .ply (atomically).")] = False,
+    compact_ply: Annotated[bool, typer.Option("--compact-ply", help="Store SH at its own degree with Λ in the "
+                                              "vertex element (smaller; SIBR cannot read it).")] = False,
 ) -> None:
     """Refine a predicted scene on its input views by uncertainty-weighted test-time optimization.
 
@@ -342,7 +347,7 @@ def refine(
     _check_output_file(dest)
     fn = _engine("refine", "diff3r_cli.pipeline", "refine_command")
     _print_result(fn(ply=ply, steps=steps, optimizer=optimizer.value, uncertainty=not no_uncertainty,
-                     images=images, out=dest))
+                     images=images, out=dest, **({"ply_layout": "compact"} if compact_ply else {})))
 
 
 # --- render --------------------------------------------------------------------------------

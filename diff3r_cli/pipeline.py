@@ -213,6 +213,8 @@ class _TTOProgress:
 
     def __exit__(self, *a):
         if self.p is not None:
+            if a[0] is not None and not issubclass(a[0], KeyboardInterrupt):
+                self.p.live.transient = True  # an error: leave only its one-line message
             self.p.__exit__(*a)
 
     def __call__(self, rec: dict) -> None:
@@ -366,7 +368,7 @@ def reconstruct_command(path: Path, out: Path, model: Optional[str] = None, view
                         resolution: Optional[tuple[int, int]] = None, device: str = "auto", refine_steps: int = 0,
                         uncertainty: bool = True, render: bool = True, optimizer: str = "adam",
                         frames: int = 30, eval_all: bool = False, video: str = "mp4",
-                        show_progress: bool = True) -> dict:
+                        show_progress: bool = True, ply_layout: str = "viewer") -> dict:
     """Load posed images, predict Gaussians, optionally refine, write .ply + sidecar (+ renders).
 
     Renders (render=True): the context views, the unseen views between or near them
@@ -445,7 +447,7 @@ def reconstruct_command(path: Path, out: Path, model: Optional[str] = None, view
                 for k, i in enumerate(context):
                     save_png(tmp / f"context_{k:02d}.png", scene.images[i])
             info["context_images"] = [str(inputs_dir / f"context_{k:02d}.png") for k in range(len(context))]
-            write_splat(out, g, lam_out, info)
+            write_splat(out, g, lam_out, info, layout=ply_layout)
         if render:
             named = {"context": (ctx_cams, ctx_imgs, context)}
             if interp:
@@ -500,7 +502,7 @@ def _context_cameras(doc: dict, sidecar: Path) -> Cameras:
 
 def refine_command(ply: Path, steps: int = 200, optimizer: str = "adam", uncertainty: bool = True,
                    images: Optional[Path] = None, out: Optional[Path] = None, device: str = "auto",
-                   show_progress: bool = True) -> dict:
+                   show_progress: bool = True, ply_layout: str = "viewer") -> dict:
     """Uncertainty-weighted TTO of a reconstructed .ply on its context views; writes `out` atomically.
 
     Works at the scene's saved resolution (the network inputs stored by reconstruct). Ctrl-C or
@@ -534,13 +536,13 @@ def refine_command(ply: Path, steps: int = 200, optimizer: str = "adam", uncerta
         # keep the work done so far: the best iterate, written atomically and marked partial
         if e.best is not None and e.best.is_finite():
             info["extras"].update({"partial": True, "steps_done": e.step, "energy": e.energy})
-            write_splat(out, e.best.to("cpu"), lam.cpu() if lam is not None else None, info)
+            write_splat(out, e.best.to("cpu"), lam.cpu() if lam is not None else None, info, layout=ply_layout)
             print(f"interrupted: wrote the best iterate so far (step {e.step} of {steps}) to {out} "
                   f"(marked partial in {out.with_suffix('.json').name})", file=sys.stderr, flush=True)
         raise e.cause from None
     dt = time.perf_counter() - t0
     g = g.to("cpu")
-    write_splat(out, g, lam.cpu() if lam is not None else None, info)
+    write_splat(out, g, lam.cpu() if lam is not None else None, info, layout=ply_layout)
     first, last = hist[0], hist[-1]  # history holds E at θ0 and at every iterate, final included
     return {"steps_run": len(hist) - 1, "energy": f"{first['energy']:.5g} -> {last['energy']:.5g}",
             "context_psnr": f"{photometric_psnr(first['photometric']):.2f} -> "

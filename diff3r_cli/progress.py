@@ -33,6 +33,11 @@ class Steps:
 
     def __exit__(self, *exc) -> None:
         if self.p is not None:
+            if exc[0] is not None:
+                # an error or an interrupt: its one-line message must be all that is left on stderr
+                for t in list(self.p.tasks):
+                    self.p.remove_task(t.id)
+                self.p.live.transient = True
             self.p.__exit__(*exc)
 
     @contextmanager

@@ -154,11 +154,13 @@ def resolve_images(doc: dict, images_dir: str | Path | None = None, sidecar: str
     return paths
 
 
-def write_splat(ply_path: str | Path, gaussians, uncertainty: torch.Tensor | None, info: dict) -> tuple[Path, Path]:
-    """Write ``scene.ply`` and its ``scene.json`` (ply first: a sidecar never points at nothing)."""
+def write_splat(ply_path: str | Path, gaussians, uncertainty: torch.Tensor | None, info: dict,
+                layout: str = "viewer") -> tuple[Path, Path]:
+    """Write ``scene.ply`` (``layout``: see diff3r_cli.ply) and its ``scene.json`` (ply first: a
+    sidecar never points at nothing)."""
     from diff3r_cli.ply import write_ply
 
-    ply = write_ply(ply_path, gaussians, uncertainty)
+    ply = write_ply(ply_path, gaussians, uncertainty, layout=layout)
     return ply, write_sidecar(ply, info)
 
 
