@@ -99,8 +99,9 @@ def read_sidecar(ply_path: str | Path) -> dict:
     """
     p = sidecar_path(ply_path)
     if not p.exists():
-        raise UserError("no sidecar found (it records the input views and cameras)", p,
-                        f"keep the .json written next to {Path(ply_path).name}, or pass --images")
+        raise UserError("no sidecar found (it records the input cameras and views that refine/render need)", p,
+                        f"keep the .json that reconstruct wrote next to {Path(ply_path).name} (move them together), "
+                        "or re-run `diff3r reconstruct` to recreate both")
     try:
         doc = json.loads(p.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
