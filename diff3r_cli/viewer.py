@@ -43,6 +43,16 @@ def splat_arrays(g) -> dict[str, np.ndarray]:
             "rgbs": rgb.to(torch.float32).numpy(), "opacities": op.to(torch.float32).numpy()}
 
 
+def display_scale(covariances: np.ndarray, target_sigma: float = 0.1) -> float:
+    """World scale factor for the browser: viser sends covariances as float16, whose normal range
+    starts at 6e-5, so pixel-sized Gaussians of a metre-scale scene (σ ≈ 3 mm, σ² ≈ 1e-5) would
+    underflow to flat, invisible splats. Scaling the whole display (splats and cameras) so the
+    median Gaussian has σ ≈ target_sigma keeps every covariance representable."""
+    ev = np.linalg.eigvalsh(covariances.astype(np.float64))  # ascending per Gaussian
+    med = float(np.median(np.sqrt(np.clip(ev[:, -1], 0, None))))
+    return target_sigma / med if med > 0 and np.isfinite(med) else 1.0
+
+
 def uncertainty_colours(lam_group: np.ndarray) -> np.ndarray:
     """Λ of one group (N,) -> RGB (N,3): log λ between its 2nd and 98th percentiles on a
     blue (low λ: free to move in TTO) -> yellow (high λ: anchored to the prediction) ramp."""
@@ -105,19 +115,26 @@ def start_viewer(ply: str | Path, host: str = "127.0.0.1", port: int = 8080, ver
     ply = Path(ply)
     data = load_view_scene(ply)
     server = viser.ViserServer(host=host, port=port, label=f"diff3r: {ply.name}", verbose=verbose)
-    sp = data["splats"]
+    sp = dict(data["splats"])
+    k = display_scale(sp["covariances"])
+    sp["centers"] = sp["centers"] * k
+    sp["covariances"] = sp["covariances"] * (k * k)
     cams = data["cameras"]
     if cams is not None and len(cams):
         # OpenCV cameras: world "up" is the cameras' mean -y axis; start at the first context camera
         c2w = cams.c2w.to(torch.float64).numpy()
+        c2w[:, :3, 3] *= k
         up = -c2w[:, :3, 1].mean(0)
         server.scene.set_up_direction(tuple(float(v) for v in up / max(np.linalg.norm(up), 1e-12)))
-        first = data["context"][0] if data["context"] else 0
-        pos = c2w[first, :3, 3]
-        look = pos + c2w[first, :3, 2] * float(np.median(np.linalg.norm(sp["centers"] - pos, axis=1)))
-        server.initial_camera.position = tuple(float(v) for v in pos)
-        server.initial_camera.look_at = tuple(float(v) for v in look)
-        fy = float(cams.K[first, 1, 1])
+        ctx = data["context"] or [0]
+        centre = c2w[ctx, :3, 3].mean(0)
+        axis = c2w[ctx, :3, 2].mean(0)
+        axis /= max(np.linalg.norm(axis), 1e-12)
+        depth = float(np.median(np.linalg.norm(sp["centers"] - centre, axis=1)))
+        # start a little behind the context cameras, looking where they look: splats and frustums in view
+        server.initial_camera.position = tuple(float(v) for v in centre - 0.25 * depth * axis)
+        server.initial_camera.look_at = tuple(float(v) for v in centre + depth * axis)
+        fy = float(cams.K[ctx[0], 1, 1])
         server.initial_camera.fov = 2 * math.atan(cams.height / (2 * fy))
     splats = server.scene.add_gaussian_splats("/splats", centers=sp["centers"], covariances=sp["covariances"],
                                               rgbs=sp["rgbs"], opacities=sp["opacities"])
@@ -126,6 +143,7 @@ def start_viewer(ply: str | Path, host: str = "127.0.0.1", port: int = 8080, ver
     frustums = []
     if cams is not None:
         c2w = cams.c2w.to(torch.float64).numpy()
+        c2w[:, :3, 3] *= k  # the same display scale as the splats
         extent = float(np.linalg.norm(c2w[:, :3, 3].max(0) - c2w[:, :3, 3].min(0))) if len(cams) > 1 else 1.0
         for i in range(len(cams)):
             img_path = data["images"][i] if i < len(data["images"]) else None
