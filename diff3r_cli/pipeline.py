@@ -30,6 +30,8 @@ MAX_SIDE = 256          # default working resolution cap (long side): chosen by 
 MULTIPLE = 16           # the predictor works on multiples of 16
 MAX_DEFAULT_CONTEXT = 3
 MAX_INTERP_VIEWS = 8    # unseen views rendered by default (the nearest "interpolation" views)
+PATH_FRAMES = 24        # reconstruct's camera path: a 2 s clip at 12 fps (rendering dominates the run time)
+VIDEO_FPS = 12
 
 
 # --- small helpers --------------------------------------------------------------------------
@@ -352,10 +354,10 @@ def write_renders(dest: Path, g: Gaussians, path_cams: Cameras, video: bool | st
                 Image.fromarray(a).save(tmp / f"frame_{i:04d}.png")
                 adv(1)
             if fmt == "mp4" and len(arr) > 1:
-                write_mp4(tmp / "path.mp4", arr)
+                write_mp4(tmp / "path.mp4", arr, fps=VIDEO_FPS)
                 figures["video"] = str(dest / "path.mp4")
             elif fmt == "gif" and len(arr) > 1:
-                write_gif(tmp / "path.gif", arr)
+                write_gif(tmp / "path.gif", arr, fps=VIDEO_FPS)
                 figures["video"] = str(dest / "path.gif")
     figures["renders"] = str(dest)
     figures["frames"] = len(path_cams)
@@ -367,7 +369,7 @@ def write_renders(dest: Path, g: Gaussians, path_cams: Cameras, video: bool | st
 def reconstruct_command(path: Path, out: Path, model: Optional[str] = None, views: Optional[list[int]] = None,
                         resolution: Optional[tuple[int, int]] = None, device: str = "auto", refine_steps: int = 0,
                         uncertainty: bool = True, render: bool = True, optimizer: str = "adam",
-                        frames: int = 30, eval_all: bool = False, video: str = "mp4",
+                        frames: int = PATH_FRAMES, eval_all: bool = False, video: str = "mp4",
                         show_progress: bool = True, ply_layout: str = "viewer") -> dict:
     """Load posed images, predict Gaussians, optionally refine, write .ply + sidecar (+ renders).
 
