@@ -267,3 +267,7 @@ def test_mixed_sizes_notice_and_exact_intrinsics(caplog):
     assert torch.allclose(k1[0, 0], torch.tensor(50.0 * 4 / 3, dtype=torch.float64))
     assert torch.allclose(k1[0, 2], torch.tensor(30 * 4 / 3 - 25, dtype=torch.float64))
     assert crop_notice([(30, 40), (60, 80)], 30, 40) is None  # same aspect: nothing cut, no notice
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        stack_views([land, land], [K(60, 30)] * 2, [torch.eye(4)] * 2, 30, 40)  # one size: no notice
+    assert not caplog.records

@@ -127,10 +127,12 @@ def stack_views(images: list[torch.Tensor], Ks: list[torch.Tensor], w2cs: list[t
                 width: int, height: int, mode: str = "resize_crop") -> tuple[torch.Tensor, Cameras]:
     """Resample views of possibly different sizes to one size and batch them into (images, Cameras).
 
-    Views whose aspect ratio differs are centre-cropped (see crop_notice), announced as one
-    warning line on stderr.
+    When the views have mixed sizes, those whose aspect ratio differs are centre-cropped (see
+    crop_notice), announced as one warning line on stderr.
     """
-    note = crop_notice([(im.shape[1], im.shape[0]) for im in images], width, height, mode)
+    sizes = [(im.shape[1], im.shape[0]) for im in images]
+    # only photos of mixed sizes need telling: a uniform trim to multiples of 16 is the documented default
+    note = crop_notice(sizes, width, height, mode) if len(set(sizes)) > 1 else None
     if note:
         import logging
 
