@@ -43,6 +43,20 @@ def splat_arrays(g) -> dict[str, np.ndarray]:
             "rgbs": rgb.to(torch.float32).numpy(), "opacities": op.to(torch.float32).numpy()}
 
 
+def capture_blur(centers: np.ndarray, cam_centers: np.ndarray, focal_px: float) -> np.ndarray:
+    """(N,3,3) isotropic covariance to add so each Gaussian is drawn at least as large as our
+    rasterizer draws it in the input views: its 2D covariance gets +0.3 px² there (the EWA
+    low-pass), i.e. σ² = 0.3·(d/f)² in the world at distance d from the nearest input camera.
+
+    Pixel-aligned Gaussians are about one input pixel wide; in a browser window several times
+    larger than the input images (and in viser's renderer, which has no such low-pass) they
+    would otherwise shrink to specks and surfaces would look like holes.
+    """
+    d = np.min(np.linalg.norm(centers[:, None, :] - cam_centers[None, :, :], axis=2), axis=1)
+    var = 0.3 * (d / max(focal_px, 1e-9)) ** 2
+    return var[:, None, None] * np.eye(3, dtype=np.float32)[None]
+
+
 def display_scale(covariances: np.ndarray, target_sigma: float = 0.1) -> float:
     """World scale factor for the browser: viser sends covariances as float16, whose normal range
     starts at 6e-5, so pixel-sized Gaussians of a metre-scale scene (σ ≈ 3 mm, σ² ≈ 1e-5) would
@@ -116,10 +130,15 @@ def start_viewer(ply: str | Path, host: str = "127.0.0.1", port: int = 8080, ver
     data = load_view_scene(ply)
     server = viser.ViserServer(host=host, port=port, label=f"diff3r: {ply.name}", verbose=verbose)
     sp = dict(data["splats"])
+    cams = data["cameras"]
+    if cams is not None and len(cams):
+        ctx = data["context"] or list(range(len(cams)))
+        cc = cams.c2w.to(torch.float64).numpy()[ctx, :3, 3]
+        sp["covariances"] = (sp["covariances"] + capture_blur(sp["centers"], cc, float(cams.K[ctx, 0, 0].mean())))
+        sp["covariances"] = sp["covariances"].astype(np.float32)
     k = display_scale(sp["covariances"])
     sp["centers"] = sp["centers"] * k
     sp["covariances"] = sp["covariances"] * (k * k)
-    cams = data["cameras"]
     if cams is not None and len(cams):
         # OpenCV cameras: world "up" is the cameras' mean -y axis; start at the first context camera
         c2w = cams.c2w.to(torch.float64).numpy()
