@@ -120,3 +120,31 @@ def test_view_cli_rejects_bad_ply(tmp_path):
     bad.write_bytes(b"not a ply")
     res = CliRunner().invoke(app, ["view", str(bad)])
     assert res.exit_code == 2 and "x.ply" in res.output
+
+
+def test_capture_blur_matches_input_pixel_footprint():
+    from diff3r_cli.viewer import capture_blur
+
+    centers = np.array([[0.0, 0.0, 5.0], [0.0, 0.0, 10.0]], dtype=np.float32)
+    cov = capture_blur(centers, np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 20.0]]), focal_px=100.0)
+    # nearest camera at distance 5 for both: σ² = 0.3·(5/100)²
+    np.testing.assert_allclose(cov[:, 0, 0], 0.3 * 0.05 ** 2, rtol=1e-6)
+    np.testing.assert_allclose(cov[0], np.eye(3) * cov[0, 0, 0], atol=0)
+
+
+def test_snapshot_names_and_alpha(tmp_path):
+    from PIL import Image
+
+    from diff3r_cli.viewer import next_snapshot_path, save_snapshot
+
+    ply = tmp_path / "s.ply"
+    p0 = next_snapshot_path(ply)
+    assert p0.name == "s_view_000.png"
+    rgba = np.zeros((4, 6, 4), np.uint8)
+    rgba[..., 0] = 255
+    rgba[0, 0, 3] = 255  # one opaque red pixel, the rest transparent -> white
+    save_snapshot(p0, rgba)
+    assert next_snapshot_path(ply).name == "s_view_001.png"
+    with Image.open(p0) as im:
+        a = np.asarray(im)
+    assert a.shape == (4, 6, 3) and tuple(a[0, 0]) == (255, 0, 0) and tuple(a[1, 1]) == (255, 255, 255)
