@@ -125,7 +125,7 @@ def test_view_cli_rejects_bad_ply(tmp_path):
 def test_capture_blur_matches_input_pixel_footprint():
     from diff3r_cli.viewer import capture_blur
 
-    centers = np.array([[0.0, 0.0, 5.0], [0.0, 0.0, 10.0]], dtype=np.float32)
+    centers = np.array([[0.0, 0.0, 5.0], [0.0, 0.0, 15.0]], dtype=np.float32)
     cov = capture_blur(centers, np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 20.0]]), focal_px=100.0)
     # nearest camera at distance 5 for both: σ² = 0.3·(5/100)²
     np.testing.assert_allclose(cov[:, 0, 0], 0.3 * 0.05 ** 2, rtol=1e-6)
