@@ -295,7 +295,7 @@ def reconstruct(
 ) -> None:
     """Predict a 3DGS scene from posed (or SfM-posed) images in one network pass.
 
-    Writes OUT (a standard 3DGS .ply; the uncertainty goes in extra vertex properties that viewers ignore) and its sidecar .json, then optionally refines and renders. Needs at least 2 views.
+    Writes OUT (a standard 3DGS .ply every splat viewer reads; the uncertainty Λ rides in a separate element that viewers skip) and its sidecar .json, then optionally refines and renders (see --render). Needs at least 2 views.
     """
     _require_exists(path)
     _check_output_file(out)

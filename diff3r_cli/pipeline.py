@@ -235,6 +235,9 @@ class RefineInterrupted(KeyboardInterrupt):
     def __init__(self, cause: BaseException, best: Optional[Gaussians], step: int, energy: float):
         super().__init__(str(cause))
         self.cause, self.best, self.step, self.energy = cause, best, step, energy
+        # the CLI's exit status (130/143) follows the signal when this escapes uncaught
+        self.signum = getattr(cause, "signum", 2)
+        self.exit_code = getattr(cause, "exit_code", 130)
 
 
 def refine_gaussians(g0: Gaussians, lam: Optional[torch.Tensor], cameras: Cameras, images: torch.Tensor,
