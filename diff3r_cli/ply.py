@@ -230,9 +230,10 @@ def read_ply_columns(path: str | Path) -> dict[str, np.ndarray]:
     if path.is_dir():
         raise UserError("is a directory, expected a .ply file", path, "pass the .ply file itself")
     try:
-        # mmap=False: read into memory so a truncated file fails here, not later
-        with open(path, "rb") as fh:
-            ply = PlyData.read(fh, mmap=False)
+        # memory-mapped: plyfile's stream reader parses ~10 µs per vertex (13 s for 131k Gaussians
+        # of 62 properties); the map is checked against the header (a truncated file fails here)
+        # and every column is copied out below, so no reference to the map outlives this call
+        ply = PlyData.read(str(path), mmap=True)
     except OSError as e:
         raise UserError(f"cannot read ({e.strerror or e})", path, "check the file permissions") from None
     except Exception as e:  # plyfile raises several types for malformed/truncated input
@@ -255,7 +256,7 @@ def read_ply_columns(path: str | Path) -> dict[str, np.ndarray]:
         for k in list(data.dtype.names or ()):
             if data.dtype[k].shape != () or data.dtype[k].kind not in "fiu" or k in cols:
                 continue  # list properties (e.g. faces stored per vertex) are not ours
-            cols[k] = np.asarray(data[k], dtype=np.float32)
+            cols[k] = np.array(data[k], dtype=np.float32, copy=True)
     # the degree diff3r wrote before zero-padding to 3 (a hint, honoured only if the padding is zero)
     for c in getattr(ply, "comments", []) or []:
         m = _DEGREE_COMMENT.match(c.strip())

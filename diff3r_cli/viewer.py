@@ -122,13 +122,8 @@ def load_view_scene(ply: Path) -> dict:
             "images": images, "context": context}
 
 
-def start_viewer(ply: str | Path, host: str = "127.0.0.1", port: int = 8080, verbose: bool = False):
-    """Start a viser server showing ``ply``; returns (server, url). The caller stops it (server.stop())."""
-    import viser
-
-    ply = Path(ply)
-    data = load_view_scene(ply)
-    server = viser.ViserServer(host=host, port=port, label=f"diff3r: {ply.name}", verbose=verbose)
+def _populate(server, ply: Path, data: dict) -> None:
+    """Add the splats, the camera frustums and the GUI (colour by Λ, save view) to a viser server."""
     sp = dict(data["splats"])
     cams = data["cameras"]
     if cams is not None and len(cams):
@@ -140,7 +135,7 @@ def start_viewer(ply: str | Path, host: str = "127.0.0.1", port: int = 8080, ver
     sp["centers"] = sp["centers"] * k
     sp["covariances"] = sp["covariances"] * (k * k)
     if cams is not None and len(cams):
-        # OpenCV cameras: world "up" is the cameras' mean -y axis; start at the first context camera
+        # OpenCV cameras: world "up" is the cameras' mean -y axis
         c2w = cams.c2w.to(torch.float64).numpy()
         c2w[:, :3, 3] *= k
         up = -c2w[:, :3, 1].mean(0)
@@ -209,6 +204,20 @@ def start_viewer(ply: str | Path, host: str = "127.0.0.1", port: int = 8080, ver
         saved_note.content = f"saved `{dest}`"
         print(f"saved {dest}", flush=True)
 
+
+
+def start_viewer(ply: str | Path, host: str = "127.0.0.1", port: int = 8080, verbose: bool = False):
+    """Start a viser server showing ``ply``; returns (server, url). The caller stops it (server.stop())."""
+    import viser
+
+    ply = Path(ply)
+    data = load_view_scene(ply)
+    server = viser.ViserServer(host=host, port=port, label=f"diff3r: {ply.name}", verbose=verbose)
+    try:
+        _populate(server, ply, data)
+    except BaseException:
+        server.stop()  # its threads would otherwise keep an interrupted process alive
+        raise
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{server.get_port()}"
     return server, url
 

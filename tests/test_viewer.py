@@ -16,7 +16,7 @@ from diff3r_cli.cameras import Cameras
 from diff3r_cli.gaussians import Gaussians
 from diff3r_cli.sidecar import write_splat
 
-viser = pytest.importorskip("viser")
+import viser  # noqa: E402  a runtime dependency: the viewer test must run in CI, never skip
 
 
 def _scene(tmp_path, n=64):
