@@ -73,6 +73,10 @@ class _Progress:
 
     def __exit__(self, *exc):
         if self.enabled:
+            if exc[0] is not None:  # error or interrupt: leave only its one-line message on stderr
+                for t in list(self.p.tasks):
+                    self.p.remove_task(t.id)
+                self.p.live.transient = True
             self.p.__exit__(*exc)
 
     def stage(self, description: str, total: int | None = None):
