@@ -5,7 +5,7 @@ Starts the viewer on a free loopback port in this process, opens it in headless 
 to arrive and render, and saves a PNG.
 
     apt-get install -y chromium          # Debian/Ubuntu
-    python benchmarks/viewer_screenshot.py --ply out/scene.ply --out benchmarks/results/viewer.png
+    python benchmarks/viewer_screenshot.py --ply out/scene.ply --width 1024 --height 576 --wait 25
 
 Without --ply it reconstructs the bundled sample into out/ first.
 """
@@ -82,6 +82,7 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=1280)
     ap.add_argument("--height", type=int, default=720)
     ap.add_argument("--wait", type=float, default=20.0, help="seconds to let the page render")
+    ap.add_argument("--colors", type=int, default=256, help="palette size of the saved PNG (0: full colour)")
     args = ap.parse_args()
 
     ply = args.ply
@@ -119,8 +120,17 @@ def main() -> None:
         server.stop()
         shutil.rmtree(profile, ignore_errors=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_bytes(png)
-    print(f"saved {args.out} ({len(png) // 1024} KiB) from {url} showing {ply}")
+    if args.colors:
+        # a 256-colour palette keeps the committed picture small (~80 KiB instead of ~350)
+        import io
+
+        from PIL import Image
+
+        im = Image.open(io.BytesIO(png)).convert("RGB").quantize(colors=args.colors, method=Image.Quantize.MEDIANCUT)
+        im.save(args.out, optimize=True)
+    else:
+        args.out.write_bytes(png)
+    print(f"saved {args.out} ({args.out.stat().st_size // 1024} KiB) from {url} showing {ply}")
 
 
 if __name__ == "__main__":
