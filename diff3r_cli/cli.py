@@ -3,7 +3,8 @@ and prints the result.
 
 Every subcommand runs inside one error wrapper: a UserError (bad input, with the file and
 the fix) or a NumericalError becomes one line ``error: ...`` on stderr and exit status 2,
-never a traceback. Engines are imported lazily inside each command, so `--help` and
+never a traceback. SIGINT/SIGTERM become ``error: interrupted (SIGxxx)`` and exit
+130/143 after temporary files are removed (diff3r_cli.interrupts). Engines are imported lazily inside each command, so `--help` and
 `inspect` stay fast and a subcommand whose engine does not exist yet says so (exit 2)
 instead of pretending.
 
@@ -11,11 +12,13 @@ Engine contract (keyword arguments each command passes; the engine may return a 
 figures/paths, which is printed as a key/value table):
 
 - reconstruct -> diff3r_cli.pipeline.reconstruct_command(path, out, model, views: list[int]|None,
-  resolution: (W,H)|None, device: "auto"|"cpu"|"cuda", refine_steps, uncertainty: bool, render: bool)
+  resolution: (W,H)|None, device: "auto"|"cpu"|"cuda", refine_steps, uncertainty: bool, render: bool,
+  eval_all: bool, video: "mp4"|"gif"[, ply_layout="compact" only with --compact-ply])
 - refine -> diff3r_cli.pipeline.refine_command(ply, steps, optimizer: "adam"|"lm", uncertainty: bool,
-  images: Path|None, out: Path)   (out == ply for --in-place; the .ply was already validated)
+  images: Path|None, out: Path[, ply_layout])   (out == ply for --in-place; the .ply was already validated)
 - render -> diff3r_cli.pipeline.render_command(ply, out: Path (folder), path: "interpolate"|"orbit"|"input",
-  frames, video: bool)
+  frames, video: False|True (MP4)|"gif")
+- view -> diff3r_cli.viewer.view_command(ply, host, port)   (serves until interrupted)
 - train -> diff3r_cli.train.train_main(data, data_root, stage, steps, resolution, batch, out, resume, init,
   outliers[, model_size, lr, inner_steps, seed only when given])
 - eval -> diff3r_cli.evaluate.evaluate_main(data_root, data, model, ff_model, tto_steps: list[int], outliers,
