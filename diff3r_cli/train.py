@@ -41,6 +41,7 @@ import torch
 from diff3r_cli.cameras import Cameras
 from diff3r_cli.errors import NumericalError, UserError
 from diff3r_cli.metrics import psnr_from_mse, ssim
+from diff3r_cli.ply import default_mode
 
 STAGES = ("ff", "diff3r")
 DATA_KINDS = ("re10k", "synthetic")
@@ -52,6 +53,7 @@ DEFAULT_SYNTH_ROOT = Path("runs") / "data" / "synth"
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, default_mode())  # mkstemp makes 0600; checkpoints are ordinary files (0644 under umask 022)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -69,6 +71,7 @@ def _atomic_json(path: Path, obj: Any) -> None:
 def _atomic_torch_save(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, default_mode())  # mkstemp makes 0600; checkpoints are ordinary files (0644 under umask 022)
     os.close(fd)
     try:
         torch.save(obj, tmp)

@@ -191,9 +191,17 @@ def test_output_modes_follow_umask(tmp_path, umask, fmode, dmode):
         p = write_ply(tmp_path / "a.ply", g)
         with atomic_dir(tmp_path / "d") as d:
             (d / "x.txt").write_text("x")
+        cfg = PredictorConfig.preset("small", enc_channels=(8, 8), feat_dim=8, num_planes=8, refine_channels=8,
+                                     head_channels=8, attn_layers=0)
+        m = save_model(tmp_path / "m.safetensors", Predictor(cfg), {"resolution": 32})  # train's writer too
+        from diff3r_cli.train import _atomic_json
+
+        _atomic_json(tmp_path / "log.json", {"a": 1})
     finally:
         os.umask(old)
     assert stat.S_IMODE(p.stat().st_mode) == fmode
+    assert stat.S_IMODE(Path(m).stat().st_mode) == fmode
+    assert stat.S_IMODE((tmp_path / "log.json").stat().st_mode) == fmode
     assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == dmode
 
 

@@ -17,6 +17,7 @@ import torch
 
 from diff3r_cli.errors import UserError
 from diff3r_cli.model.predictor import Predictor, PredictorConfig
+from diff3r_cli.ply import default_mode
 
 FORMAT = "diff3r-predictor"
 MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
@@ -27,6 +28,7 @@ def _atomic_save_file(tensors: dict, path: Path, metadata: dict) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, default_mode())  # mkstemp makes 0600; checkpoints are ordinary files (0644 under umask 022)
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=metadata)
