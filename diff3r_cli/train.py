@@ -53,10 +53,10 @@ DEFAULT_SYNTH_ROOT = Path("runs") / "data" / "synth"
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.chmod(tmp, default_mode())  # mkstemp makes 0600; checkpoints are ordinary files (0644 under umask 022)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, default_mode())  # mkstemp (and safetensors) make 0600; outputs follow the umask
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -71,10 +71,10 @@ def _atomic_json(path: Path, obj: Any) -> None:
 def _atomic_torch_save(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.chmod(tmp, default_mode())  # mkstemp makes 0600; checkpoints are ordinary files (0644 under umask 022)
     os.close(fd)
     try:
         torch.save(obj, tmp)
+        os.chmod(tmp, default_mode())  # mkstemp (and safetensors) make 0600; outputs follow the umask
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -28,10 +28,10 @@ def _atomic_save_file(tensors: dict, path: Path, metadata: dict) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.chmod(tmp, default_mode())  # mkstemp makes 0600; checkpoints are ordinary files (0644 under umask 022)
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=metadata)
+        os.chmod(tmp, default_mode())  # mkstemp (and safetensors) make 0600; outputs follow the umask
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
