@@ -122,8 +122,11 @@ def load_view_scene(ply: Path) -> dict:
             "images": images, "context": context}
 
 
-def _populate(server, ply: Path, data: dict) -> None:
-    """Add the splats, the camera frustums and the GUI (colour by Λ, save view) to a viser server."""
+def _populate(server, ply: Path, data: dict) -> dict:
+    """Add the splats, the camera frustums and the GUI (colour by Λ, save view) to a viser server.
+
+    Returns the live handles: {"splats": current splat node, "colour": dropdown, "cameras": checkbox,
+    "save": button, "frustums": [...]} (the splat node is replaced when the colouring changes)."""
     sp = dict(data["splats"])
     cams = data["cameras"]
     if cams is not None and len(cams):
@@ -204,6 +207,9 @@ def _populate(server, ply: Path, data: dict) -> None:
         saved_note.content = f"saved `{dest}`"
         print(f"saved {dest}", flush=True)
 
+    state.update(colour=colour, cameras=show_cams, save=save, frustums=frustums)
+    return state
+
 
 
 def start_viewer(ply: str | Path, host: str = "127.0.0.1", port: int = 8080, verbose: bool = False):
@@ -214,7 +220,7 @@ def start_viewer(ply: str | Path, host: str = "127.0.0.1", port: int = 8080, ver
     data = load_view_scene(ply)
     server = viser.ViserServer(host=host, port=port, label=f"diff3r: {ply.name}", verbose=verbose)
     try:
-        _populate(server, ply, data)
+        server.diff3r_handles = _populate(server, ply, data)  # for scripts and tests: the GUI handles
     except BaseException:
         server.stop()  # its threads would otherwise keep an interrupted process alive
         raise

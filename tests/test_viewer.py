@@ -148,3 +148,29 @@ def test_snapshot_names_and_alpha(tmp_path):
     with Image.open(p0) as im:
         a = np.asarray(im)
     assert a.shape == (4, 6, 3) and tuple(a[0, 0]) == (255, 0, 0) and tuple(a[1, 1]) == (255, 255, 255)
+
+
+def test_colour_by_uncertainty_recolours_the_splats(tmp_path):
+    from diff3r_cli.viewer import start_viewer, uncertainty_colours
+
+    ply, g = _scene(tmp_path)
+    server, _ = start_viewer(ply, port=_free_port())
+    try:
+        h = server.diff3r_handles
+        rgba = lambda: np.asarray(h["splats"].buffer).view(np.uint8).reshape(-1, 32)[:, 28:31].copy()  # noqa: E731
+        photo = rgba()
+        assert "uncertainty Λ: opacity" in h["colour"].options
+        h["colour"].value = "uncertainty Λ: opacity"  # what a click in the browser does
+        from diff3r_cli.ply import read_ply
+
+        _, lam = read_ply(ply)
+        want = (uncertainty_colours(lam[:, 3].numpy()) * 255).round()
+        got = rgba().astype(np.float64)
+        assert not np.array_equal(got, photo)
+        assert np.abs(got - want).max() <= 1.0  # Λ of the opacity group, on the blue->yellow ramp
+        h["colour"].value = "photo colours"
+        assert np.array_equal(rgba(), photo)
+        h["cameras"].value = False
+        assert not any(f.visible for f in h["frustums"])
+    finally:
+        server.stop()
