@@ -42,7 +42,8 @@ def _chromium() -> str:
     raise SystemExit("no Chromium found: apt-get install -y chromium")
 
 
-async def _capture(devtools_port: int, url: str, width: int, height: int, wait_s: float) -> bytes:
+async def _capture(devtools_port: int, url: str, width: int, height: int, wait_s: float,
+                   click_save: bool = False) -> bytes:
     import websockets
 
     # a fresh tab, driven over the DevTools protocol
@@ -72,6 +73,10 @@ async def _capture(devtools_port: int, url: str, width: int, height: int, wait_s
                                                   ".forEach(b => b.click())")
         await asyncio.sleep(1.0)
         shot = await call("Page.captureScreenshot", format="png")
+        if click_save:  # press the viewer's "save view as PNG" button like a user
+            await call("Runtime.evaluate", expression="[...document.querySelectorAll('button')]"
+                                                      ".find(b => b.textContent.includes('save view as PNG')).click()")
+            await asyncio.sleep(wait_s)  # the browser renders the view and sends it back
         return base64.b64decode(shot["data"])
 
 
@@ -82,6 +87,8 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=1280)
     ap.add_argument("--height", type=int, default=720)
     ap.add_argument("--wait", type=float, default=20.0, help="seconds to let the page render")
+    ap.add_argument("--click-save", action="store_true",
+                    help="also press 'save view as PNG' and check that the viewer wrote <stem>_view_NNN.png")
     ap.add_argument("--colors", type=int, default=256, help="palette size of the saved PNG (0: full colour)")
     args = ap.parse_args()
 
@@ -113,7 +120,11 @@ def main() -> None:
                 if time.monotonic() - t0 > 60:
                     raise SystemExit("Chromium did not start")
                 time.sleep(0.3)
-        png = asyncio.run(_capture(dev_port, url, args.width, args.height, args.wait))
+        before = set(ply.parent.glob(f"{ply.stem}_view_*.png"))
+        png = asyncio.run(_capture(dev_port, url, args.width, args.height, args.wait, args.click_save))
+        if args.click_save:
+            new = sorted(set(ply.parent.glob(f"{ply.stem}_view_*.png")) - before)
+            print(f"save button: {'wrote ' + ', '.join(map(str, new)) if new else 'NOTHING WRITTEN'}")
     finally:
         browser.terminate()
         browser.wait(timeout=30)

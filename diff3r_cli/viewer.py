@@ -201,9 +201,14 @@ def _populate(server, ply: Path, data: dict) -> dict:
         client = event.client
         if client is None:
             return
-        img = client.get_render(height=720, width=1280, transport_format="png", timeout=30.0)
-        dest = next_snapshot_path(ply)
-        save_snapshot(dest, img)
+        saved_note.content = "rendering the view ..."
+        try:
+            img = client.get_render(height=720, width=1280, transport_format="png", timeout=60.0)
+            dest = next_snapshot_path(ply)
+            save_snapshot(dest, img)
+        except Exception as e:  # a closed tab or a slow browser must not take the server down
+            saved_note.content = f"could not save the view: {e}"
+            return
         saved_note.content = f"saved `{dest}`"
         print(f"saved {dest}", flush=True)
 
