@@ -41,6 +41,7 @@ import torch
 from diff3r_cli.cameras import Cameras
 from diff3r_cli.errors import NumericalError, UserError
 from diff3r_cli.metrics import psnr_from_mse, ssim
+from diff3r_cli.ply import default_mode
 
 STAGES = ("ff", "diff3r")
 DATA_KINDS = ("re10k", "synthetic")
@@ -55,6 +56,7 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, default_mode())  # mkstemp (and safetensors) make 0600; outputs follow the umask
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -72,6 +74,7 @@ def _atomic_torch_save(path: Path, obj: Any) -> None:
     os.close(fd)
     try:
         torch.save(obj, tmp)
+        os.chmod(tmp, default_mode())  # mkstemp (and safetensors) make 0600; outputs follow the umask
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -290,12 +293,14 @@ class _StopFlag:
 
     def __init__(self):
         self.requested = False
+        self.signum: int | None = None
         self._old = {}
 
     def _handler(self, signum, frame):
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = True
+        self.signum = signum
 
     @contextmanager
     def installed(self):
@@ -763,6 +768,8 @@ def train_main(data: str = "synthetic", data_root: str | None = None, stage: str
     summary = {"status": status, "step": step, "out": str(out), "loss": last.get("loss"), "psnr": last.get("psnr"),
                "steps_per_s": last.get("steps_per_s"), "skipped_total": total_skipped,
                "parameters": model.num_parameters(), "world_size": dist.world}
+    if status == "interrupted":
+        summary["signal"] = flag.signum
     if last_eval:
         summary.update({"eval_psnr": last_eval["psnr"], "eval_psnr_mean_colour": last_eval["psnr_mean_colour"]})
     if return_model:
