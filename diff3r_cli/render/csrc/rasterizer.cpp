@@ -15,6 +15,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <omp.h>
+#include <parallel/algorithm>
 
 #include <algorithm>
 #include <cmath>
@@ -541,16 +542,21 @@ std::vector<at::Tensor> project_backward_impl(const std::vector<at::Tensor>& P, 
 
 template <typename T>
 std::vector<int64_t> depth_order(const at::Tensor& feat, const int64_t* pc, int64_t E) {
-  // compositing order: (camera, depth), ties by entry index (= a stable sort by depth)
+  // compositing order: (camera, depth), ties by entry index (= a stable sort by depth). The
+  // keys are unique, so the parallel sort's result does not depend on the thread count.
   const T* f = feat.data_ptr<T>();
   std::vector<int64_t> order(E);
   for (int64_t e = 0; e < E; ++e) order[e] = e;
-  std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+  auto less = [&](int64_t a, int64_t b) {
     if (pc[a] != pc[b]) return pc[a] < pc[b];
     const T za = f[4 * a + 3], zb = f[4 * b + 3];
     if (za != zb) return za < zb;
     return a < b;
-  });
+  };
+  if (at::get_num_threads() > 1 && E > 4096)
+    __gnu_parallel::sort(order.begin(), order.end(), less);
+  else
+    std::sort(order.begin(), order.end(), less);
   return order;
 }
 
@@ -565,14 +571,22 @@ std::vector<at::Tensor> bin_tiles(const at::Tensor& box, const at::Tensor& cam, 
   const int64_t TX = (W + tile - 1) / tile, TY = (H + tile - 1) / tile, NT = C * TX * TY;
   const int32_t* b = box.data_ptr<int32_t>();
   const int64_t* pc = cam.data_ptr<int64_t>();
+  // each camera's entries are a contiguous run of the order, and its tiles are its own, so
+  // cameras are counted and filled in parallel without sharing a counter
+  std::vector<int64_t> cstart(C + 1, E);
+  for (int64_t k = E - 1; k >= 0; --k) cstart[pc[po[k]]] = k;
+  for (int64_t c = C - 1; c >= 0; --c) cstart[c] = std::min(cstart[c], cstart[c + 1]);
   std::vector<int64_t> count(NT + 1, 0);
-  for (int64_t e = 0; e < E; ++e) {
-    const int32_t* bb = b + 4 * e;
-    if (bb[1] < bb[0] || bb[3] < bb[2]) continue;
-    const int64_t base = pc[e] * TX * TY;
-    for (int64_t ty = bb[2] / tile; ty <= bb[3] / tile; ++ty)
-      for (int64_t tx = bb[0] / tile; tx <= bb[1] / tile; ++tx) count[base + ty * TX + tx + 1]++;
-  }
+  const int nt = at::get_num_threads();
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t k = cstart[c]; k < cstart[c + 1]; ++k) {
+      const int32_t* bb = b + 4 * po[k];
+      if (bb[1] < bb[0] || bb[3] < bb[2]) continue;
+      const int64_t base = c * TX * TY;
+      for (int64_t ty = bb[2] / tile; ty <= bb[3] / tile; ++ty)
+        for (int64_t tx = bb[0] / tile; tx <= bb[1] / tile; ++tx) count[base + ty * TX + tx + 1]++;
+    }
   for (int64_t i = 0; i < NT; ++i) count[i + 1] += count[i];
   at::Tensor offsets = at::empty({NT + 1}, cam.options());
   int64_t* off = offsets.data_ptr<int64_t>();
@@ -580,14 +594,16 @@ std::vector<at::Tensor> bin_tiles(const at::Tensor& box, const at::Tensor& cam, 
   at::Tensor list = at::empty({count[NT]}, cam.options().dtype(at::kInt));
   int32_t* l = list.data_ptr<int32_t>();
   // filling in depth order keeps every tile's list sorted by depth
-  for (int64_t k = 0; k < E; ++k) {
-    const int64_t e = po[k];
-    const int32_t* bb = b + 4 * e;
-    if (bb[1] < bb[0] || bb[3] < bb[2]) continue;
-    const int64_t base = pc[e] * TX * TY;
-    for (int64_t ty = bb[2] / tile; ty <= bb[3] / tile; ++ty)
-      for (int64_t tx = bb[0] / tile; tx <= bb[1] / tile; ++tx) l[count[base + ty * TX + tx]++] = (int32_t)e;
-  }
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t k = cstart[c]; k < cstart[c + 1]; ++k) {
+      const int64_t e = po[k];
+      const int32_t* bb = b + 4 * e;
+      if (bb[1] < bb[0] || bb[3] < bb[2]) continue;
+      const int64_t base = c * TX * TY;
+      for (int64_t ty = bb[2] / tile; ty <= bb[3] / tile; ++ty)
+        for (int64_t tx = bb[0] / tile; tx <= bb[1] / tile; ++tx) l[count[base + ty * TX + tx]++] = (int32_t)e;
+    }
   return {offsets, list};
 }
 
