@@ -64,11 +64,21 @@ def choose_context(cameras: Cameras, count: int = MAX_DEFAULT_CONTEXT) -> list[i
     return sorted(order[:count])
 
 
-def estimate_depth_range(scene, context: list[int]) -> tuple[float, float, str]:
+def _range_from_points(cams: Cameras, points: torch.Tensor) -> Optional[tuple[float, float]]:
+    """Near/far from world points seen by the cameras: robust 2-98 % depth quantiles, widened."""
+    _, z = cams.project(points.to(torch.float64))
+    z = z[z > 1e-6]
+    if z.numel() < 10:
+        return None
+    return float(torch.quantile(z, 0.02)) * 0.6, float(torch.quantile(z, 0.98)) * 1.6
+
+
+def estimate_depth_range(scene, context: list[int], triangulate: bool = True) -> tuple[float, float, str]:
     """Near/far planes for the cost volume, from what the scene offers.
 
-    Priority: stored depths (synthetic/RE10K extras), sparse 3D points (COLMAP/SfM),
-    sidecar/transforms near/far hints, else the cameras' common look-at point.
+    Priority: sidecar/transforms near/far hints, stored depths (synthetic/RE10K extras), sparse
+    3D points (COLMAP/SfM), features of the context views triangulated with their known poses
+    (transforms.json, RE10K: pycolmap), else the cameras' common look-at point.
     """
     cams = scene.cameras[context]
     ex = scene.extras
@@ -80,12 +90,17 @@ def estimate_depth_range(scene, context: list[int]) -> tuple[float, float, str]:
         if d.numel():
             return float(d.min()) * 0.8, float(d.max()) * 1.2, "depth maps"
     if "points3d" in ex and len(ex["points3d"]) >= 10:
-        _, z = cams.project(ex["points3d"].to(torch.float64))
-        z = z[z > 1e-6]
-        if z.numel() >= 10:
-            lo = float(torch.quantile(z, 0.02))
-            hi = float(torch.quantile(z, 0.98))
-            return lo * 0.6, hi * 1.6, "sparse points"
+        rng = _range_from_points(cams, ex["points3d"])
+        if rng is not None:
+            return rng[0], rng[1], "sparse points"
+    if triangulate and len(context) >= 2:
+        from diff3r_cli.scene_io.triangulate import triangulate_known_cameras
+
+        tri = triangulate_known_cameras(scene.images[context], cams)
+        rng = _range_from_points(cams, tri["points3d"]) if tri["num_points"] >= 10 else None
+        if rng is not None:
+            return rng[0], rng[1], (f"triangulated matches ({tri['num_points']} points, "
+                                    f"{tri['reprojection_error']:.2f} px)")
     # look-at: least-squares point closest to all optical axes
     c2w = cams.c2w.to(torch.float64)
     o, d = c2w[:, :3, 3], c2w[:, :3, 2]
