@@ -156,8 +156,8 @@ def _parse_int_list(text: Optional[str], option: str) -> Optional[list[int]]:
     return vals
 
 
-def _parse_resolution(text: Optional[str]) -> Optional[tuple[int, int]]:
-    """'256' -> (256, 256); '320x240' -> (width 320, height 240)."""
+def _parse_resolution(text: Optional[str]) -> Optional[int | tuple[int, int]]:
+    """'256' -> 256 (the short side, native aspect); '320x240' -> (width 320, height 240)."""
     if text is None:
         return None
     try:
@@ -168,7 +168,7 @@ def _parse_resolution(text: Optional[str]) -> Optional[tuple[int, int]]:
     except ValueError:
         raise UserError(f"--resolution expects N or WxH (positive integers), got {text!r}", None,
                         "e.g. --resolution 256 or --resolution 320x256") from None
-    return w, h
+    return w if len(parts) == 1 else (w, h)
 
 
 def _print_result(result: Any) -> None:
@@ -247,8 +247,10 @@ def reconstruct(
                                                       "checkpoint. Default: the bundled default model.")] = None,
     views: Annotated[Optional[str], typer.Option(help="Comma-separated view indices to use as context, "
                                                       "e.g. 0,5. Default: all views (at least 2 needed).")] = None,
-    resolution: Annotated[Optional[str], typer.Option(help="Working resolution N or WxH (images are resized "
-                                                           "and centre-cropped). Default: the model's.")] = None,
+    resolution: Annotated[Optional[str], typer.Option(help="Working resolution: N = the short side at the "
+                                                           "images' own aspect ratio (sides cropped to a multiple "
+                                                           "of 16), or WxH (resized to cover, centre-cropped). "
+                                                           "Default: native size, long side at most 512.")] = None,
     device: Annotated[Device, typer.Option(help="Where to run: auto picks CUDA when available.")] = Device.auto,
     refine_steps: Annotated[int, typer.Option(min=0, help="Uncertainty-weighted test-time optimization steps "
                                                           "after prediction (0 = none).")] = 0,
@@ -344,7 +346,8 @@ def train(
     stage: Annotated[Stage, typer.Option(help="ff: train the feed-forward predictor alone; diff3r: train "
                                               "through the optimization layer (usually with --init).")] = Stage.diff3r,
     steps: Annotated[int, typer.Option(min=1, help="Training steps.")] = 20000,
-    resolution: Annotated[int, typer.Option(min=16, help="Training image size (square, multiple of 16).")] = 256,
+    resolution: Annotated[int, typer.Option(min=16, help="Short side of the training images; each scene keeps "
+                                                         "its aspect ratio (batches grouped by size).")] = 256,
     batch: Annotated[int, typer.Option(min=1, help="Scenes per step (per process under torchrun).")] = 4,
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: checkpoints, logs.")] = Path("runs/train"),
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint in --out.")] = False,
@@ -409,8 +412,8 @@ def eval_cmd(
                                                                    "views get occluders / exposure changes "
                                                                    "(robustness evaluation; targets stay clean).")] = 0.0,
     limit: Annotated[Optional[int], typer.Option(min=1, help="Evaluate at most this many test scenes.")] = None,
-    resolution: Annotated[Optional[int], typer.Option(min=16, help="Square working resolution. "
-                                                                   "Default: the model's training resolution.")] = None,
+    resolution: Annotated[Optional[int], typer.Option(min=16, help="Short side; each scene keeps its aspect "
+                                                                   "ratio. Default: the model's training resolution.")] = None,
     optimizer: Annotated[Optimizer, typer.Option(help="TTO optimizer.")] = Optimizer.adam,
     device: Annotated[Device, typer.Option(help="Where to run.")] = Device.auto,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the results (summary and "

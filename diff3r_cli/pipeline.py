@@ -277,7 +277,7 @@ def write_renders(dest: Path, g: Gaussians, path_cams: Cameras, video: bool,
 # --- engines -----------------------------------------------------------------------------------
 
 def reconstruct_command(path: Path, out: Path, model: Optional[str] = None, views: Optional[list[int]] = None,
-                        resolution: Optional[tuple[int, int]] = None, device: str = "auto", refine_steps: int = 0,
+                        resolution: Optional[int | tuple[int, int]] = None, device: str = "auto", refine_steps: int = 0,
                         uncertainty: bool = True, render: bool = True, optimizer: str = "adam",
                         frames: int = 30) -> dict:
     """Load posed images, predict Gaussians, optionally refine, write .ply + sidecar (+ renders)."""
@@ -305,7 +305,11 @@ def reconstruct_command(path: Path, out: Path, model: Optional[str] = None, view
         context = [int(i) for i in hint] if hint is not None else choose_context(scene.cameras)
     if len(context) < 2:
         raise UserError(f"{len(context)} context view(s); at least 2 are needed", path, "pass --views i,j")
-    res = resolution or default_resolution(scene.width, scene.height)
+    if isinstance(resolution, int):  # the short side, at the input's own aspect ratio
+        from diff3r_cli.scene_io.images import native_size
+        res = native_size(scene.width, scene.height, resolution, MULTIPLE)
+    else:
+        res = resolution or default_resolution(scene.width, scene.height)
     if (res[0], res[1]) != (scene.width, scene.height):
         scene = resize_scene(scene, res[0], res[1])
     near, far, range_src = estimate_depth_range(scene, context)

@@ -26,6 +26,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from diff3r_cli.cameras import Cameras
 from diff3r_cli.errors import UserError
+from diff3r_cli.scene_io.images import native_size
 from diff3r_cli.scene_io.re10k import (LAYOUT_HINT, BadChunkError, decode_jpeg, example_to_cameras, find_chunks,
                                        read_chunk, read_evaluation_index)
 
@@ -103,12 +104,15 @@ class RE10KDataset(IterableDataset):
 
     Keys: context_images (V,H,W,3) float [0,1], context_K (V,3,3) pixels, context_w2c (V,4,4),
     target_images (T,H,W,3), target_K, target_w2c, near, far (0-d float tensors, in the units
-    of the returned cameras), scale (the factor applied to world units), key (str),
+    of the returned cameras), depth_range_from ("depth maps" or "default": the near/far arguments), scale (the factor applied to world units), key (str),
     context_indices (V,), target_indices (T,), indices (V+T,) long, context_outlier_mask
     (V,H,W) bool (all False unless ``outliers`` is given).
 
-    root: dataset root (with train/ and test/), a split dir or a chunk file. resolution: int
-    or (width, height). evaluation_index: JSON path -> evaluation mode (fixed views, no
+    root: dataset root (with train/ and test/), a split dir or a chunk file. resolution: int =
+    the short side, each example keeping its native aspect ratio (sides centre-cropped to a
+    multiple of ``multiple``, intrinsics exact), so samples of different scenes may differ in
+    size (batch them with ``BucketBatcher``); or (width, height) = one fixed size for all
+    (scaled to cover, centre-cropped). evaluation_index: JSON path -> evaluation mode (fixed views, no
     shuffling). baseline_normalize: scale the scene so the first-to-last context baseline is 1
     (near/far from depth are scaled too; the default near/far are taken as already normalised,
     as in MVSplat). near/far: used when the example stores no depth. rank/world_size: DDP
@@ -120,7 +124,7 @@ class RE10KDataset(IterableDataset):
                  baseline_normalize: bool = False, near: float = 1.0, far: float = 100.0,
                  depth_margin: float = 0.8, seed: int = 0, rank: int | None = None, world_size: int | None = None,
                  shuffle: bool | None = None, repeat: bool = False, outliers=None,
-                 min_baseline: float = 1e-3, warn: bool = True):
+                 min_baseline: float = 1e-3, warn: bool = True, multiple: int = 16):
         root = Path(root)
         self.chunks = find_chunks(root, split)
         if not self.chunks:
@@ -134,7 +138,10 @@ class RE10KDataset(IterableDataset):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world_size {world_size}")
         self.root, self.split = root, split
-        self.width, self.height = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
+        # int: short side at native aspect (size decided per example); tuple: one fixed size
+        self.short = int(resolution) if isinstance(resolution, int) else None
+        self.fixed = None if isinstance(resolution, int) else (int(resolution[0]), int(resolution[1]))
+        self.multiple = int(multiple)
         self.sampler = sampler or ViewSamplerConfig()
         self.eval_index = read_evaluation_index(evaluation_index) if evaluation_index is not None else None
         self.baseline_normalize = baseline_normalize
@@ -219,27 +226,29 @@ class RE10KDataset(IterableDataset):
         if any(im.shape[:2] != (h, w) for im in imgs):
             return None
         cams = example_to_cameras(example, w, h, frames)
-        cams, crop, size = cams.resize_crop(self.width, self.height)
+        width, height = self.fixed or native_size(w, h, self.short, self.multiple)
+        cams, crop, size = cams.resize_crop(width, height)
         images = _resize_crop_images(torch.stack(imgs), size, crop)
         K = cams.K.float()
         w2c = cams.w2c.clone()
         V = len(context)
         scale = 1.0
         if self.baseline_normalize:
-            centres = Cameras(cams.K, w2c, self.width, self.height).centers
+            centres = Cameras(cams.K, w2c, width, height).centers
             baseline = float((centres[0] - centres[V - 1]).norm())
             if baseline < self.min_baseline:
                 return None
             scale = 1.0 / baseline
             w2c[:, :3, 3] *= scale  # scaling the world scales camera translations, not rotations
-        near, far = self.near, self.far
+        near, far, range_src = self.near, self.far, "default"
         if "depths" in example and len(example["depths"]) == example["cameras"].shape[0]:
             d = torch.stack([example["depths"][i].float() for i in context])
             d = d[torch.isfinite(d) & (d > 0)]
             if d.numel():
                 near = float(d.min()) * self.depth_margin * scale
                 far = float(d.max()) / self.depth_margin * scale
-        mask = torch.zeros(V, self.height, self.width, dtype=torch.bool)
+                range_src = "depth maps"
+        mask = torch.zeros(V, height, width, dtype=torch.bool)
         ctx_images = images[:V]
         if self.outliers is not None:
             from diff3r_cli.data.outliers import corrupt_context
@@ -250,7 +259,7 @@ class RE10KDataset(IterableDataset):
             "context_images": ctx_images, "context_K": K[:V], "context_w2c": w2c[:V],
             "target_images": images[V:], "target_K": K[V:], "target_w2c": w2c[V:],
             "near": torch.tensor(near, dtype=torch.float32), "far": torch.tensor(far, dtype=torch.float32),
-            "scale": torch.tensor(scale, dtype=torch.float32), "key": example["key"],
+            "scale": torch.tensor(scale, dtype=torch.float32), "key": example["key"], "depth_range_from": range_src,
             "context_indices": torch.tensor(context, dtype=torch.long),
             "target_indices": torch.tensor(target, dtype=torch.long),
             "indices": torch.tensor(frames, dtype=torch.long),
