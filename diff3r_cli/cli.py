@@ -374,6 +374,10 @@ def train(
                                                         "CPU).")] = None,
     time_limit: Annotated[Optional[float], typer.Option(help="Stop with a checkpoint after this many seconds "
                                                              "(resume later with --resume).")] = None,
+    view_sampler: Annotated[Optional[str], typer.Option(help="Context pairs: angle (15-30 deg apart with shared "
+                                                             "content, else by frame gap; real sequences) or gap "
+                                                             "(by frame gap). Default: angle for re10k, gap for "
+                                                             "synthetic.")] = None,
 ) -> None:
     """Train the predictor (multi-GPU: torchrun --nproc_per_node K -m diff3r_cli train ...).
 
@@ -388,7 +392,7 @@ def train(
     extra = {k: v for k, v in dict(model_size=model_size, lr=lr, inner_steps=inner_steps, seed=seed, lam_lr=lam_lr,
                                    ff_weight=ff_weight, pcg_max_iter=pcg_max_iter, warmup=warmup,
                                    ckpt_every=ckpt_every, eval_every=eval_every, threads=threads,
-                                   time_limit=time_limit).items()
+                                   time_limit=time_limit, view_sampler=view_sampler).items()
              if v is not None}  # let the trainer's own defaults stand
     _print_result(fn(data=data.value, data_root=data_root, stage=stage.value, steps=steps, resolution=resolution,
                      batch=batch, out=out, resume=resume, init=init, outliers=outliers, **extra))

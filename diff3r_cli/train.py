@@ -507,7 +507,7 @@ def train_main(data: str = "synthetic", data_root: str | None = None, stage: str
                eval_every: int = 0, eval_scenes: int = 8, eval_root: str | None = None,
                eval_tto_steps: int | None = None, model_size: str = "small", seed: int = 0, context_views: int = 2,
                target_views: int = 2, min_gap: int | None = None, max_gap: int | None = None,
-               ssim_weight: float = 0.05, ff_weight: float = 0.0, grad_clip: float = 1.0, warmup: int | None = None,
+               view_sampler: str | None = None, ssim_weight: float = 0.05, ff_weight: float = 0.0, grad_clip: float = 1.0, warmup: int | None = None,
                weight_decay: float = 0.0, pcg_max_iter: int = 50, render_backend: str = "auto",
                device: str | None = None, threads: int | None = None, progress: bool = True,
                stop_after: int | None = None, time_limit: float | None = None, model_overrides: dict | None = None,
@@ -528,7 +528,9 @@ def train_main(data: str = "synthetic", data_root: str | None = None, stage: str
     eval_scenes test scenes (fixed views from evaluation_index.json) of eval_root (default:
     the training root), with the mean-colour baseline, logged as {"type": "eval"};
     eval_tto_steps (default: inner_steps in stage diff3r, 0 in stage ff) adds the PSNR after
-    TTO with the predicted Λ and with Λ = 0.
+    TTO with the predicted Λ and with Λ = 0. resolution: the short side (native aspect, batches
+    grouped by size). view_sampler: "angle" (by viewing angle and shared content, for real
+    sequences; the default for re10k data) or "gap" (by frame gap; the default for synthetic).
     """
     if unknown:
         raise UserError(f"unknown training option(s): {', '.join(sorted(unknown))}", fix="see `diff3r train --help`")
@@ -576,6 +578,7 @@ def train_main(data: str = "synthetic", data_root: str | None = None, stage: str
         target_views = saved.get("target_views", target_views)
         min_gap = saved.get("min_gap", min_gap)
         max_gap = saved.get("max_gap", max_gap)
+        view_sampler = saved.get("view_sampler", "gap")  # runs from before the angle sampler used gaps
         inner_steps = saved.get("inner_steps", inner_steps)
         ssim_weight = saved.get("ssim_weight", ssim_weight)
         ff_weight = saved.get("ff_weight", ff_weight)
@@ -613,7 +616,11 @@ def train_main(data: str = "synthetic", data_root: str | None = None, stage: str
     warm = warmup if warmup is not None else min(200, max(1, steps // 20))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(warm, steps))
 
-    sampler = ViewSamplerConfig(num_context=context_views, num_target=target_views)
+    if view_sampler is None:
+        view_sampler = "angle" if data == "re10k" else "gap"
+    if view_sampler not in ("angle", "gap"):
+        raise UserError(f"unknown view sampler {view_sampler!r}", fix="use angle or gap")
+    sampler = ViewSamplerConfig(num_context=context_views, num_target=target_views, mode=view_sampler)
     if min_gap is not None:
         sampler.min_gap = min_gap
     if max_gap is not None:
@@ -648,7 +655,7 @@ def train_main(data: str = "synthetic", data_root: str | None = None, stage: str
     options = dict(data=data, data_root=str(root), stage=stage, steps=steps, resolution=resolution, batch=batch,
                    outliers=outliers, lr=lr, lam_lr=lam_lr, inner_steps=inner_steps, inner_optimizer=inner_optimizer,
                    model_size=model.cfg.size, seed=seed, context_views=context_views, target_views=target_views,
-                   min_gap=sampler.min_gap, max_gap=sampler.max_gap,
+                   min_gap=sampler.min_gap, max_gap=sampler.max_gap, view_sampler=view_sampler,
                    ssim_weight=ssim_weight, ff_weight=ff_weight, grad_clip=grad_clip, warmup=warm,
                    world_size=dist.world, init=str(init) if init else None)
     opts = dict(stage=stage, ssim_weight=ssim_weight, ff_weight=ff_weight, inner_steps=inner_steps,
