@@ -40,6 +40,7 @@ import typer
 
 from diff3r_cli import __version__
 from diff3r_cli.errors import NotBuiltError, NumericalError, UserError
+from diff3r_cli.render import ENV_BACKEND
 
 app = typer.Typer(
     name="diff3r",
@@ -227,10 +228,25 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+class RenderBackend(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    torch = "torch"
+    gsplat = "gsplat"
+
+
 @app.callback()
 def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                                help="Print the version and exit.")] = False) -> None:
+                                                help="Print the version and exit.")] = False,
+          backend: Annotated[RenderBackend, typer.Option(
+              "--backend", help="Rasterizer for every command: auto = gsplat on CUDA, the compiled C++ "
+                                "kernel on the CPU (torch if it cannot be built); cpu, torch or gsplat to "
+                                "force one. Same as DIFF3R_RENDER_BACKEND.")] = RenderBackend.auto) -> None:
     """Feed-forward 3D Gaussian Splatting with uncertainty-aware test-time optimization."""
+    if backend != RenderBackend.auto:
+        # render(backend="auto") reads the variable, so every engine (and DDP workers, which
+        # inherit the environment) uses the chosen rasterizer.
+        os.environ[ENV_BACKEND] = backend.value
 
 
 # --- reconstruct ---------------------------------------------------------------------------

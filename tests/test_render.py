@@ -1,6 +1,7 @@
-"""Torch rasterizer vs an independent brute-force reference (every pixel x every Gaussian,
-float64, sequential front-to-back loop with gsplat's classic-mode rules), plus autograd,
-forward-mode AD and finite-difference checks."""
+"""The torch and compiled cpu rasterizers vs an independent brute-force reference (every
+pixel x every Gaussian, float64, sequential front-to-back loop with gsplat's classic-mode
+rules), plus autograd, forward-mode AD and finite-difference checks. Tests taking a
+``backend`` run on both backends (``cpu`` skips only where no C++ compiler exists)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from diff3r_cli.gaussians import Gaussians
 from diff3r_cli.render import render
 from diff3r_cli.render.sh import sh_basis
 from diff3r_cli.render.torch_backend import render_torch
+
+from render_backends import BACKENDS, renderer
 
 
 
@@ -171,9 +174,9 @@ def make_scene(n=60, deg=3, seed=0, dtype=torch.float64) -> Gaussians:
     return g.to(dtype=dtype)
 
 
-def _check(g, cams, bg, tol):
+def _check(g, cams, bg, tol, backend="torch"):
     ref = ref_render(g, cams, bg)
-    out = render_torch(g, cams.to(dtype=g.dtype), background=None if bg is None else torch.as_tensor(bg, dtype=g.dtype))
+    out = renderer(backend)(g, cams.to(dtype=g.dtype), background=None if bg is None else torch.as_tensor(bg, dtype=g.dtype))
     for got, want, name in zip((out.rgb, out.depth, out.alpha), ref, ("rgb", "depth", "alpha")):
         assert got.shape == want.shape, name
         err = (got.double() - want).abs().max().item()
@@ -185,59 +188,67 @@ def _check(g, cams, bg, tol):
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-6), (torch.float32, 1e-4)])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_random_scene_sh3_two_cameras_background(dtype, tol, seed):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_random_scene_sh3_two_cameras_background(dtype, tol, seed, backend):
     g = make_scene(n=60, deg=3, seed=seed, dtype=dtype)
-    ref = _check(g, make_cams(37, 29, 2), (0.2, 0.5, 0.9), tol)
+    ref = _check(g, make_cams(37, 29, 2), (0.2, 0.5, 0.9), tol, backend)
     # the scene must actually exercise things: covered pixels and empty pixels
     assert (ref[2] > 0.5).any() and (ref[2] < 0.2).any()
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-6), (torch.float32, 1e-4)])
-def test_sh0_three_cameras_no_background(dtype, tol):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sh0_three_cameras_no_background(dtype, tol, backend):
     g = make_scene(n=50, deg=0, seed=3, dtype=dtype)
-    _check(g, make_cams(20, 33, 3), None, tol)
+    _check(g, make_cams(20, 33, 3), None, tol, backend)
 
 
-def _opaque_stack(dtype):
+def _opaque_stack(dtype, opacity_logit: float = 4.0):
     # 12 large, opaque layers in front of the camera: each pixel stops after a few layers.
+    # With opacity_logit = 8 (σ = 0.9997) the α cap of 0.999 decides the result.
     n = 12
     means = torch.zeros(n, 3, dtype=torch.float64)
     means[:, 2] = torch.linspace(-1.0, 1.0, n)
     means[:, :2] = 0.05 * torch.randn(n, 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     log_scales = torch.full((n, 3), math.log(0.5), dtype=torch.float64)
     quats = torch.tensor([[1.0, 0, 0, 0]], dtype=torch.float64).repeat(n, 1)
-    opac = torch.full((n,), 4.0, dtype=torch.float64)  # σ(4) = 0.982
+    opac = torch.full((n,), opacity_logit, dtype=torch.float64)  # σ(4) = 0.982
     sh = torch.randn(n, 4, 3, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
     return Gaussians(means, log_scales, quats, opac, sh).to(dtype=dtype)
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-6), (torch.float32, 1e-4)])
-def test_opaque_stack_transmittance_cutoff(dtype, tol):
-    g = _opaque_stack(dtype)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("opacity_logit", [4.0, 8.0])
+def test_opaque_stack_transmittance_cutoff(dtype, tol, backend, opacity_logit):
+    g = _opaque_stack(dtype, opacity_logit)
     cams = make_cams(24, 16, 1)
-    ref = _check(g, cams, (1.0, 0.0, 0.0), tol)
+    ref = _check(g, cams, (1.0, 0.0, 0.0), tol, backend)
     # the cut-off really fires: centre pixels saturate without background showing
     assert ref[2].max() > 0.999
     # ... and it matters: without the cut-off the result differs by far more than the tolerance
     no_cut = ref_render(g, cams, (1.0, 0.0, 0.0), cutoff=False)
-    out = render_torch(g.to(dtype=torch.float64), cams, background=torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64))
+    out = renderer(backend)(g.to(dtype=torch.float64), cams,
+                            background=torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64))
     assert (no_cut[0] - out.rgb).abs().max() > 1e-4
 
 
-def test_zero_gaussians_render_background():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_zero_gaussians_render_background(backend):
     g = make_scene(n=10, seed=0)[:0]
     cams = make_cams(8, 6, 2)
-    out = render(g, cams, background=torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64), backend="torch")
+    out = renderer(backend)(g, cams, background=torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64))
     assert out.rgb.shape == (2, 6, 8, 3)
     assert torch.equal(out.rgb[0, 3, 4], torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64))
     assert out.alpha.abs().max() == 0 and out.depth.abs().max() == 0
 
 
-def test_all_behind_camera_is_background_and_backward_works():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_all_behind_camera_is_background_and_backward_works(backend):
     g = make_scene(n=10, seed=0)
     g.means[:, 2] = -10.0
     g = g.map(lambda t: t.clone().requires_grad_(True))
-    out = render_torch(g, make_cams(8, 6, 1), background=torch.tensor([1.0, 1.0, 1.0], dtype=torch.float64))
+    out = renderer(backend)(g, make_cams(8, 6, 1), background=torch.tensor([1.0, 1.0, 1.0], dtype=torch.float64))
     assert torch.allclose(out.rgb, torch.ones_like(out.rgb))
     out.rgb.sum().backward()
     assert g.means.grad is not None and g.means.grad.abs().max() == 0
@@ -323,8 +334,9 @@ def _tiny_scene():
     return Gaussians(means, log_scales, quats, opac, sh), make_cams(9, 7, 2)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("field", ["means", "log_scales", "quats", "opacity_logits", "sh"])
-def test_gradcheck_each_parameter_group(field):
+def test_gradcheck_each_parameter_group(field, backend):
     g, cams = _tiny_scene()
     bg = torch.tensor([0.3, 0.1, 0.6], dtype=torch.float64)
     tens = list(g.tensors())
@@ -334,18 +346,18 @@ def test_gradcheck_each_parameter_group(field):
     def f(x):
         t = list(tens)
         t[i] = x
-        out = render_torch(Gaussians(*t), cams, background=bg)
+        out = renderer(backend)(Gaussians(*t), cams, background=bg)
         return out.rgb, out.depth, out.alpha
 
     x = tens[i].clone().requires_grad_(True)
     assert torch.autograd.gradcheck(f, (x,), eps=1e-6, atol=1e-5, rtol=1e-4)
 
 
-def _fd_and_jvp(g, cams, tangent, eps=1e-5):
+def _fd_and_jvp(g, cams, tangent, eps=1e-5, backend="torch"):
     flat, tflat = g.flatten(), tangent.flatten()
 
     def f(v):
-        o = render_torch(g.unflatten(v), cams)
+        o = renderer(backend)(g.unflatten(v), cams)
         return torch.cat([o.rgb.reshape(-1), o.depth.reshape(-1), o.alpha.reshape(-1)])
 
     out, jv = torch.func.jvp(f, (flat,), (tflat,))
@@ -353,11 +365,12 @@ def _fd_and_jvp(g, cams, tangent, eps=1e-5):
     return f, flat, tflat, out, jv, fd
 
 
-def test_jvp_matches_central_difference_and_forward_ad():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_jvp_matches_central_difference_and_forward_ad(backend):
     g, cams = _tiny_scene()
     gen = torch.Generator().manual_seed(3)
     tangent = g.unflatten(torch.randn(g.flatten().shape, generator=gen, dtype=torch.float64))
-    f, flat, tflat, out, jv, fd = _fd_and_jvp(g, cams, tangent)
+    f, flat, tflat, out, jv, fd = _fd_and_jvp(g, cams, tangent, backend=backend)
     assert jv.abs().max() > 1e-3
     assert (jv - fd).norm() <= 0.01 * fd.norm()
     assert (jv - fd).abs().max() <= 0.01 * fd.abs().max()
@@ -374,12 +387,13 @@ def test_jvp_matches_central_difference_and_forward_ad():
     assert torch.allclose((u * jv).sum(), (jtu * tflat).sum(), rtol=1e-9, atol=1e-12)
 
 
-def test_float32_gradients_close_to_float64():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_float32_gradients_close_to_float64(backend):
     g, cams = _tiny_scene()
     outs = []
     for dt in (torch.float64, torch.float32):
         gg = g.to(dtype=dt).map(lambda t: t.clone().requires_grad_(True))
-        o = render_torch(gg, cams)
+        o = renderer(backend)(gg, cams)
         (o.rgb.sum() + o.alpha.sum()).backward()
         outs.append(torch.cat([t.grad.double().reshape(-1) for t in gg.tensors()]))
     assert (outs[0] - outs[1]).norm() <= 1e-4 * outs[0].norm()
@@ -387,7 +401,7 @@ def test_float32_gradients_close_to_float64():
 
 def test_backend_dispatch_and_errors():
     g, cams = _tiny_scene()
-    out = render(g, cams)  # CPU -> torch backend
+    out = render(g, cams)  # CPU -> the compiled backend (or torch where it cannot be built)
     assert out.rgb.shape == (2, 7, 9, 3)
     with pytest.raises(ValueError):
         render(g, cams, backend="nope")
@@ -421,7 +435,8 @@ def test_gsplat_backend_refuses_cpu_tensors():
         render(g, cams, backend="gsplat")
 
 
-def test_only_invisible_pairs_gives_background_and_zero_gradients():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_only_invisible_pairs_gives_background_and_zero_gradients(backend):
     # Tiny Gaussians projecting exactly onto pixel corners with opacity just above 1/255:
     # they survive culling, but every pixel centre sees α = o·exp(-σ) < 1/255.
     K = torch.tensor([[20.0, 0, 5.0], [0, 20.0, 4.0], [0, 0, 1]], dtype=torch.float64)
@@ -436,17 +451,18 @@ def test_only_invisible_pairs_gives_background_and_zero_gradients():
                   torch.zeros(n, 1, 3, dtype=torch.float64))
     g = g.map(lambda t: t.clone().requires_grad_(True))
     bg = torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64)
-    out = render_torch(g, cams, background=bg)
+    out = renderer(backend)(g, cams, background=bg)
     assert torch.allclose(out.rgb, bg.expand_as(out.rgb)) and out.alpha.abs().max() == 0
     out.rgb.sum().backward()
     assert g.opacity_logits.grad.abs().max() == 0
     # brighter copies of the same Gaussians are drawn (the test is not vacuous)
     g2 = g.detach().clone()
     g2.opacity_logits[:] = 0.0
-    assert render_torch(g2, cams).alpha.max() > 0.1
+    assert renderer(backend)(g2, cams).alpha.max() > 0.1
 
 
-def test_double_vjp_trick_gives_exact_jvp():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_double_vjp_trick_gives_exact_jvp(backend):
     # Jv = d/du <Jᵀu, v>: the compositing backward is linear in u and built from
     # differentiable ops, so the optimiser's "reverse" jvp mode is exact.
     g, cams = _tiny_scene()
@@ -455,7 +471,7 @@ def test_double_vjp_trick_gives_exact_jvp():
     v = torch.randn(flat.shape, generator=gen, dtype=torch.float64)
 
     def f(x):
-        return render_torch(g.unflatten(x), cams).rgb.reshape(-1)
+        return renderer(backend)(g.unflatten(x), cams).rgb.reshape(-1)
 
     r = f(flat)
     u = torch.zeros_like(r, requires_grad=True)

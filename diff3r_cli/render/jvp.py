@@ -1,9 +1,10 @@
 """Forward-mode products Jv of the renderer (for Gauss-Newton products Hv = Jᵀ(Jv)/P + Λv).
 
 ``render_jvp(g, cameras, tangent)`` returns the render and its directional derivative
-along ``tangent`` (a Gaussians of the same shapes). The torch backend is exact
-(``torch.func.jvp``, the analytic compositing jvp). gsplat has no forward mode, so there we
-use a central finite difference
+along ``tangent`` (a Gaussians of the same shapes), exactly (``torch.func.jvp`` through the
+cpu or torch backend's analytic jvp; on gsplat, which has no forward mode, through the torch
+backend on the same device). Only when asked for by name (``exact=False``) is it a central
+finite difference
 
     Jv ≈ (R(θ + h v) − R(θ − h v)) / (2h),   h = eps / max|v|
 
@@ -47,25 +48,26 @@ def _outputs(o: RenderOutput):
 
 def render_jvp(gaussians: Gaussians, cameras, tangent: Gaussians, backend: str = "auto",
                background=None, eps: float | None = None,
-               exact: bool = False) -> tuple[RenderOutput, RenderOutput]:
+               exact: bool = True) -> tuple[RenderOutput, RenderOutput]:
     """Render and the directional derivative along ``tangent``: returns ``(out, d_out)``.
 
-    backend "torch": exact forward-mode AD; "gsplat": central finite difference with step
-    ``h = eps / max|tangent|`` (eps defaults to 3e-4 in float32, 1e-6 in float64), or, with
-    ``exact=True``, the torch backend's exact jvp on the same device; "auto": gsplat for CUDA
-    tensors, torch otherwise (as ``render``).
+    Exact forward-mode AD by default on every backend: "cpu" and "torch" differentiate
+    themselves; gsplat has no forward mode, so the torch backend (same conventions, same
+    device) supplies the derivative. ``exact=False`` asks, by name, for a central finite
+    difference with step ``h = eps / max|tangent|`` through the chosen backend.
     """
-    if backend == "auto":
-        backend = "gsplat" if gaussians.means.is_cuda else "torch"
-    if backend == "torch" or (backend == "gsplat" and exact):
-        def f(*ts):
-            return _outputs(render(Gaussians(*ts), cameras, background=background, backend="torch"))
+    from diff3r_cli.render import resolve_backend
 
-        out, dout = torch.func.jvp(f, gaussians.tensors(), tangent.tensors())
-        return RenderOutput(*out), RenderOutput(*dout)
-    if backend == "gsplat":
-        return fd_jvp(gaussians, cameras, tangent, backend="gsplat", background=background, eps=eps)
-    raise ValueError(f"unknown render backend {backend!r} (use auto, torch or gsplat)")
+    backend = resolve_backend(backend, gaussians.means)
+    if not exact:
+        return fd_jvp(gaussians, cameras, tangent, backend=backend, background=background, eps=eps)
+    ad_backend = "torch" if backend == "gsplat" else backend
+
+    def f(*ts):
+        return _outputs(render(Gaussians(*ts), cameras, background=background, backend=ad_backend))
+
+    out, dout = torch.func.jvp(f, gaussians.tensors(), tangent.tensors())
+    return RenderOutput(*out), RenderOutput(*dout)
 
 
 @torch.no_grad()
