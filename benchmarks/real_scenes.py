@@ -5,7 +5,8 @@ Every tuple has 2 context views and 2 target views between them:
   evaluation_index.json, near/far triangulated from the context views (as `diff3r eval` does);
 - llff_fern (bare folder, posed by our SfM) and fox (transforms.json): 3 tuples each, drawn by the
   real-sequence view sampler (context pairs 15-30 deg apart sharing the view, else by frame gap;
-  seeds 0, 1, 2), near/far from the SfM points (fern) or triangulated (fox).
+  first 3 distinct pairs of seeds 0, 1, ...), near/far from the SfM points (fern) or triangulated
+  (fox); triangulation runs on the context views at their stored size (more features than 128 px).
 Images keep their aspect ratio: short side --short (default 128), sides cropped to a multiple of 16.
 
 All five configurations (ff, ff+TTO, diff3r, diff3r+TTO+unc, diff3r+TTO) at each --steps budget:
@@ -50,7 +51,8 @@ def render_backend() -> str:
 def real_split_tuples(short: int):
     """(group, key, sample-like dict, near, far, source) for each evaluation tuple of the real test split."""
     root = DATA / "real"
-    ds = RE10KDataset(root, "test", resolution=short, evaluation_index=root / "evaluation_index.json")
+    ds = RE10KDataset(root, "test", resolution=short, evaluation_index=root / "evaluation_index.json",
+                      full_context=True)  # near/far triangulated at the stored size, as `diff3r eval` does
     for s in ds:
         near, far, src = _depth_range(s, "auto")
         yield "real test split", s["key"], s, near, far, src
@@ -58,8 +60,8 @@ def real_split_tuples(short: int):
 
 def scene_tuples(name: str, short: int, count: int = 3):
     """Tuples of a shared-data scene, drawn by the real-sequence sampler with seeds 0..count-1."""
-    scene = load_scene(DATA / name, progress=False)
-    scene = resize_scene(scene, *native_size(scene.width, scene.height, short))
+    full = load_scene(DATA / name, progress=False)
+    scene = resize_scene(full, *native_size(full.width, full.height, short))
     cfg = ViewSamplerConfig(num_context=2, num_target=2, mode="angle", min_gap=4, max_gap=12)
     seen = set()
     for seed in range(count * 4):
@@ -70,7 +72,7 @@ def scene_tuples(name: str, short: int, count: int = 3):
             continue
         seen.add(tuple(ctx))
         tgt = sorted(set(tgt))
-        near, far, src = estimate_depth_range(scene, ctx)
+        near, far, src = estimate_depth_range(full, ctx)  # stored size: more features to triangulate
         c, t = scene.cameras, torch.as_tensor(tgt)
         s = {"context_images": scene.images[ctx], "context_K": c.K[ctx].float(), "context_w2c": c.w2c[ctx].float(),
              "target_images": scene.images[t], "target_K": c.K[t].float(), "target_w2c": c.w2c[t].float(),

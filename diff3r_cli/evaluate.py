@@ -178,7 +178,8 @@ def evaluate_main(data_root: Path, data: str = "re10k", model: str = "diff3r-sma
     if depth_range not in ("auto", "dataset"):
         raise UserError(f"unknown depth range mode {depth_range!r}", None, "use auto or dataset")
     # int resolution = short side: each scene at its native aspect ratio
-    ds = RE10KDataset(root, split=split, resolution=int(res), evaluation_index=index, seed=seed, outliers=out_cfg)
+    ds = RE10KDataset(root, split=split, resolution=int(res), evaluation_index=index, seed=seed, outliers=out_cfg,
+                      full_context=depth_range == "auto")
     steps_list = sorted({int(s) for s in tto_steps})
     runs = plan_runs(steps_list, "ff" in models)
 
@@ -236,12 +237,15 @@ def _depth_range(sample: dict, mode: str) -> tuple[float, float, str]:
         from diff3r_cli.pipeline import _range_from_points
         from diff3r_cli.scene_io.triangulate import triangulate_known_cameras
 
-        H, W = sample["context_images"].shape[1:3]
-        cams = Cameras(sample["context_K"].double(), sample["context_w2c"].double(), W, H)
-        tri = triangulate_known_cameras(sample["context_images"], cams)
+        # at the stored size where the dataset gives it: a 128-px crop holds few features
+        key = "_full" if "context_images_full" in sample else ""
+        imgs = sample[f"context_images{key}"]
+        H, W = imgs.shape[1:3]
+        cams = Cameras(sample[f"context_K{key}"].double(), sample["context_w2c"].double(), W, H)
+        tri = triangulate_known_cameras(imgs, cams)
         rng = _range_from_points(cams, tri["points3d"]) if tri["num_points"] >= 10 else None
         if rng is not None:
-            return rng[0], rng[1], f"triangulated matches ({tri['num_points']} points)"
+            return rng[0], rng[1], f"triangulated matches ({tri['num_points']} points at {W}x{H})"
     return near, far, "dataset depth maps" if src == "depth maps" else "dataset default"
 
 

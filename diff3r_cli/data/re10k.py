@@ -147,21 +147,23 @@ def sample_views_real(cameras: Cameras, cfg: ViewSamplerConfig, generator: torch
                       ) -> tuple[list[int], list[int]] | None:
     """Draw (context, target) for a real sequence by viewing angle and shared content (see ViewSamplerConfig)."""
     T = len(cameras)
-    gap_min = max(2, cfg.num_context - 1)  # room for a target between the outer context views
-    if T < gap_min + 1:
-        return sample_views(T, cfg, generator)
     ang, ov = view_angles(cameras), view_overlap(cameras)
-    i, j = torch.triu_indices(T, T, offset=gap_min)
-    gap = j - i
-    shared = ov[i, j] >= cfg.min_overlap
-    by_angle = shared & (ang[i, j] >= cfg.min_angle) & (ang[i, j] <= cfg.max_angle) & (gap <= cfg.max_gap)
-    by_gap = shared & (gap >= cfg.min_gap) & (gap <= cfg.max_gap)
-    by_content = shared & (gap <= cfg.max_gap)  # e.g. a forward walk: few frames apart already differ a lot
-    for cand in (by_angle, by_gap, by_content):
-        idx = torch.nonzero(cand).flatten()
-        if len(idx):
-            k = int(idx[torch.randint(0, len(idx), (1,), generator=generator)])
-            return _fill_views(int(i[k]), int(j[k]), cfg, generator)
+    # room for the extra context views and distinct targets strictly between the outer pair;
+    # only when no such pair qualifies, at least one frame between
+    for gap_min in dict.fromkeys((max(2, cfg.num_context - 1 + cfg.num_target), 2)):
+        if T < gap_min + 1:
+            continue
+        i, j = torch.triu_indices(T, T, offset=gap_min)
+        gap = j - i
+        shared = ov[i, j] >= cfg.min_overlap
+        by_angle = shared & (ang[i, j] >= cfg.min_angle) & (ang[i, j] <= cfg.max_angle) & (gap <= cfg.max_gap)
+        by_gap = shared & (gap >= cfg.min_gap) & (gap <= cfg.max_gap)
+        by_content = shared & (gap <= cfg.max_gap)  # e.g. a forward walk: few frames apart already differ a lot
+        for cand in (by_angle, by_gap, by_content):
+            idx = torch.nonzero(cand).flatten()
+            if len(idx):
+                k = int(idx[torch.randint(0, len(idx), (1,), generator=generator)])
+                return _fill_views(int(i[k]), int(j[k]), cfg, generator)
     return sample_views(T, cfg, generator)
 
 
@@ -208,7 +210,9 @@ class RE10KDataset(IterableDataset):
     shuffling). baseline_normalize: scale the scene so the first-to-last context baseline is 1
     (near/far from depth are scaled too; the default near/far are taken as already normalised,
     as in MVSplat). near/far: used when the example stores no depth. rank/world_size: DDP
-    sharding (default: taken from an initialised torch.distributed group, else 0/1). repeat: loop over epochs forever (the epoch counter advances each pass).
+    sharding (default: taken from an initialised torch.distributed group, else 0/1).
+    full_context: also return the context views at their stored size (context_images_full,
+    context_K_full; same w2c), e.g. to triangulate features where there are more of them. repeat: loop over epochs forever (the epoch counter advances each pass).
     """
 
     def __init__(self, root: str | Path, split: str = "train", resolution: int | tuple[int, int] = 256,
@@ -216,7 +220,7 @@ class RE10KDataset(IterableDataset):
                  baseline_normalize: bool = False, near: float = 1.0, far: float = 100.0,
                  depth_margin: float = 0.8, seed: int = 0, rank: int | None = None, world_size: int | None = None,
                  shuffle: bool | None = None, repeat: bool = False, outliers=None,
-                 min_baseline: float = 1e-3, warn: bool = True, multiple: int = 16):
+                 min_baseline: float = 1e-3, warn: bool = True, multiple: int = 16, full_context: bool = False):
         root = Path(root)
         self.chunks = find_chunks(root, split)
         if not self.chunks:
@@ -234,6 +238,7 @@ class RE10KDataset(IterableDataset):
         self.short = int(resolution) if isinstance(resolution, int) else None
         self.fixed = None if isinstance(resolution, int) else (int(resolution[0]), int(resolution[1]))
         self.multiple = int(multiple)
+        self.full_context = bool(full_context)
         self.sampler = sampler or ViewSamplerConfig()
         self.eval_index = read_evaluation_index(evaluation_index) if evaluation_index is not None else None
         self.baseline_normalize = baseline_normalize
@@ -350,7 +355,11 @@ class RE10KDataset(IterableDataset):
             g = torch.Generator().manual_seed(mix_seed(self.seed, epoch, 4, key_seed(example["key"])))
             ctx_images, mask = corrupt_context(ctx_images, g, self.outliers)
         w2c = w2c.float()
-        return {
+        full = {}
+        if self.full_context:
+            full = {"context_images_full": torch.stack(imgs[:V]),
+                    "context_K_full": example_to_cameras(example, w, h, context).K.float()}
+        return {**full,
             "context_images": ctx_images, "context_K": K[:V], "context_w2c": w2c[:V],
             "target_images": images[V:], "target_K": K[V:], "target_w2c": w2c[V:],
             "near": torch.tensor(near, dtype=torch.float32), "far": torch.tensor(far, dtype=torch.float32),
