@@ -88,21 +88,23 @@ def strip(sample: dict, renders: dict, steps: int) -> np.ndarray:
 
 
 def compose_grid(paths: list[Path], out: Path, steps: int, height: int = 128) -> None:
-    """Stack the saved strips (each rescaled to one height) under a header row of column names."""
+    """Stack the saved strips (each rescaled to one height); every cell is labelled, since rows differ in
+    width (each scene keeps its aspect ratio)."""
+    labels = [name + (f"@{steps}" if "TTO" in name else "") for name in GRID_COLUMNS]
     rows = []
     for p in paths:
-        im = Image.open(p)
-        rows.append(im.resize((round(im.width * height / im.height), height), Image.LANCZOS))
-    width = max(r.width for r in rows)
-    header = 18
-    grid = Image.new("RGB", (width, header + height * len(rows)), (255, 255, 255))
-    draw = ImageDraw.Draw(grid)
-    cell = rows[0].width / len(GRID_COLUMNS)
-    for k, name in enumerate(GRID_COLUMNS):
-        label = name + (f"@{steps}" if "TTO" in name else "")
-        draw.text((int(k * cell) + 4, 3), label, fill=(0, 0, 0))
+        im = Image.open(p).convert("RGB")
+        im = im.resize((round(im.width * height / im.height), height), Image.LANCZOS)
+        draw = ImageDraw.Draw(im)
+        cell = im.width / len(labels)
+        for k, label in enumerate(labels):
+            x = int(k * cell)
+            draw.rectangle((x, 0, x + 6 * len(label) + 4, 12), fill=(0, 0, 0))
+            draw.text((x + 2, 1), label, fill=(255, 255, 255))
+        rows.append(im)
+    grid = Image.new("RGB", (max(r.width for r in rows), height * len(rows)), (255, 255, 255))
     for i, r in enumerate(rows):
-        grid.paste(r, (0, header + i * height))
+        grid.paste(r, (0, i * height))
     grid.save(out)
 
 
