@@ -133,14 +133,13 @@ class Gaussians:
 
     def unflatten(self, vec: torch.Tensor) -> "Gaussians":
         """Inverse of flatten, using this object's shapes (vec may carry autograd/jvp)."""
-        out, i = [], 0
-        for t in self.tensors():
-            n = t.numel()
-            out.append(vec[i:i + n].reshape(t.shape))
-            i += n
-        if i != vec.numel():
-            raise ValueError(f"vector has {vec.numel()} entries, expected {i}")
-        return Gaussians(*out)
+        sizes = [t.numel() for t in self.tensors()]
+        if sum(sizes) != vec.numel():
+            raise ValueError(f"vector has {vec.numel()} entries, expected {sum(sizes)}")
+        # split, not slicing: its backward concatenates the parts' gradients, where each
+        # slice's backward would zero-fill a full-length buffer (5 per TTO step).
+        parts = torch.split(vec, sizes)
+        return Gaussians(*(p.reshape(t.shape) for p, t in zip(parts, self.tensors())))
 
     def expand_groups(self, lam: torch.Tensor) -> torch.Tensor:
         """Per-Gaussian group weights (N,5) -> per-scalar weights in the flatten() layout."""

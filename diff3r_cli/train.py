@@ -424,16 +424,20 @@ def train_step(model, batch: dict, opts: dict, dist: Dist, timer: _Timer) -> dic
         losses.append(loss)
     # Keep every parameter in the graph even when all examples were skipped, so the
     # all-reduce below sees the same tensors on every rank.
-    total = sum(losses) / b if losses else 0.0 * sum(p.sum() for p in model.parameters())
+    # Mean over the examples that produced a loss: an example skipped for a numerical failure
+    # must not shrink the others' weight (dividing by b would).
+    total = sum(losses) / len(losses) if losses else 0.0 * sum(p.sum() for p in model.parameters())
     with timer("backward"):
         total.backward()
     pcg_time = sum(s.get("backward_time_s", 0.0) for s in layer_stats)
     if layer_stats:
         timer.t["pcg_backward"] = pcg_time
         pcg_iters = [s.get("backward_pcg_iterations") for s in layer_stats]
-    return {"loss_sum": total.item() * b if losses else 0.0, "n": len(losses), "mse": mses, "mse0": mses0,
-            "skipped": skipped, "pcg_iterations": pcg_iters,
-            "fallbacks": sum(bool(s.get("backward_fallback")) for s in layer_stats)}
+    return {"loss_sum": total.item() * len(losses) if losses else 0.0, "n": len(losses), "mse": mses,
+            "mse0": mses0, "skipped": skipped, "pcg_iterations": pcg_iters,
+            "fallbacks": sum(bool(s.get("backward_fallback")) for s in layer_stats),
+            "pcg_misses": sum(bool(s.get("backward_pcg_miss")) for s in layer_stats),
+            "nonfinite_grads": sum(int(s.get("backward_nonfinite_grad") or 0) for s in layer_stats)}
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -736,6 +740,8 @@ def train_main(data: str = "synthetic", data_root: str | None = None, stage: str
                 window["steps"] += 1
                 window["pcg"] += [x for x in r["pcg_iterations"] if x is not None]
                 window["fallbacks"] += r["fallbacks"]
+                window["pcg_misses"] = window.get("pcg_misses", 0) + r["pcg_misses"]
+                window["nonfinite_grads"] = window.get("nonfinite_grads", 0) + r["nonfinite_grads"]
                 for k2, v2 in timer.t.items():
                     window["time"][k2] = window["time"].get(k2, 0.0) + v2
 
@@ -764,6 +770,8 @@ def train_main(data: str = "synthetic", data_root: str | None = None, stage: str
                     if window["pcg"]:
                         last["pcg_iterations"] = float(np.mean(window["pcg"]))
                         last["pcg_fallbacks"] = window["fallbacks"]
+                        last["pcg_misses"] = window.get("pcg_misses", 0)
+                        last["nonfinite_grad_entries"] = window.get("nonfinite_grads", 0)
                     log(last)
                     if bar is not None:
                         bar.update(task, completed=step, loss=last["loss"], psnr=last["psnr"] or float("nan"),

@@ -324,3 +324,32 @@ def test_jacobi_preconditioner_cuts_pcg_iterations_on_the_gn_system():
         lin = e.linearize(e.theta0)
         assert (lin.gn_matvec(v) - rhs).norm() / rhs.norm() < 2e-4  # it really solved H v = rhs
     assert its["jacobi"] * 2 <= its["none"], its
+
+
+def test_pcg_acceptance_follows_the_requested_tolerance_and_counts_misses(scene):
+    cams, g0, lam, images, _, _ = _setup(scene, 0.05, 1e-2)
+    e = _energy(g0, lam, cams, images)
+    rhs = torch.randn(e.theta0.numel(), dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    # 2 iterations cannot reach 1e-8: far beyond 10x the tolerance -> fallback, counted as a miss
+    v, info = ift_solve(e, e.theta0, rhs, pcg_rtol=1e-8, pcg_max_iter=2)
+    assert info["pcg_miss"] and info["pcg_residual"] > 1e-7 and info["fallback"] == "jacobi", info
+    # the same solve is used when the caller accepts its residual explicitly (still a miss)
+    v2, info2 = ift_solve(e, e.theta0, rhs, pcg_rtol=1e-8, pcg_max_iter=2, accept_rtol=1.0)
+    assert info2["pcg_miss"] and info2["fallback"] is None
+    assert not torch.equal(v, v2)
+    # a converged solve is no miss
+    _, info3 = ift_solve(e, e.theta0, rhs, pcg_rtol=1e-3, pcg_max_iter=300)
+    assert info3["pcg_converged"] and not info3["pcg_miss"] and info3["fallback"] is None
+
+
+def test_nonfinite_incoming_gradient_entries_are_counted(scene):
+    cams, g0, lam, images, _, _ = _setup(scene, 0.05, 1e-2)
+    theta0 = g0.flatten().detach().requires_grad_(True)
+    stats = {}
+    gs = optimization_layer(g0.unflatten(theta0), lam, cams, images, 3, stats=stats)
+    w = torch.ones_like(gs.means)
+    w[0, 1] = float("nan")
+    w[1, 2] = float("inf")
+    (gs.means * w).sum().backward()
+    assert stats["backward_nonfinite_grad"] == 2
+    assert torch.isfinite(theta0.grad).all()

@@ -231,3 +231,25 @@ def test_cli_backend_option_sets_the_renderer_for_every_command(monkeypatch, tmp
     assert resolve_backend("auto", torch.zeros(1)) == "torch"
     res = CliRunner().invoke(app, ["--backend", "metal", "inspect", str(tmp_path / "s.ply")])
     assert res.exit_code != 0
+
+
+def test_fused_forward_ad_path_matches_the_function_path():
+    # Under forward_ad with no reverse graph, render_cpu composites primal and tangent in one
+    # pass; torch.func.jvp goes through the autograd.Function (forward, then jvp). Same numbers.
+    require_cpu_backend()
+    from diff3r_cli.render.jvp import render_jvp
+
+    g, cams = pixel_aligned(16, seed=6)
+    tan = g.map(lambda t: torch.randn(t.shape, generator=torch.Generator().manual_seed(7), dtype=t.dtype))
+    out, d = render_jvp(g, cams, tan, backend="cpu")
+    plain = _cpu(g, cams)
+    assert torch.equal(out.rgb, plain.rgb) and torch.equal(out.alpha, plain.alpha)
+
+    def f(*ts):
+        o = _cpu(Gaussians(*ts), cams)
+        return o.rgb, o.depth, o.alpha
+
+    _, ref = torch.func.jvp(f, g.tensors(), tan.tensors())
+    for a, b in zip((d.rgb, d.depth, d.alpha), ref):
+        assert b.abs().max() > 1e-3
+        assert (a - b).abs().max() <= 1e-12 * b.abs().max()

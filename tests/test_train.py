@@ -166,3 +166,57 @@ def test_outliers_corrupt_context_only(synth_root, tmp_path, monkeypatch):
     train_main_(data_root=synth_root, steps=2, out=tmp_path / "c")
     for (_, tgt, _), clean in zip(seen, seen_clean):
         assert torch.equal(tgt, clean)
+
+
+def _step_batch(n: int, seed: int = 0, size: int = 16) -> dict:
+    """n examples of 2 context + 1 target view (random images, cameras 0.3 apart)."""
+    gen = torch.Generator().manual_seed(seed)
+    K = torch.tensor([[16.0, 0, 8], [0, 16.0, 8], [0, 0, 1]])
+    w2c = torch.eye(4).repeat(3, 1, 1)
+    w2c[1, 0, 3] = -0.3
+    w2c[2, 0, 3] = -0.15
+    return {"context_images": torch.rand(n, 2, size, size, 3, generator=gen),
+            "context_K": K.repeat(n, 2, 1, 1), "context_w2c": w2c[:2].repeat(n, 1, 1, 1),
+            "target_images": torch.rand(n, 1, size, size, 3, generator=gen),
+            "target_K": K.repeat(n, 1, 1, 1), "target_w2c": w2c[2:].repeat(n, 1, 1, 1),
+            "near": torch.full((n,), 1.0), "far": torch.full((n,), 10.0)}
+
+
+def test_skipped_example_does_not_shrink_the_others_weight(monkeypatch):
+    # A numerical failure in one example's inner solve skips it; the step's loss and gradient
+    # must then be those of the remaining example alone (mean over examples that produced a
+    # loss), not halved by dividing by the batch size.
+    from diff3r_cli.errors import NumericalError
+    from diff3r_cli.model.predictor import build_predictor
+    from diff3r_cli.optim import implicit
+    from diff3r_cli.train import Dist, _Timer, train_step
+
+    calls = {"n": 0}
+
+    def fake_layer(g0, lam, cams, images, steps, optimizer, **kw):
+        calls["n"] += 1
+        if calls["n"] == 1 and kw.get("stats") is not None and fake_layer.fail_first:
+            raise NumericalError("inner solve diverged (test)")
+        return g0
+
+    monkeypatch.setattr(implicit, "optimization_layer", fake_layer)
+    torch.manual_seed(0)
+    model = build_predictor("small", **TINY)
+    opts = dict(stage="diff3r", ssim_weight=0.0, ff_weight=0.0, inner_steps=1, inner_optimizer="adam",
+                render_backend="auto", pcg_max_iter=5)
+    both, second = _step_batch(2, seed=1), {k: v[1:] for k, v in _step_batch(2, seed=1).items()}
+    grads = []
+    for batch, fail in ((both, True), (second, False)):
+        fake_layer.fail_first = fail
+        calls["n"] = 0
+        model.zero_grad()
+        r = train_step(model, batch, opts, Dist(), _Timer(torch.device("cpu")))
+        grads.append(torch.cat([p.grad.reshape(-1) for p in model.parameters() if p.grad is not None]))
+        if fail:
+            assert r["skipped"] == 1 and r["n"] == 1
+            loss_both = r["loss_sum"] / r["n"]
+        else:
+            loss_second = r["loss_sum"] / r["n"]
+    assert abs(loss_both - loss_second) < 1e-6
+    assert grads[0].abs().max() > 0
+    assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-8)

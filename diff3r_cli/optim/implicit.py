@@ -13,7 +13,10 @@ products of the full E, by a central difference of exact gradients (``exact_hvp=
 default) or by double backward (``"autograd"``, only for renderers whose backward is
 itself differentiable). If the solve breaks down (NaN/inf, indefinite, or the residual did not
 drop), v falls back to M⁻¹∇ℓ (``fallback="jacobi"``) or 0 (``"zeros"``); this is recorded
-in ``stats`` and the layer never returns NaN gradients. Memory of the backward pass is one
+in ``stats`` and the layer never returns NaN gradients. A solve is accepted only when its
+relative residual is within ACCEPT_FACTOR x pcg_rtol; one that missed pcg_rtol is counted
+(``backward_pcg_miss``), and non-finite incoming gradient entries are zeroed and counted
+(``backward_nonfinite_grad``). Memory of the backward pass is one
 render graph, independent of the number of inner steps.
 """
 
@@ -55,13 +58,21 @@ class _Config:
         self.exact_hvp = exact_hvp
 
 
+# A PCG result is used when its relative residual is at most this multiple of the requested
+# pcg_rtol (a solve that stopped at max_iter close to the tolerance is still a good v);
+# anything worse takes the fallback. Either way a residual above pcg_rtol counts as a miss.
+ACCEPT_FACTOR = 10.0
+
+
 def ift_solve(energy: Energy, theta_star: torch.Tensor, rhs: torch.Tensor, *, hessian: str = "gn", jvp: str = "auto",
               pcg_rtol: float = 1e-3, pcg_max_iter: int = 100, num_probes: int = 4, damping: float = 0.0,
               fallback: str = "jacobi", seed: int = 0, preconditioner: str = "jacobi",
-              exact_hvp: str = "fd") -> tuple[torch.Tensor, dict]:
+              exact_hvp: str = "fd", accept_rtol: Optional[float] = None) -> tuple[torch.Tensor, dict]:
     """Solve (H + damping·I) v = rhs at θ*; returns (v, info). Never returns non-finite v.
 
     preconditioner: "jacobi" (diag(JᵀJ)/P + Λ from ±1 probes) or "none" (plain CG).
+    accept_rtol: the largest relative residual whose solution is used (default
+    ``ACCEPT_FACTOR · pcg_rtol``); info["pcg_miss"] is True whenever pcg_rtol was not reached.
     """
     info: dict = {}
     lin = energy.linearize(theta_star, jvp)
@@ -78,9 +89,11 @@ def ift_solve(energy: Energy, theta_star: torch.Tensor, rhs: torch.Tensor, *, he
         matvec = lambda p: lin.gn_matvec(p) + damping * p  # noqa: E731
     m_inv = 1.0 / diag if (preconditioner == "jacobi" and diag is not None) else None
     res = pcg(matvec, rhs, M_inv=m_inv, rtol=pcg_rtol, max_iter=pcg_max_iter)
+    accept = ACCEPT_FACTOR * pcg_rtol if accept_rtol is None else accept_rtol
     info.update(pcg_iterations=res.iterations, pcg_residual=res.residual, pcg_converged=res.converged,
-                pcg_status=res.status, jvp_calls=lin.jvp_count)
-    ok = res.status in ("converged", "max_iter") and math.isfinite(res.residual) and res.residual < 1.0 \
+                pcg_status=res.status, pcg_miss=not res.converged, jvp_calls=lin.jvp_count,
+                jvp_mode=lin.jvp_mode)
+    ok = res.status in ("converged", "max_iter") and math.isfinite(res.residual) and res.residual <= accept \
         and bool(torch.isfinite(res.x).all())
     if ok:
         v = res.x
@@ -111,7 +124,11 @@ class _IFTFunction(torch.autograd.Function):
         theta0, lam_flat, theta_star = ctx.saved_tensors
         cfg: _Config = ctx.cfg
         t0 = time.perf_counter()
-        rhs = torch.nan_to_num(grad_out.detach().to(theta_star.dtype), nan=0.0, posinf=0.0, neginf=0.0)
+        g = grad_out.detach().to(theta_star.dtype)
+        # Non-finite incoming entries are zeroed so one bad pixel cannot poison the solve,
+        # but counted (stats["backward_nonfinite_grad"]) so the caller can see and report it.
+        bad = int((~torch.isfinite(g)).sum())
+        rhs = torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0) if bad else g
         with torch.no_grad():
             v, info = ift_solve(cfg.energy, theta_star, rhs, hessian=cfg.hessian, jvp=cfg.jvp, pcg_rtol=cfg.pcg_rtol,
                                 pcg_max_iter=cfg.pcg_max_iter, num_probes=cfg.num_probes, damping=cfg.damping,
@@ -120,6 +137,7 @@ class _IFTFunction(torch.autograd.Function):
             g_lam = -v * (theta_star - theta0.detach())
         if cfg.stats is not None:
             cfg.stats.update({f"backward_{k}": val for k, val in info.items()})
+            cfg.stats["backward_nonfinite_grad"] = bad
             cfg.stats["backward_time_s"] = time.perf_counter() - t0
         return (g_theta0 if ctx.needs_input_grad[0] else None,
                 g_lam if ctx.needs_input_grad[1] else None, None, None)
@@ -157,7 +175,8 @@ def optimization_layer(
     "exact"), pcg_rtol, pcg_max_iter, jvp ("auto" | "forward" | "fd" | "reverse"),
     num_probes (Jacobi probes), damping (added to H, 0 by default), fallback ("jacobi" |
     "zeros"), exact_hvp ("fd" | "autograd", for hessian="exact"). ``stats`` (a dict) receives forward_time_s, forward_steps, energy and, after
-    backward, backward_pcg_iterations, backward_pcg_residual, backward_fallback, backward_time_s.
+    backward, backward_pcg_iterations, backward_pcg_residual, backward_pcg_miss, backward_fallback,
+    backward_nonfinite_grad, backward_time_s.
     """
     if optimizer not in OPTIMIZERS:
         raise UserError(f"unknown optimizer {optimizer!r}", fix=f"use one of {', '.join(OPTIMIZERS)}")

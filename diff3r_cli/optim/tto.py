@@ -137,13 +137,17 @@ def adam_run(
             if small >= patience:
                 break
         _check_finite(grad, f"gradient at step {k}")
-        m = b1 * m + (1 - b1) * grad
-        v = b2 * v + (1 - b2) * grad * grad
-        mhat = m / (1 - b1 ** (k + 1))
-        vhat = v / (1 - b2 ** (k + 1))
-        x = x - lr_vec * mhat / torch.sqrt(vhat + eps * eps)
-        if not create_graph:
-            x = x.detach()
+        if create_graph:  # out of place: every step stays in the autograd graph
+            m = b1 * m + (1 - b1) * grad
+            v = b2 * v + (1 - b2) * grad * grad
+            mhat = m / (1 - b1 ** (k + 1))
+            vhat = v / (1 - b2 ** (k + 1))
+            x = x - lr_vec * mhat / torch.sqrt(vhat + eps * eps)
+        else:  # the same update in place: no temporaries over the (N·14)-long vectors
+            m.mul_(b1).add_(grad, alpha=1 - b1)
+            v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+            denom = torch.div(v, 1 - b2 ** (k + 1)).add_(eps * eps).sqrt_()
+            x = x.detach() - torch.mul(m, lr_vec).div_(denom).mul_(1.0 / (1 - b1 ** (k + 1)))
             _check_finite(x, f"parameters after step {k}")
     return x, hist
 

@@ -18,6 +18,7 @@ from run to run at a fixed thread count.
 from __future__ import annotations
 
 import torch
+import torch.autograd.forward_ad as fwAD
 
 from diff3r_cli.gaussians import Gaussians
 from diff3r_cli.render import RenderOutput
@@ -149,6 +150,20 @@ class _Raster(torch.autograd.Function):
         return dout, None, None
 
 
+def _fused_forward_ad(geo: torch.Tensor, feat: torch.Tensor, bins: tuple) -> torch.Tensor | None:
+    """Under torch.autograd.forward_ad with no reverse-mode graph to build, the composite and
+    its tangent in one pass (the autograd.Function path would composite twice: once in
+    forward, once in jvp). None when this does not apply."""
+    if torch.is_grad_enabled() and (geo.requires_grad or feat.requires_grad):
+        return None
+    pg, tg = fwAD.unpack_dual(geo)
+    pf, tf = fwAD.unpack_dual(feat)
+    if tg is None and tf is None:
+        return None
+    out, tan = _ops().raster_forward_jvp(pg, pf, *bins, _zeros_if_none(tg, pg), _zeros_if_none(tf, pf))
+    return fwAD.make_dual(out, tan)
+
+
 def render_cpu(gaussians: Gaussians, cameras, background=None, tile: int = DEFAULT_TILE, **kw) -> RenderOutput:
     """Render with the compiled CPU kernel. Same outputs and meaning as ``render_torch``.
 
@@ -179,7 +194,10 @@ def render_cpu(gaussians: Gaussians, cameras, background=None, tile: int = DEFAU
         # per-tile entry lists in compositing order: (camera, depth), ties by entry index
         offsets, entries = ops.bin_tiles(box, cam, feat.detach(), C, W, H, tile)
     bins = (box, offsets, entries, C, W, H, tile)
-    acc = _Raster.apply(geo, feat, bins)[0].view(C, H, W, 5)
+    acc = _fused_forward_ad(geo, feat, bins)
+    if acc is None:
+        acc = _Raster.apply(geo, feat, bins)[0]
+    acc = acc.view(C, H, W, 5)
     alpha = acc[..., 4]
     rgb = acc[..., :3]
     if bg is not None:

@@ -15,6 +15,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <omp.h>
+#include <parallel/algorithm>
 
 #include <algorithm>
 #include <cmath>
@@ -541,16 +542,21 @@ std::vector<at::Tensor> project_backward_impl(const std::vector<at::Tensor>& P, 
 
 template <typename T>
 std::vector<int64_t> depth_order(const at::Tensor& feat, const int64_t* pc, int64_t E) {
-  // compositing order: (camera, depth), ties by entry index (= a stable sort by depth)
+  // compositing order: (camera, depth), ties by entry index (= a stable sort by depth). The
+  // keys are unique, so the parallel sort's result does not depend on the thread count.
   const T* f = feat.data_ptr<T>();
   std::vector<int64_t> order(E);
   for (int64_t e = 0; e < E; ++e) order[e] = e;
-  std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+  auto less = [&](int64_t a, int64_t b) {
     if (pc[a] != pc[b]) return pc[a] < pc[b];
     const T za = f[4 * a + 3], zb = f[4 * b + 3];
     if (za != zb) return za < zb;
     return a < b;
-  });
+  };
+  if (at::get_num_threads() > 1 && E > 4096)
+    __gnu_parallel::sort(order.begin(), order.end(), less);
+  else
+    std::sort(order.begin(), order.end(), less);
   return order;
 }
 
@@ -565,14 +571,22 @@ std::vector<at::Tensor> bin_tiles(const at::Tensor& box, const at::Tensor& cam, 
   const int64_t TX = (W + tile - 1) / tile, TY = (H + tile - 1) / tile, NT = C * TX * TY;
   const int32_t* b = box.data_ptr<int32_t>();
   const int64_t* pc = cam.data_ptr<int64_t>();
+  // each camera's entries are a contiguous run of the order, and its tiles are its own, so
+  // cameras are counted and filled in parallel without sharing a counter
+  std::vector<int64_t> cstart(C + 1, E);
+  for (int64_t k = E - 1; k >= 0; --k) cstart[pc[po[k]]] = k;
+  for (int64_t c = C - 1; c >= 0; --c) cstart[c] = std::min(cstart[c], cstart[c + 1]);
   std::vector<int64_t> count(NT + 1, 0);
-  for (int64_t e = 0; e < E; ++e) {
-    const int32_t* bb = b + 4 * e;
-    if (bb[1] < bb[0] || bb[3] < bb[2]) continue;
-    const int64_t base = pc[e] * TX * TY;
-    for (int64_t ty = bb[2] / tile; ty <= bb[3] / tile; ++ty)
-      for (int64_t tx = bb[0] / tile; tx <= bb[1] / tile; ++tx) count[base + ty * TX + tx + 1]++;
-  }
+  const int nt = at::get_num_threads();
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t k = cstart[c]; k < cstart[c + 1]; ++k) {
+      const int32_t* bb = b + 4 * po[k];
+      if (bb[1] < bb[0] || bb[3] < bb[2]) continue;
+      const int64_t base = c * TX * TY;
+      for (int64_t ty = bb[2] / tile; ty <= bb[3] / tile; ++ty)
+        for (int64_t tx = bb[0] / tile; tx <= bb[1] / tile; ++tx) count[base + ty * TX + tx + 1]++;
+    }
   for (int64_t i = 0; i < NT; ++i) count[i + 1] += count[i];
   at::Tensor offsets = at::empty({NT + 1}, cam.options());
   int64_t* off = offsets.data_ptr<int64_t>();
@@ -580,14 +594,16 @@ std::vector<at::Tensor> bin_tiles(const at::Tensor& box, const at::Tensor& cam, 
   at::Tensor list = at::empty({count[NT]}, cam.options().dtype(at::kInt));
   int32_t* l = list.data_ptr<int32_t>();
   // filling in depth order keeps every tile's list sorted by depth
-  for (int64_t k = 0; k < E; ++k) {
-    const int64_t e = po[k];
-    const int32_t* bb = b + 4 * e;
-    if (bb[1] < bb[0] || bb[3] < bb[2]) continue;
-    const int64_t base = pc[e] * TX * TY;
-    for (int64_t ty = bb[2] / tile; ty <= bb[3] / tile; ++ty)
-      for (int64_t tx = bb[0] / tile; tx <= bb[1] / tile; ++tx) l[count[base + ty * TX + tx]++] = (int32_t)e;
-  }
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t k = cstart[c]; k < cstart[c + 1]; ++k) {
+      const int64_t e = po[k];
+      const int32_t* bb = b + 4 * e;
+      if (bb[1] < bb[0] || bb[3] < bb[2]) continue;
+      const int64_t base = c * TX * TY;
+      for (int64_t ty = bb[2] / tile; ty <= bb[3] / tile; ++ty)
+        for (int64_t tx = bb[0] / tile; tx <= bb[1] / tile; ++tx) l[count[base + ty * TX + tx]++] = (int32_t)e;
+    }
   return {offsets, list};
 }
 
@@ -754,12 +770,16 @@ std::vector<at::Tensor> raster_forward_impl(const at::Tensor& geo, const at::Ten
   return {out, tfin, lastk};
 }
 
+// Tangent of the composite along (dgeo, dfeat); with_primal also writes the composite itself
+// (one pass for forward-mode AD, which needs both).
 template <typename T>
-at::Tensor raster_jvp_impl(const at::Tensor& geo, const at::Tensor& feat, const at::Tensor& box,
-                           const at::Tensor& offsets, const at::Tensor& list, const Grid& G,
-                           const at::Tensor& dgeo, const at::Tensor& dfeat) {
+std::vector<at::Tensor> raster_jvp_impl(const at::Tensor& geo, const at::Tensor& feat, const at::Tensor& box,
+                                        const at::Tensor& offsets, const at::Tensor& list, const Grid& G,
+                                        const at::Tensor& dgeo, const at::Tensor& dfeat, bool with_primal) {
   at::Tensor out = at::zeros({G.C * G.H * G.W, 5}, geo.options());
+  at::Tensor prim = with_primal ? at::zeros({G.C * G.H * G.W, 5}, geo.options()) : at::Tensor();
   T* o = out.data_ptr<T>();
+  T* op0 = with_primal ? prim.data_ptr<T>() : nullptr;
   const T* pg = geo.data_ptr<T>();
   const T* pf = feat.data_ptr<T>();
   const T* dg = dgeo.data_ptr<T>();
@@ -773,6 +793,7 @@ at::Tensor raster_jvp_impl(const at::Tensor& geo, const at::Tensor& feat, const 
   {
     std::vector<Packed<T>> ents;
     std::vector<double> dlogT;  // d log T per pixel: Σ_{j<i} -dα_j / (1-α_j)
+    std::vector<double> pacc;   // the primal composite (with_primal)
     TileState st;
 #pragma omp for schedule(dynamic, 4)
     for (int64_t t = 0; t < G.tiles(); ++t) {
@@ -781,6 +802,7 @@ at::Tensor raster_jvp_impl(const at::Tensor& geo, const at::Tensor& feat, const 
       gather_tile<T>(off[t], off[t + 1], pl, pg, pf, pb, ents);
       st.reset(tile * tile, 5);
       dlogT.assign(tile * tile, 0.0);
+      if (with_primal) pacc.assign(5 * tile * tile, 0.0);
       tile_pixels_inactive(ti, tile, st);
       composite_tile<T>(ents, ti, tile, st, [&](int, const Packed<T>& P, int i, T al, double Tr, T dx, T dy) {
         const T* d = dg + 6 * (int64_t)P.e;
@@ -796,16 +818,27 @@ at::Tensor raster_jvp_impl(const at::Tensor& geo, const at::Tensor& feat, const 
         for (int k = 0; k < 4; ++k) a[k] += (double)P.f[k] * dw + (double)dfe[k] * w;
         a[4] += dw;
         dlogT[i] -= dal / (1.0 - (double)al);
+        if (with_primal) {
+          double* pa = pacc.data() + 5 * i;
+          for (int k = 0; k < 4; ++k) pa[k] += w * (double)P.f[k];
+          pa[4] += w;
+        }
       });
       for (int ly = 0; ly < ti.h; ++ly)
         for (int lx = 0; lx < ti.w; ++lx) {
           T* op = o + 5 * ti.pixel(G, lx, ly);
           const double* a = st.acc.data() + 5 * (ly * tile + lx);
           for (int k = 0; k < 5; ++k) op[k] = (T)a[k];
+          if (with_primal) {
+            T* pp = op0 + 5 * ti.pixel(G, lx, ly);
+            const double* pa = pacc.data() + 5 * (ly * tile + lx);
+            for (int k = 0; k < 5; ++k) pp[k] = (T)pa[k];
+          }
         }
     }
   }
-  return out;
+  if (with_primal) return {prim, out};
+  return {out};
 }
 
 template <typename T>
@@ -974,7 +1007,18 @@ at::Tensor raster_jvp(const at::Tensor& geo, const at::Tensor& feat, const at::T
   check_cpu(dgeo, "dgeo"); check_cpu(dfeat, "dfeat");
   at::Tensor out;
   AT_DISPATCH_FLOATING_TYPES(geo.scalar_type(), "raster_jvp", [&] {
-    out = raster_jvp_impl<scalar_t>(geo, feat, box, offsets, list, Grid(C, W, H, tile), dgeo, dfeat);
+    out = raster_jvp_impl<scalar_t>(geo, feat, box, offsets, list, Grid(C, W, H, tile), dgeo, dfeat, false)[0];
+  });
+  return out;
+}
+
+std::vector<at::Tensor> raster_forward_jvp(const at::Tensor& geo, const at::Tensor& feat, const at::Tensor& box,
+                                           const at::Tensor& offsets, const at::Tensor& list, int64_t C, int64_t W,
+                                           int64_t H, int64_t tile, const at::Tensor& dgeo, const at::Tensor& dfeat) {
+  check_cpu(geo, "geo"); check_cpu(feat, "feat"); check_cpu(dgeo, "dgeo"); check_cpu(dfeat, "dfeat");
+  std::vector<at::Tensor> out;
+  AT_DISPATCH_FLOATING_TYPES(geo.scalar_type(), "raster_forward_jvp", [&] {
+    out = raster_jvp_impl<scalar_t>(geo, feat, box, offsets, list, Grid(C, W, H, tile), dgeo, dfeat, true);
   });
   return out;
 }
@@ -1002,5 +1046,6 @@ TORCH_LIBRARY(diff3r_cpu, m) {
   m.def("bin_tiles", torch::dispatch(c10::DispatchKey::CPU, &bin_tiles));
   m.def("raster_forward", torch::dispatch(c10::DispatchKey::CPU, &raster_forward));
   m.def("raster_jvp", torch::dispatch(c10::DispatchKey::CPU, &raster_jvp));
+  m.def("raster_forward_jvp", torch::dispatch(c10::DispatchKey::CPU, &raster_forward_jvp));
   m.def("raster_backward", torch::dispatch(c10::DispatchKey::CPU, &raster_backward));
 }
