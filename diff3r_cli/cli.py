@@ -180,8 +180,8 @@ def _parse_int_list(text: Optional[str], option: str) -> Optional[list[int]]:
 MIN_RESOLUTION = 32  # the encoder downsamples by 16; below two cells per side there is no cost volume
 
 
-def _parse_resolution(text: Optional[str]) -> Optional[tuple[int, int]]:
-    """'256' -> (256, 256); '320x240' -> (width 320, height 240)."""
+def _parse_resolution(text: Optional[str]) -> Optional[int | tuple[int, int]]:
+    """'256' -> 256 (the short side, native aspect); '320x240' -> (width 320, height 240)."""
     if text is None:
         return None
     try:
@@ -195,7 +195,7 @@ def _parse_resolution(text: Optional[str]) -> Optional[tuple[int, int]]:
     if min(w, h) < MIN_RESOLUTION:
         raise UserError(f"--resolution {text} is too small: the predictor needs at least {MIN_RESOLUTION} pixels "
                         "per side", None, "e.g. --resolution 256 or --resolution 320x256")
-    return w, h
+    return w if len(parts) == 1 else (w, h)
 
 
 def _print_result(result: Any) -> None:
@@ -291,10 +291,11 @@ def reconstruct(
                                                       "e.g. 0,5 (at least 2, each once). Default: the input's "
                                                       "own context hint, else the most central camera and its "
                                                       "2 nearest neighbours.")] = None,
-    resolution: Annotated[Optional[str], typer.Option(help="Working resolution N or WxH, at least 32 (images are "
-                                                           "scaled to cover it and centre-cropped; intrinsics follow "
-                                                           "exactly). Default: the native aspect ratio, long side "
-                                                           "capped at 256, sides multiples of 16.")] = None,
+    resolution: Annotated[Optional[str], typer.Option(help="Working resolution: N = the short side at the "
+                                                           "images' own aspect ratio (sides cropped to a multiple "
+                                                           "of 16), or WxH (scaled to cover, centre-cropped); "
+                                                           "intrinsics follow exactly; at least 32. Default: the "
+                                                           "native aspect ratio, long side capped at 256.")] = None,
     device: Annotated[Device, typer.Option(help="Where to run: auto picks CUDA when available.")] = Device.auto,
     refine_steps: Annotated[int, typer.Option(min=0, help="Uncertainty-weighted test-time optimization steps "
                                                           "after prediction (0 = none).")] = 0,
@@ -432,7 +433,8 @@ def train(
     stage: Annotated[Stage, typer.Option(help="ff: train the feed-forward predictor alone; diff3r: train "
                                               "through the optimization layer (usually with --init).")] = Stage.diff3r,
     steps: Annotated[int, typer.Option(min=1, help="Training steps.")] = 20000,
-    resolution: Annotated[int, typer.Option(min=16, help="Training image size (square, multiple of 16).")] = 256,
+    resolution: Annotated[int, typer.Option(min=16, help="Short side of the training images; each scene keeps "
+                                                         "its aspect ratio (batches grouped by size).")] = 256,
     batch: Annotated[int, typer.Option(min=1, help="Scenes per step (per process under torchrun).")] = 4,
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: checkpoints, logs.")] = Path("runs/train"),
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint in --out.")] = False,
@@ -459,6 +461,10 @@ def train(
                                                         "CPU).")] = None,
     time_limit: Annotated[Optional[float], typer.Option(help="Stop with a checkpoint after this many seconds "
                                                              "(resume later with --resume).")] = None,
+    view_sampler: Annotated[Optional[str], typer.Option(help="Context pairs: angle (15-30 deg apart with shared "
+                                                             "content, else by frame gap; real sequences) or gap "
+                                                             "(by frame gap). Default: angle for re10k, gap for "
+                                                             "synthetic.")] = None,
 ) -> None:
     """Train the predictor (multi-GPU: torchrun --nproc_per_node K -m diff3r_cli train ...).
 
@@ -473,7 +479,7 @@ def train(
     extra = {k: v for k, v in dict(model_size=model_size, lr=lr, inner_steps=inner_steps, seed=seed, lam_lr=lam_lr,
                                    ff_weight=ff_weight, pcg_max_iter=pcg_max_iter, warmup=warmup,
                                    ckpt_every=ckpt_every, eval_every=eval_every, threads=threads,
-                                   time_limit=time_limit).items()
+                                   time_limit=time_limit, view_sampler=view_sampler).items()
              if v is not None}  # let the trainer's own defaults stand
     result = fn(data=data.value, data_root=data_root, stage=stage.value, steps=steps, resolution=resolution,
                 batch=batch, out=out, resume=resume, init=init, outliers=outliers, **extra)
@@ -505,8 +511,8 @@ def eval_cmd(
                                                                    "views get occluders / exposure changes "
                                                                    "(robustness evaluation; targets stay clean).")] = 0.0,
     limit: Annotated[Optional[int], typer.Option(min=1, help="Evaluate at most this many test scenes.")] = None,
-    resolution: Annotated[Optional[int], typer.Option(min=16, help="Square working resolution. "
-                                                                   "Default: the model's training resolution.")] = None,
+    resolution: Annotated[Optional[int], typer.Option(min=16, help="Short side; each scene keeps its aspect "
+                                                                   "ratio. Default: the model's training resolution.")] = None,
     optimizer: Annotated[Optimizer, typer.Option(help="TTO optimizer.")] = Optimizer.adam,
     device: Annotated[Device, typer.Option(help="Where to run.")] = Device.auto,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the results (summary and "

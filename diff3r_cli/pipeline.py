@@ -69,11 +69,21 @@ def choose_context(cameras: Cameras, count: int = MAX_DEFAULT_CONTEXT) -> list[i
     return sorted(order[:count])
 
 
-def estimate_depth_range(scene, context: list[int]) -> tuple[float, float, str]:
+def _range_from_points(cams: Cameras, points: torch.Tensor) -> Optional[tuple[float, float]]:
+    """Near/far from world points seen by the cameras: robust 2-98 % depth quantiles, widened."""
+    _, z = cams.project(points.to(torch.float64))
+    z = z[z > 1e-6]
+    if z.numel() < 10:
+        return None
+    return float(torch.quantile(z, 0.02)) * 0.6, float(torch.quantile(z, 0.98)) * 1.6
+
+
+def estimate_depth_range(scene, context: list[int], triangulate: bool = True) -> tuple[float, float, str]:
     """Near/far planes for the cost volume, from what the scene offers.
 
-    Priority: stored depths (synthetic/RE10K extras), sparse 3D points (COLMAP/SfM),
-    sidecar/transforms near/far hints, else the cameras' common look-at point.
+    Priority: sidecar/transforms near/far hints, stored depths (synthetic/RE10K extras), sparse
+    3D points (COLMAP/SfM), features of the context views triangulated with their known poses
+    (transforms.json, RE10K: pycolmap), else the cameras' common look-at point.
     """
     cams = scene.cameras[context]
     ex = scene.extras
@@ -85,12 +95,17 @@ def estimate_depth_range(scene, context: list[int]) -> tuple[float, float, str]:
         if d.numel():
             return float(d.min()) * 0.8, float(d.max()) * 1.2, "depth maps"
     if "points3d" in ex and len(ex["points3d"]) >= 10:
-        _, z = cams.project(ex["points3d"].to(torch.float64))
-        z = z[z > 1e-6]
-        if z.numel() >= 10:
-            lo = float(torch.quantile(z, 0.02))
-            hi = float(torch.quantile(z, 0.98))
-            return lo * 0.6, hi * 1.6, "sparse points"
+        rng = _range_from_points(cams, ex["points3d"])
+        if rng is not None:
+            return rng[0], rng[1], "sparse points"
+    if triangulate and len(context) >= 2:
+        from diff3r_cli.scene_io.triangulate import triangulate_known_cameras
+
+        tri = triangulate_known_cameras(scene.images[context], cams)
+        rng = _range_from_points(cams, tri["points3d"]) if tri["num_points"] >= 10 else None
+        if rng is not None:
+            return rng[0], rng[1], (f"triangulated matches ({tri['num_points']} points, "
+                                    f"{tri['reprojection_error']:.2f} px)")
     # look-at: least-squares point closest to all optical axes
     c2w = cams.c2w.to(torch.float64)
     o, d = c2w[:, :3, 3], c2w[:, :3, 2]
@@ -370,7 +385,7 @@ def write_renders(dest: Path, g: Gaussians, path_cams: Cameras, video: bool | st
 # --- engines -----------------------------------------------------------------------------------
 
 def reconstruct_command(path: Path, out: Path, model: Optional[str] = None, views: Optional[list[int]] = None,
-                        resolution: Optional[tuple[int, int]] = None, device: str = "auto", refine_steps: int = 0,
+                        resolution: Optional[int | tuple[int, int]] = None, device: str = "auto", refine_steps: int = 0,
                         uncertainty: bool = True, render: bool = True, optimizer: str = "adam",
                         frames: int = PATH_FRAMES, eval_all: bool = False, video: str = "mp4",
                         show_progress: bool = True, ply_layout: str = "viewer") -> dict:
@@ -410,14 +425,19 @@ def reconstruct_command(path: Path, out: Path, model: Optional[str] = None, view
         context = [int(i) for i in hint] if hint is not None else choose_context(scene.cameras)
     if len(context) < 2:
         raise UserError(f"{len(context)} context view(s); at least 2 are needed", path, "pass --views i,j")
-    res = resolution or default_resolution(scene.width, scene.height)
+    if isinstance(resolution, int):  # the short side, at the input's own aspect ratio
+        from diff3r_cli.scene_io.images import native_size
+        res = native_size(scene.width, scene.height, resolution, MULTIPLE)
+    else:
+        res = resolution or default_resolution(scene.width, scene.height)
     with Steps(show_progress) as st:
         with st.step("load model"):
             net = load_model(model_path, device="cpu")
         if (res[0], res[1]) != (scene.width, scene.height):
             with st.step(f"resample {n} views to {res[0]}x{res[1]}"):
                 scene = resize_scene(scene, res[0], res[1])
-        near, far, range_src = estimate_depth_range(scene, context)
+        with st.step("depth range"):
+            near, far, range_src = estimate_depth_range(scene, context)
         ctx_cams = scene.cameras[context]
         ctx_imgs = scene.images[context]
         t0 = time.perf_counter()

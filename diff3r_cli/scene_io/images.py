@@ -80,6 +80,21 @@ def resample(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
     return y[0].permute(1, 2, 0).clamp(0, 1).contiguous()
 
 
+def native_size(width: int, height: int, short: int, multiple: int = 16) -> tuple[int, int]:
+    """(width, height) keeping the aspect ratio with the short side scaled to ``short``, then each side
+    cropped down to a multiple of ``multiple`` (a side already below ``multiple`` is kept as is).
+
+    Use with ``resize_crop`` to the returned size: the crop is centred and the intrinsics stay exact.
+    """
+    if short <= 0 or width <= 0 or height <= 0:
+        raise ValueError(f"invalid sizes: image {width}x{height}, short side {short}")
+    s = short / min(width, height)
+    # +1e-9: 376 * (128 / 376) must not floor to 127
+    w, h = int(width * s + 1e-9), int(height * s + 1e-9)
+    snap = lambda x: x // multiple * multiple if x >= multiple else x  # noqa: E731
+    return snap(w), snap(h)
+
+
 def resize_view(image: torch.Tensor, K: torch.Tensor, width: int, height: int,
                 mode: str = "resize_crop") -> tuple[torch.Tensor, torch.Tensor]:
     """Resample one view (H,W,3) with intrinsics K (3,3) to (width,height); returns (image, K').
