@@ -3,7 +3,8 @@ and prints the result.
 
 Every subcommand runs inside one error wrapper: a UserError (bad input, with the file and
 the fix) or a NumericalError becomes one line ``error: ...`` on stderr and exit status 2,
-never a traceback. Engines are imported lazily inside each command, so `--help` and
+never a traceback. SIGINT/SIGTERM become ``error: interrupted (SIGxxx)`` and exit
+130/143 after temporary files are removed (diff3r_cli.interrupts). Engines are imported lazily inside each command, so `--help` and
 `inspect` stay fast and a subcommand whose engine does not exist yet says so (exit 2)
 instead of pretending.
 
@@ -11,11 +12,13 @@ Engine contract (keyword arguments each command passes; the engine may return a 
 figures/paths, which is printed as a key/value table):
 
 - reconstruct -> diff3r_cli.pipeline.reconstruct_command(path, out, model, views: list[int]|None,
-  resolution: (W,H)|None, device: "auto"|"cpu"|"cuda", refine_steps, uncertainty: bool, render: bool)
+  resolution: (W,H)|None, device: "auto"|"cpu"|"cuda", refine_steps, uncertainty: bool, render: bool,
+  eval_all: bool, video: "mp4"|"gif"[, ply_layout="compact" only with --compact-ply])
 - refine -> diff3r_cli.pipeline.refine_command(ply, steps, optimizer: "adam"|"lm", uncertainty: bool,
-  images: Path|None, out: Path)   (out == ply for --in-place; the .ply was already validated)
+  images: Path|None, out: Path[, ply_layout])   (out == ply for --in-place; the .ply was already validated)
 - render -> diff3r_cli.pipeline.render_command(ply, out: Path (folder), path: "interpolate"|"orbit"|"input",
-  frames, video: bool)
+  frames, video: False|True (MP4)|"gif")
+- view -> diff3r_cli.viewer.view_command(ply, host, port)   (serves until interrupted)
 - train -> diff3r_cli.train.train_main(data, data_root, stage, steps, resolution, batch, out, resume, init,
   outliers[, model_size, lr, inner_steps, seed only when given])
 - eval -> diff3r_cli.evaluate.evaluate_main(data_root, data, model, ff_model, tto_steps: list[int], outliers,
@@ -74,8 +77,11 @@ def _guarded(fn: Callable) -> Callable:
             _fail(e.one_line())
         except NumericalError as e:
             _fail(f"numerical failure: {e} — try fewer steps, --optimizer adam, or a smaller learning rate")
-        except KeyboardInterrupt:
-            _fail("interrupted", 130)
+        except KeyboardInterrupt as e:
+            from diff3r_cli.interrupts import exit_code, remove_temps, signal_name
+
+            remove_temps()
+            _fail(f"interrupted ({signal_name(e)})", exit_code(e))
     return wrapper
 
 
@@ -130,6 +136,16 @@ def _check_writable_ancestor(folder: Path, reported: Path) -> None:
     if not os.access(p, os.W_OK | os.X_OK):
         raise UserError(f"cannot write into {p} (permission denied)", reported,
                         "choose an output path in a writable directory")
+    # os.access says yes for root on /proc, /sys and read-only mounts: try a real file there
+    import tempfile
+
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".diff3r-probe.", dir=p)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"cannot write into {p} ({e.strerror or e})", reported,
+                        "choose an output path in a writable directory") from None
 
 
 def _preflight_input(path: Path) -> None:
@@ -154,11 +170,18 @@ def _parse_int_list(text: Optional[str], option: str) -> Optional[list[int]]:
                         f"e.g. {option} 0,1") from None
     if not vals or any(v < 0 for v in vals):
         raise UserError(f"{option} expects non-negative integers, got {text!r}", None, f"e.g. {option} 0,1")
+    dups = sorted({v for v in vals if vals.count(v) > 1})
+    if dups:
+        raise UserError(f"{option} lists {', '.join(map(str, dups))} more than once ({text!r})", None,
+                        f"give each value once, e.g. {option} {','.join(map(str, sorted(set(vals))))}")
     return vals
 
 
-def _parse_resolution(text: Optional[str]) -> Optional[tuple[int, int]]:
-    """'256' -> (256, 256); '320x240' -> (width 320, height 240)."""
+MIN_RESOLUTION = 32  # the encoder downsamples by 16; below two cells per side there is no cost volume
+
+
+def _parse_resolution(text: Optional[str]) -> Optional[int | tuple[int, int]]:
+    """'256' -> 256 (the short side, native aspect); '320x240' -> (width 320, height 240)."""
     if text is None:
         return None
     try:
@@ -169,7 +192,10 @@ def _parse_resolution(text: Optional[str]) -> Optional[tuple[int, int]]:
     except ValueError:
         raise UserError(f"--resolution expects N or WxH (positive integers), got {text!r}", None,
                         "e.g. --resolution 256 or --resolution 320x256") from None
-    return w, h
+    if min(w, h) < MIN_RESOLUTION:
+        raise UserError(f"--resolution {text} is too small: the predictor needs at least {MIN_RESOLUTION} pixels "
+                        "per side", None, "e.g. --resolution 256 or --resolution 320x256")
+    return w if len(parts) == 1 else (w, h)
 
 
 def _print_result(result: Any) -> None:
@@ -262,20 +288,34 @@ def reconstruct(
     model: Annotated[Optional[str], typer.Option(help="Bundled model name or path to a .safetensors "
                                                       "checkpoint. Default: the bundled default model.")] = None,
     views: Annotated[Optional[str], typer.Option(help="Comma-separated view indices to use as context, "
-                                                      "e.g. 0,5. Default: all views (at least 2 needed).")] = None,
-    resolution: Annotated[Optional[str], typer.Option(help="Working resolution N or WxH (images are resized "
-                                                           "and centre-cropped). Default: the model's.")] = None,
+                                                      "e.g. 0,5 (at least 2, each once). Default: the input's "
+                                                      "own context hint, else the most central camera and its "
+                                                      "2 nearest neighbours.")] = None,
+    resolution: Annotated[Optional[str], typer.Option(help="Working resolution: N = the short side at the "
+                                                           "images' own aspect ratio (sides cropped to a multiple "
+                                                           "of 16), or WxH (scaled to cover, centre-cropped); "
+                                                           "intrinsics follow exactly; at least 32. Default: the "
+                                                           "native aspect ratio, long side capped at 256.")] = None,
     device: Annotated[Device, typer.Option(help="Where to run: auto picks CUDA when available.")] = Device.auto,
     refine_steps: Annotated[int, typer.Option(min=0, help="Uncertainty-weighted test-time optimization steps "
                                                           "after prediction (0 = none).")] = 0,
     no_uncertainty: Annotated[bool, typer.Option("--no-uncertainty", help="Refine without the predicted "
                                                  "uncertainty (plain TTO) and do not store it in the .ply.")] = False,
-    render: Annotated[bool, typer.Option("--render/--no-render", help="Also render the input views next to "
-                                                                      "the .ply (<stem>_renders/).")] = True,
+    render: Annotated[bool, typer.Option("--render/--no-render", help="Also render into <stem>_renders/: "
+                                                                      "the context views, the unseen views between "
+                                                                      "or near them (psnr_interp), and a camera path "
+                                                                      "(PNG frames + path.mp4).")] = True,
+    eval_all: Annotated[bool, typer.Option("--eval-all", help="Also render every other input view (far from the "
+                                                              "context cameras) and report psnr_extrap.")] = False,
+    gif: Annotated[bool, typer.Option("--gif", help="Write the camera path as path.gif instead of "
+                                                    "path.mp4.")] = False,
+    compact_ply: Annotated[bool, typer.Option("--compact-ply", help="Store SH at its own degree with Λ in the "
+                                              "vertex element (smaller; the reference SIBR viewer cannot read it). "
+                                              "Default: the 62-property layout every viewer reads.")] = False,
 ) -> None:
     """Predict a 3DGS scene from posed (or SfM-posed) images in one network pass.
 
-    Writes OUT (a standard 3DGS .ply; the uncertainty goes in extra vertex properties that viewers ignore) and its sidecar .json, then optionally refines and renders. Needs at least 2 views.
+    Writes OUT (a standard 3DGS .ply every splat viewer reads; the uncertainty Λ rides in a separate element that viewers skip) and its sidecar .json, then optionally refines and renders (see --render). Needs at least 2 views.
     """
     _require_exists(path)
     _check_output_file(out)
@@ -285,7 +325,8 @@ def reconstruct(
     fn = _engine("reconstruct", "diff3r_cli.pipeline", "reconstruct_command")
     _print_result(fn(path=path, out=out, model=model, views=_parse_int_list(views, "--views"),
                      resolution=_parse_resolution(resolution), device=device.value, refine_steps=refine_steps,
-                     uncertainty=not no_uncertainty, render=render))
+                     uncertainty=not no_uncertainty, render=render, eval_all=eval_all,
+                     video="gif" if gif else "mp4", **({"ply_layout": "compact"} if compact_ply else {})))
 
 
 # --- refine --------------------------------------------------------------------------------
@@ -295,16 +336,21 @@ def reconstruct(
 def refine(
     ply: Annotated[Path, typer.Argument(help="A .ply written by `diff3r reconstruct` (its sidecar .json "
                                              "gives the input views and cameras).", show_default=False)],
-    steps: Annotated[int, typer.Option(min=1, help="Optimization steps.")] = 200,
+    steps: Annotated[int, typer.Option(min=1, help="Optimization steps (at the scene's saved resolution; "
+                                                   "Ctrl-C writes the best iterate so far, marked partial).")] = 200,
     optimizer: Annotated[Optimizer, typer.Option(help="adam (first order) or lm (Gauss-Newton / "
                                                       "Levenberg-Marquardt with PCG).")] = Optimizer.adam,
     no_uncertainty: Annotated[bool, typer.Option("--no-uncertainty", help="Ignore the stored uncertainty "
                                                  "weights (plain TTO, no proximal anchor).")] = False,
-    images: Annotated[Optional[Path], typer.Option(help="Folder holding the input images, when they moved "
-                                                        "since reconstruct. Default: the sidecar's paths.")] = None,
+    images: Annotated[Optional[Path], typer.Option(help="Folder holding the input images, used when the "
+                                                        "saved network inputs (<stem>_inputs/) are gone and the "
+                                                        "images moved since reconstruct. Default: the sidecar's "
+                                                        "paths.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output .ply. Default: "
                                                                     "<stem>.refined.ply next to the input.")] = None,
     in_place: Annotated[bool, typer.Option("--in-place", help="Overwrite the input .ply (atomically).")] = False,
+    compact_ply: Annotated[bool, typer.Option("--compact-ply", help="Store SH at its own degree with Λ in the "
+                                              "vertex element (smaller; SIBR cannot read it).")] = False,
 ) -> None:
     """Refine a predicted scene on its input views by uncertainty-weighted test-time optimization.
 
@@ -321,7 +367,7 @@ def refine(
     _check_output_file(dest)
     fn = _engine("refine", "diff3r_cli.pipeline", "refine_command")
     _print_result(fn(ply=ply, steps=steps, optimizer=optimizer.value, uncertainty=not no_uncertainty,
-                     images=images, out=dest))
+                     images=images, out=dest, **({"ply_layout": "compact"} if compact_ply else {})))
 
 
 # --- render --------------------------------------------------------------------------------
@@ -335,8 +381,9 @@ def render_cmd(
     path: Annotated[PathKind, typer.Option("--path", help="Camera path: interpolate between the input "
                                                           "cameras, orbit around the scene, or the input views.")] = PathKind.interpolate,
     frames: Annotated[int, typer.Option(min=1, help="Number of frames (ignored for --path input).")] = 60,
-    video: Annotated[bool, typer.Option("--video", help="Also assemble the frames into a video file "
+    video: Annotated[bool, typer.Option("--video", help="Also encode the frames as path.mp4 (H.264) "
                                                         "in the output folder.")] = False,
+    gif: Annotated[bool, typer.Option("--gif", help="Also write the frames as path.gif.")] = False,
 ) -> None:
     """Render novel views of a .ply along a camera path into PNG frames (and optionally a video)."""
     from diff3r_cli.ply import read_ply
@@ -345,7 +392,33 @@ def render_cmd(
     dest = out if out is not None else ply.with_name(ply.stem + "_renders")
     _check_output_dir(dest)
     fn = _engine("render", "diff3r_cli.pipeline", "render_command")
-    _print_result(fn(ply=ply, out=dest, path=path.value, frames=frames, video=video))
+    if video and gif:
+        raise UserError("--video and --gif are mutually exclusive", None, "pass only one of them")
+    _print_result(fn(ply=ply, out=dest, path=path.value, frames=frames, video="gif" if gif else video))
+
+
+# --- view ----------------------------------------------------------------------------------
+
+@app.command()
+@_guarded
+def view(
+    ply: Annotated[Path, typer.Argument(help="A splat .ply (its sidecar .json, when present, adds the input "
+                                             "cameras and their images).", show_default=False)],
+    host: Annotated[str, typer.Option(help="Address to listen on. The default serves this machine only; "
+                                           "0.0.0.0 lets others on the network see the scene.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port (the next free one is taken when it is "
+                                                             "busy; 0 = any free port).")] = 8080,
+) -> None:
+    """Open an interactive viewer in the browser (viser): the splats, the input cameras with their images,
+    colouring by the predicted uncertainty Λ per group, and a button that saves the current view as a PNG.
+
+    Prints the local URL and serves until Ctrl-C.
+    """
+    from diff3r_cli.ply import read_ply
+
+    read_ply(_require_exists(ply, ".ply"))  # validate before starting a server
+    fn = _engine("view", "diff3r_cli.viewer", "view_command")
+    fn(ply=ply, host=host, port=port)
 
 
 # --- train ---------------------------------------------------------------------------------
@@ -360,7 +433,8 @@ def train(
     stage: Annotated[Stage, typer.Option(help="ff: train the feed-forward predictor alone; diff3r: train "
                                               "through the optimization layer (usually with --init).")] = Stage.diff3r,
     steps: Annotated[int, typer.Option(min=1, help="Training steps.")] = 20000,
-    resolution: Annotated[int, typer.Option(min=16, help="Training image size (square, multiple of 16).")] = 256,
+    resolution: Annotated[int, typer.Option(min=16, help="Short side of the training images; each scene keeps "
+                                                         "its aspect ratio (batches grouped by size).")] = 256,
     batch: Annotated[int, typer.Option(min=1, help="Scenes per step (per process under torchrun).")] = 4,
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: checkpoints, logs.")] = Path("runs/train"),
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint in --out.")] = False,
@@ -387,6 +461,10 @@ def train(
                                                         "CPU).")] = None,
     time_limit: Annotated[Optional[float], typer.Option(help="Stop with a checkpoint after this many seconds "
                                                              "(resume later with --resume).")] = None,
+    view_sampler: Annotated[Optional[str], typer.Option(help="Context pairs: angle (15-30 deg apart with shared "
+                                                             "content, else by frame gap; real sequences) or gap "
+                                                             "(by frame gap). Default: angle for re10k, gap for "
+                                                             "synthetic.")] = None,
 ) -> None:
     """Train the predictor (multi-GPU: torchrun --nproc_per_node K -m diff3r_cli train ...).
 
@@ -401,10 +479,18 @@ def train(
     extra = {k: v for k, v in dict(model_size=model_size, lr=lr, inner_steps=inner_steps, seed=seed, lam_lr=lam_lr,
                                    ff_weight=ff_weight, pcg_max_iter=pcg_max_iter, warmup=warmup,
                                    ckpt_every=ckpt_every, eval_every=eval_every, threads=threads,
-                                   time_limit=time_limit).items()
+                                   time_limit=time_limit, view_sampler=view_sampler).items()
              if v is not None}  # let the trainer's own defaults stand
-    _print_result(fn(data=data.value, data_root=data_root, stage=stage.value, steps=steps, resolution=resolution,
-                     batch=batch, out=out, resume=resume, init=init, outliers=outliers, **extra))
+    result = fn(data=data.value, data_root=data_root, stage=stage.value, steps=steps, resolution=resolution,
+                batch=batch, out=out, resume=resume, init=init, outliers=outliers, **extra)
+    _print_result(result)
+    if isinstance(result, dict) and result.get("status") == "interrupted":
+        # the checkpoint is written; a script must still see that the run did not finish
+        import signal as _signal
+
+        signum = int(result.get("signal") or _signal.SIGINT)
+        _fail(f"interrupted ({_signal.Signals(signum).name}) after the checkpoint at step {result.get('step')}; "
+              f"continue with --resume --out {out}", 128 + signum)
 
 
 # --- eval ----------------------------------------------------------------------------------
@@ -425,8 +511,8 @@ def eval_cmd(
                                                                    "views get occluders / exposure changes "
                                                                    "(robustness evaluation; targets stay clean).")] = 0.0,
     limit: Annotated[Optional[int], typer.Option(min=1, help="Evaluate at most this many test scenes.")] = None,
-    resolution: Annotated[Optional[int], typer.Option(min=16, help="Square working resolution. "
-                                                                   "Default: the model's training resolution.")] = None,
+    resolution: Annotated[Optional[int], typer.Option(min=16, help="Short side; each scene keeps its aspect "
+                                                                   "ratio. Default: the model's training resolution.")] = None,
     optimizer: Annotated[Optimizer, typer.Option(help="TTO optimizer.")] = Optimizer.adam,
     device: Annotated[Device, typer.Option(help="Where to run.")] = Device.auto,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the results (summary and "
@@ -601,6 +687,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     Bad input and usage errors exit 2; unexpected errors (bugs) exit 1 with one line unless
     DIFF3R_DEBUG=1, which shows the traceback.
     """
+    from diff3r_cli.interrupts import exit_code, install, remove_temps, signal_name
+
+    install()  # SIGINT/SIGTERM -> Interrupted: clean-up runs, exit 130/143, no foreign stack traces
     try:
         rc = app(args=argv, prog_name="diff3r", standalone_mode=False)
     except _ClickException as e:  # usage errors: unknown option, bad choice, missing argument
@@ -612,7 +701,15 @@ def main(argv: Optional[list[str]] = None) -> None:
         hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
         print(f"error: {' '.join(e.format_message().split())}{hint}", file=sys.stderr)
         sys.exit(e.exit_code)
-    except typer.Abort:
+    except KeyboardInterrupt as e:  # outside a command's own handler (e.g. while importing)
+        remove_temps()
+        print(f"error: interrupted ({signal_name(e)})", file=sys.stderr)
+        sys.exit(exit_code(e))
+    except typer.Abort as e:
+        if isinstance(e.__context__, KeyboardInterrupt):  # click turns Ctrl-C in a prompt into Abort
+            remove_temps()
+            print(f"error: interrupted ({signal_name(e.__context__)})", file=sys.stderr)
+            sys.exit(exit_code(e.__context__))
         print("error: aborted", file=sys.stderr)
         sys.exit(1)
     except (UserError, NumericalError) as e:  # raised outside a command (should not happen)

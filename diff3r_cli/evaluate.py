@@ -54,10 +54,13 @@ def plan_runs(steps_list: list[int], with_ff: bool) -> list[tuple[str, str, bool
 def evaluate_views(models: dict, runs: list[tuple[str, str, bool, int]], ctx_images: torch.Tensor,
                    ctx_K: torch.Tensor, ctx_w2c: torch.Tensor, tgt_images: torch.Tensor, tgt_K: torch.Tensor,
                    tgt_w2c: torch.Tensor, near: float, far: float, device: torch.device,
-                   optimizer: str = "adam") -> tuple[dict, int]:
+                   optimizer: str = "adam", renders: Optional[dict] = None) -> tuple[dict, int]:
     """Predict from the context views with each model, run each TTO configuration, score the targets.
 
-    Returns ({"<method>@<steps>": {"psnr", "ssim"} or None on a numerical failure}, failures).
+    Returns ({"<method>@<steps>": {"psnr", "ssim", "context_psnr"} or None on a numerical failure},
+    failures). context_psnr: the context views re-rendered from that configuration's Gaussians (how
+    well the inputs are explained; high with low target PSNR = overfitting). renders: when a dict is
+    given, the target renders (T,H,W,3) are stored in it under "<method>@<steps>".
     """
     from diff3r_cli.optim.tto import optimize
     from diff3r_cli.pipeline import render_views
@@ -103,9 +106,23 @@ def evaluate_views(models: dict, runs: list[tuple[str, str, bool, int]], ctx_ima
         for method, s in items:
             if f"{method}@{s}" in out:
                 continue
-            p, q = _metrics(render_views(states[s], Cameras(tgt_K, tgt_w2c, W, H)), tgt_images.float().cpu())
-            out[f"{method}@{s}"] = {"psnr": p, "ssim": q}
+            pred = render_views(states[s], Cameras(tgt_K, tgt_w2c, W, H))
+            p, q = _metrics(pred, tgt_images.float().cpu())
+            ctx_psnr = _context_psnr(states[s], ctx_cams, ci)
+            out[f"{method}@{s}"] = {"psnr": p, "ssim": q, "context_psnr": ctx_psnr}
+            if renders is not None:
+                renders[f"{method}@{s}"] = pred
     return out, failures
+
+
+def _context_psnr(g, ctx_cams: Cameras, ctx_images: torch.Tensor) -> float:
+    """Mean PSNR of the context views re-rendered from Gaussians g."""
+    from diff3r_cli.metrics import psnr
+    from diff3r_cli.pipeline import render_views
+
+    pred = render_views(g, ctx_cams)
+    gt = ctx_images.float().cpu()
+    return sum(float(psnr(pred[i], gt[i])) for i in range(len(gt))) / len(gt)
 
 
 def summarize(rows: list[dict], runs: list[tuple[str, str, bool, int]]) -> list[dict]:
@@ -114,8 +131,12 @@ def summarize(rows: list[dict], runs: list[tuple[str, str, bool, int]]) -> list[
     for method, _, _, s in runs:
         vals = [r[f"{method}@{s}"] for r in rows if r.get(f"{method}@{s}")]
         if vals:
-            summary.append({"method": method, "steps": s, "psnr": sum(v["psnr"] for v in vals) / len(vals),
-                            "ssim": sum(v["ssim"] for v in vals) / len(vals), "scenes": len(vals)})
+            row = {"method": method, "steps": s, "psnr": sum(v["psnr"] for v in vals) / len(vals),
+                   "ssim": sum(v["ssim"] for v in vals) / len(vals), "scenes": len(vals)}
+            cps = [v["context_psnr"] for v in vals if v.get("context_psnr") is not None]
+            if cps:
+                row["context_psnr"] = sum(cps) / len(cps)
+            summary.append(row)
     return summary
 
 
@@ -123,10 +144,14 @@ def evaluate_main(data_root: Path, data: str = "re10k", model: str = "diff3r-sma
                   tto_steps: list[int] | tuple[int, ...] = (0, 50, 200), outliers: float = 0.0,
                   limit: Optional[int] = None, device: str = "auto", resolution: Optional[int] = None,
                   optimizer: str = "adam", split: str = "test", json_out: Optional[Path] = None,
-                  progress: bool = True, seed: int = 0) -> dict:
+                  progress: bool = True, seed: int = 0, depth_range: str = "auto") -> dict:
     """Evaluate on the fixed test views of an RE10K-format root (evaluation_index.json).
 
-    Returns {"summary": [{method, steps, psnr, ssim, scenes}], "scenes": [per-scene rows], ...}.
+    resolution: the short side; every scene keeps its native aspect ratio (sides cropped to a
+    multiple of 16, intrinsics exact). depth_range "auto": an example without stored depth maps
+    (real data) gets near/far from its context views' features triangulated with the known poses,
+    as `reconstruct` does; "dataset": the dataset's near/far (1..100, the RE10K convention).
+    Returns {"summary": [{method, steps, psnr, ssim, context_psnr, scenes}], "scenes": [per-scene rows], ...}.
     """
     from diff3r_cli.data.re10k import RE10KDataset
     from diff3r_cli.model.io import load_model, resolve_model_path
@@ -150,7 +175,11 @@ def evaluate_main(data_root: Path, data: str = "re10k", model: str = "diff3r-sma
         from diff3r_cli.data.outliers import OutlierConfig
         p = 1.0 if outliers is True else float(outliers)
         out_cfg = OutlierConfig(p_occluder=p, p_exposure=0.5 * p)
-    ds = RE10KDataset(root, split=split, resolution=res, evaluation_index=index, seed=seed, outliers=out_cfg)
+    if depth_range not in ("auto", "dataset"):
+        raise UserError(f"unknown depth range mode {depth_range!r}", None, "use auto or dataset")
+    # int resolution = short side: each scene at its native aspect ratio
+    ds = RE10KDataset(root, split=split, resolution=int(res), evaluation_index=index, seed=seed, outliers=out_cfg,
+                      full_context=depth_range == "auto")
     steps_list = sorted({int(s) for s in tto_steps})
     runs = plan_runs(steps_list, "ff" in models)
 
@@ -168,12 +197,14 @@ def evaluate_main(data_root: Path, data: str = "re10k", model: str = "diff3r-sma
         for n, sample in enumerate(ds):
             if limit is not None and n >= limit:
                 break
+            H, W = sample["context_images"].shape[1:3]
+            near, far, src = _depth_range(sample, depth_range)
             row = {"key": sample["key"], "context": sample["context_indices"].tolist(),
-                   "target": sample["target_indices"].tolist()}
+                   "target": sample["target_indices"].tolist(), "size": [W, H],
+                   "depth_range": [round(near, 4), round(far, 4), src]}
             metrics, nfail = evaluate_views(models, runs, sample["context_images"], sample["context_K"],
                                             sample["context_w2c"], sample["target_images"], sample["target_K"],
-                                            sample["target_w2c"], float(sample["near"]), float(sample["far"]),
-                                            dev, optimizer)
+                                            sample["target_w2c"], near, far, dev, optimizer)
             row.update(metrics)
             failures += nfail
             rows.append(row)
@@ -199,25 +230,48 @@ def evaluate_main(data_root: Path, data: str = "re10k", model: str = "diff3r-sma
     return result
 
 
+def _depth_range(sample: dict, mode: str) -> tuple[float, float, str]:
+    """near, far, source for one dataset sample (see evaluate_main's depth_range)."""
+    near, far, src = float(sample["near"]), float(sample["far"]), sample.get("depth_range_from", "default")
+    if mode == "auto" and src == "default":
+        from diff3r_cli.pipeline import _range_from_points
+        from diff3r_cli.scene_io.triangulate import triangulate_known_cameras
+
+        # at the stored size where the dataset gives it: a 128-px crop holds few features
+        key = "_full" if "context_images_full" in sample else ""
+        imgs = sample[f"context_images{key}"]
+        H, W = imgs.shape[1:3]
+        cams = Cameras(sample[f"context_K{key}"].double(), sample["context_w2c"].double(), W, H)
+        tri = triangulate_known_cameras(imgs, cams)
+        rng = _range_from_points(cams, tri["points3d"]) if tri["num_points"] >= 10 else None
+        if rng is not None:
+            return rng[0], rng[1], f"triangulated matches ({tri['num_points']} points at {W}x{H})"
+    return near, far, "dataset depth maps" if src == "depth maps" else "dataset default"
+
+
 def print_summary(result: dict) -> None:
     """Rich table: one row per (method, steps)."""
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"Target views, {result['num_scenes']} scenes at {result['resolution']}" + ("²" if isinstance(result["resolution"], int) else "")
+    t = Table(title=f"Target views, {result['num_scenes']} scenes, short side {result['resolution']} (native aspect)"
                     + (" (context outliers)" if result["outliers"] else ""))
-    for c in ("method", "TTO steps", "PSNR", "SSIM"):
+    for c in ("method", "TTO steps", "PSNR", "SSIM", "context PSNR"):
         t.add_column(c, justify="right" if c != "method" else "left")
     for r in result["summary"]:
-        t.add_row(r["method"], str(r["steps"]), f"{r['psnr']:.2f}", f"{r['ssim']:.4f}")
+        cp = r.get("context_psnr")
+        t.add_row(r["method"], str(r["steps"]), f"{r['psnr']:.2f}", f"{r['ssim']:.4f}",
+                  "-" if cp is None else f"{cp:.2f}")
     Console().print(t)
 
 
 def markdown_table(result: dict) -> str:
     """The summary as a Markdown table (for the README)."""
-    lines = ["| method | TTO steps | PSNR | SSIM |", "|---|---:|---:|---:|"]
+    lines = ["| method | TTO steps | PSNR | SSIM | context PSNR |", "|---|---:|---:|---:|---:|"]
     for r in result["summary"]:
-        lines.append(f"| {r['method']} | {r['steps']} | {r['psnr']:.2f} | {r['ssim']:.4f} |")
+        cp = r.get("context_psnr")
+        lines.append(f"| {r['method']} | {r['steps']} | {r['psnr']:.2f} | {r['ssim']:.4f} | "
+                     f"{'-' if cp is None else f'{cp:.2f}'} |")
     return "\n".join(lines)
 
 

@@ -7,10 +7,22 @@ viewers::
     opacity scale_0 scale_1 scale_2 rot_0 rot_1 rot_2 rot_3
 
 ``f_rest`` is channel-major: the K-1 higher-order coefficients of R, then those of G, then B.
-``opacity`` is a logit, ``scale_*`` are log-scales, ``rot_*`` a w-first quaternion. The
-normals are zero (unused). Our per-Gaussian uncertainty weights Λ (N,5) follow as
-``lambda_mean lambda_scale lambda_rotation lambda_opacity lambda_color`` (raw positive
-weights), then any caller-supplied extra per-vertex properties; viewers ignore both.
+``opacity`` is a logit, ``scale_*`` are log-scales, ``rot_*`` a w-first quaternion (written
+normalised). The normals are zero (unused).
+
+Two layouts (``write_ply(layout=...)``):
+
+- ``"viewer"`` (default): the vertex element holds exactly these 62 float properties, SH padded
+  with zeros to degree 3. The reference viewer (SIBR, from the 3DGS paper's code) ignores the
+  header and reads each vertex as a fixed 62-float struct, so anything else in the vertex
+  element (a lower degree, extra properties) makes it read garbage; name-based loaders
+  (three.js GaussianSplats3D, SuperSplat, plyfile-based tools) read it too. Our per-Gaussian
+  uncertainty Λ (N,5) ``lambda_mean lambda_scale lambda_rotation lambda_opacity lambda_color``
+  and any extra columns go into a second element ``diff3r_extra`` after the vertex data, which
+  fixed-struct readers never reach and name-based readers skip. A header comment
+  ``diff3r sh_degree D`` records the true degree; ``read_ply`` drops the zero padding.
+- ``"compact"``: SH at its own degree, Λ and extras appended to the vertex element (smaller;
+  readable by name-based loaders, not by SIBR).
 """
 
 from __future__ import annotations
@@ -33,6 +45,10 @@ UNCERTAINTY_PROPS = tuple(f"lambda_{g}" for g in GROUPS)
 _REQUIRED = ("x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity",
              "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3")
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+EXTRA_ELEMENT = "diff3r_extra"
+VIEWER_SH_DEGREE = 3
+LAYOUTS = ("viewer", "compact")
+_DEGREE_COMMENT = re.compile(r"^diff3r sh_degree (\d+)$")
 
 
 def standard_property_names(sh_degree: int) -> list[str]:
@@ -43,6 +59,16 @@ def standard_property_names(sh_degree: int) -> list[str]:
             + ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"])
 
 
+def default_mode(directory: bool = False) -> int:
+    """Permission bits a plain open()/mkdir() would give under the current umask (0644/0755 under 022).
+
+    mkstemp/mkdtemp create 0600/0700 on purpose; our outputs are ordinary files, so they get these.
+    """
+    mask = os.umask(0o022)  # read the umask (there is no getter) and put it back at once
+    os.umask(mask)
+    return (0o777 if directory else 0o666) & ~mask
+
+
 @contextmanager
 def atomic_output(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     """Open a temporary file next to ``path``; on success fsync and os.replace it into place.
@@ -51,11 +77,14 @@ def atomic_output(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     file behind (and never clobbers an existing good one). OS errors become a UserError
     naming the path.
     """
+    from diff3r_cli.interrupts import register_temp, unregister_temp
+
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     try:
         parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+        register_temp(tmp)  # removed even when a signal ends the process inside native code
     except OSError as e:
         raise UserError(f"cannot write here ({e.strerror or e})", path,
                         "choose an output path in a writable directory") from None
@@ -63,6 +92,7 @@ def atomic_output(path: str | Path, mode: str = "wb") -> Iterator[IO]:
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
+            os.fchmod(f.fileno(), default_mode())
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
@@ -72,6 +102,8 @@ def atomic_output(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     except BaseException:
         _unlink_quiet(tmp)
         raise
+    finally:
+        unregister_temp(tmp)
 
 
 def _unlink_quiet(p: str) -> None:
@@ -95,7 +127,9 @@ def gaussians_to_columns(gaussians: Gaussians) -> dict[str, np.ndarray]:
     # channel-major rest coefficients: (N, K-1, 3) -> (N, 3, K-1) -> (N, 3(K-1))
     rest = np.ascontiguousarray(sh[:, 1:, :].transpose(0, 2, 1)).reshape(n, 3 * (sh.shape[1] - 1))
     scales = _as_np32(gaussians.log_scales)
-    quats = _as_np32(gaussians.quats)
+    # normalised on export: some viewers use rot_* as given; the rendered rotation is the same
+    q64 = gaussians.quats.detach().to("cpu", torch.float64)
+    quats = _as_np32(q64 / q64.norm(dim=1, keepdim=True).clamp_min(1e-30))
     opac = _as_np32(gaussians.opacity_logits)
     zeros = np.zeros(n, dtype=np.float32)
     cols: dict[str, np.ndarray] = {"x": means[:, 0], "y": means[:, 1], "z": means[:, 2],
@@ -112,17 +146,35 @@ def gaussians_to_columns(gaussians: Gaussians) -> dict[str, np.ndarray]:
     return cols
 
 
+def _pad_sh(gaussians: Gaussians, degree: int) -> Gaussians:
+    """Same Gaussians with SH zero-padded to ``degree`` (colour unchanged: the new bands are 0)."""
+    k = (degree + 1) ** 2
+    sh = gaussians.sh.detach()
+    if sh.shape[1] >= k:
+        return gaussians
+    pad = torch.zeros(sh.shape[0], k - sh.shape[1], 3, dtype=sh.dtype, device=sh.device)
+    return Gaussians(gaussians.means, gaussians.log_scales, gaussians.quats, gaussians.opacity_logits,
+                     torch.cat([sh, pad], dim=1))
+
+
 def write_ply(path: str | Path, gaussians: Gaussians, uncertainty: torch.Tensor | None = None,
-              extra: dict | None = None) -> Path:
+              extra: dict | None = None, layout: str = "viewer") -> Path:
     """Write Gaussians (and optionally Λ (N,5) and extra per-vertex columns) as a 3DGS .ply.
 
-    extra: {name: (N,) array} appended as float32 properties after the uncertainty.
+    layout "viewer" (default): 62-property vertex element (SH padded to degree 3), Λ and extras
+    in a second element; "compact": own SH degree, Λ and extras in the vertex element (see the
+    module docstring). extra: {name: (N,) array} stored as float32 after the uncertainty.
     Raises NumericalError for NaN/inf values (nothing is written) and UserError when the
     path cannot be written. The write is atomic. Returns the path.
     """
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown .ply layout {layout!r}; use one of {LAYOUTS}")
     path = Path(path)
     n = gaussians.num
-    cols = gaussians_to_columns(gaussians)
+    degree = gaussians.sh_degree
+    padded = _pad_sh(gaussians, VIEWER_SH_DEGREE) if layout == "viewer" else gaussians
+    cols = gaussians_to_columns(padded)
+    n_std = len(cols)
     if uncertainty is not None:
         lam = _as_np32(uncertainty)
         if lam.shape != (n, len(GROUPS)):
@@ -144,16 +196,22 @@ def write_ply(path: str | Path, gaussians: Gaussians, uncertainty: torch.Tensor 
                              + (" ..." if len(bad) > 6 else ""))
 
     names = list(cols)
-    data = np.empty(n, dtype=[(k, "<f4") for k in names])
-    for k in names:
-        data[k] = cols[k]
+    split = n_std if layout == "viewer" and len(names) > n_std else len(names)
+    elements = [("vertex", names[:split])] + ([(EXTRA_ELEMENT, names[split:])] if split < len(names) else [])
     header = ["ply", "format binary_little_endian 1.0", "comment written by diff3r",
-              f"element vertex {n}"]
-    header += [f"property float {k}" for k in names]
+              f"comment diff3r sh_degree {degree}"]
+    blobs = []
+    for elem, keys in elements:
+        data = np.empty(n, dtype=[(k, "<f4") for k in keys])
+        for k in keys:
+            data[k] = cols[k]
+        header += [f"element {elem} {n}"] + [f"property float {k}" for k in keys]
+        blobs.append(data.tobytes())
     header += ["end_header"]
     with atomic_output(path) as f:
         f.write(("\n".join(header) + "\n").encode("ascii"))
-        f.write(data.tobytes())
+        for b in blobs:
+            f.write(b)
     return path
 
 
@@ -172,9 +230,10 @@ def read_ply_columns(path: str | Path) -> dict[str, np.ndarray]:
     if path.is_dir():
         raise UserError("is a directory, expected a .ply file", path, "pass the .ply file itself")
     try:
-        # mmap=False: read into memory so a truncated file fails here, not later
-        with open(path, "rb") as fh:
-            ply = PlyData.read(fh, mmap=False)
+        # memory-mapped: plyfile's stream reader parses ~10 µs per vertex (13 s for 131k Gaussians
+        # of 62 properties); the map is checked against the header (a truncated file fails here)
+        # and every column is copied out below, so no reference to the map outlives this call
+        ply = PlyData.read(str(path), mmap=True)
     except OSError as e:
         raise UserError(f"cannot read ({e.strerror or e})", path, "check the file permissions") from None
     except Exception as e:  # plyfile raises several types for malformed/truncated input
@@ -184,13 +243,25 @@ def read_ply_columns(path: str | Path) -> dict[str, np.ndarray]:
         vertex = ply["vertex"]
     except KeyError:
         raise _corrupt(path, "no 'vertex' element") from None
-    data = vertex.data
-    names = list(data.dtype.names or ())
-    cols = {}
-    for k in names:
-        if data.dtype[k].shape != () or data.dtype[k].kind not in "fiu":
-            continue  # list properties (e.g. faces stored per vertex) are not ours
-        cols[k] = np.asarray(data[k], dtype=np.float32)
+    cols: dict[str, np.ndarray] = {}
+    elements = [vertex]
+    try:
+        ex = ply[EXTRA_ELEMENT]  # our Λ/extras in the viewer layout
+        if ex.count == vertex.count:
+            elements.append(ex)
+    except KeyError:
+        pass
+    for el in elements:
+        data = el.data
+        for k in list(data.dtype.names or ()):
+            if data.dtype[k].shape != () or data.dtype[k].kind not in "fiu" or k in cols:
+                continue  # list properties (e.g. faces stored per vertex) are not ours
+            cols[k] = np.array(data[k], dtype=np.float32, copy=True)
+    # the degree diff3r wrote before zero-padding to 3 (a hint, honoured only if the padding is zero)
+    for c in getattr(ply, "comments", []) or []:
+        m = _DEGREE_COMMENT.match(c.strip())
+        if m:
+            cols["__sh_degree__"] = np.asarray([int(m.group(1))], dtype=np.float32)
     return cols
 
 
@@ -205,6 +276,20 @@ def _columns_to_gaussians(path: Path, cols: dict[str, np.ndarray]) -> Gaussians:
     if n_rest % 3 or int(math.isqrt(k)) ** 2 != k:
         raise _corrupt(path, f"{n_rest} f_rest properties is not 3*((d+1)^2-1) for any SH degree d")
     n = len(cols["x"])
+    hint = cols.get("__sh_degree__")
+    if hint is not None and n_rest:
+        k_true = (int(hint[0]) + 1) ** 2
+        if 1 <= k_true < k:
+            # channel-major blocks of k-1: the padding is the tail of each block; drop it when zero
+            pad = [f"f_rest_{c * (k - 1) + j}" for c in range(3) for j in range(k_true - 1, k - 1)]
+            if all(not cols[nm].any() for nm in pad):
+                keep = [f"f_rest_{c * (k - 1) + j}" for c in range(3) for j in range(k_true - 1)]
+                vals = [cols[nm] for nm in keep]
+                for i in range(n_rest):
+                    cols.pop(f"f_rest_{i}")
+                for i, v in enumerate(vals):
+                    cols[f"f_rest_{i}"] = v
+                n_rest, k = len(vals), k_true
 
     def stack(keys: list[str]) -> torch.Tensor:
         return torch.from_numpy(np.stack([cols[c] for c in keys], axis=1).astype(np.float32, copy=False)).reshape(n, len(keys))
@@ -239,10 +324,11 @@ def read_ply(path: str | Path, with_extra: bool = False):
         raise _corrupt(path, f"incomplete uncertainty properties (has {', '.join(present)})")
     if not with_extra:
         return g, lam
-    known = set(standard_property_names(g.sh_degree)) | set(UNCERTAINTY_PROPS)
+    known = (set(standard_property_names(g.sh_degree)) | set(standard_property_names(VIEWER_SH_DEGREE))
+             | set(UNCERTAINTY_PROPS) | {"__sh_degree__"})
     extra = {k: torch.from_numpy(v.copy()) for k, v in cols.items() if k not in known}
     return g, lam, extra
 
 
 __all__ = ["write_ply", "read_ply", "read_ply_columns", "standard_property_names",
-           "atomic_output", "UNCERTAINTY_PROPS", "gaussians_to_columns"]
+           "atomic_output", "UNCERTAINTY_PROPS", "gaussians_to_columns", "default_mode", "LAYOUTS"]

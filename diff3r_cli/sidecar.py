@@ -99,8 +99,9 @@ def read_sidecar(ply_path: str | Path) -> dict:
     """
     p = sidecar_path(ply_path)
     if not p.exists():
-        raise UserError("no sidecar found (it records the input views and cameras)", p,
-                        f"keep the .json written next to {Path(ply_path).name}, or pass --images")
+        raise UserError("no sidecar found (it records the input cameras and views that refine/render need)", p,
+                        f"keep the .json that reconstruct wrote next to {Path(ply_path).name} (move them together), "
+                        "or re-run `diff3r reconstruct` to recreate both")
     try:
         doc = json.loads(p.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -154,11 +155,13 @@ def resolve_images(doc: dict, images_dir: str | Path | None = None, sidecar: str
     return paths
 
 
-def write_splat(ply_path: str | Path, gaussians, uncertainty: torch.Tensor | None, info: dict) -> tuple[Path, Path]:
-    """Write ``scene.ply`` and its ``scene.json`` (ply first: a sidecar never points at nothing)."""
+def write_splat(ply_path: str | Path, gaussians, uncertainty: torch.Tensor | None, info: dict,
+                layout: str = "viewer") -> tuple[Path, Path]:
+    """Write ``scene.ply`` (``layout``: see diff3r_cli.ply) and its ``scene.json`` (ply first: a
+    sidecar never points at nothing)."""
     from diff3r_cli.ply import write_ply
 
-    ply = write_ply(ply_path, gaussians, uncertainty)
+    ply = write_ply(ply_path, gaussians, uncertainty, layout=layout)
     return ply, write_sidecar(ply, info)
 
 

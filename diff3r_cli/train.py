@@ -41,6 +41,7 @@ import torch
 from diff3r_cli.cameras import Cameras
 from diff3r_cli.errors import NumericalError, UserError
 from diff3r_cli.metrics import psnr_from_mse, ssim
+from diff3r_cli.ply import default_mode
 
 STAGES = ("ff", "diff3r")
 DATA_KINDS = ("re10k", "synthetic")
@@ -55,6 +56,7 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, default_mode())  # mkstemp (and safetensors) make 0600; outputs follow the umask
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -72,6 +74,7 @@ def _atomic_torch_save(path: Path, obj: Any) -> None:
     os.close(fd)
     try:
         torch.save(obj, tmp)
+        os.chmod(tmp, default_mode())  # mkstemp (and safetensors) make 0600; outputs follow the umask
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -177,11 +180,16 @@ def _resolve_data(data: str, data_root: str | None, resolution: int, seed: int, 
 
 
 class DataStream:
-    """An endless, resumable stream of batches from RE10KDataset.
+    """An endless, resumable stream of batches from RE10KDataset, grouped by image size.
 
-    State = (epoch, position in the epoch). The dataset's order and view sampling are pure
-    functions of (seed, epoch, key), so re-creating it and skipping ``position`` samples
-    reproduces the stream exactly.
+    Examples keep their native aspect ratio, so consecutive samples may differ in size; a batch
+    is the first ``batch`` samples of one size (a bucket), never a stretched or padded mix.
+    With one size throughout (synthetic data) this is plain consecutive batching.
+
+    State = (epoch, position in the epoch) of the oldest sample still waiting in a bucket (else
+    of the next sample) plus the positions after it already consumed. The dataset's order and view
+    sampling are pure functions of (seed, epoch, key), so re-creating it, skipping to that
+    position and dropping the consumed ones reproduces the stream exactly.
     """
 
     def __init__(self, make_dataset, batch: int, state: dict | None = None):
@@ -189,12 +197,19 @@ class DataStream:
         self.batch = batch
         self.epoch = int(state["epoch"]) if state else 0
         self.pos = int(state["pos"]) if state else 0
-        self._it: Iterator[dict] | None = None
+        self._skip = {tuple(x) for x in (state or {}).get("consumed", [])}
+        self._buckets: dict[tuple, list[tuple[int, int, dict]]] = {}
+        self._consumed: set[tuple[int, int]] = set()
+        self._it: Iterator[tuple[int, int, dict]] | None = None
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "pos": self.pos}
+        pending = [(e, p) for items in self._buckets.values() for e, p, _ in items]
+        if not pending:
+            return {"epoch": self.epoch, "pos": self.pos}
+        first = min(pending)
+        return {"epoch": first[0], "pos": first[1], "consumed": sorted([e, p] for e, p in self._consumed if (e, p) > first)}
 
-    def _samples(self) -> Iterator[dict]:
+    def _samples(self) -> Iterator[tuple[int, int, dict]]:
         skip = self.pos
         while True:
             ds = self.make_dataset()
@@ -205,8 +220,12 @@ class DataStream:
                 if skip > 0:
                     skip -= 1
                     continue
+                where = (self.epoch, self.pos)
                 self.pos += 1
-                yield sample
+                if where in self._skip:  # consumed before the checkpoint this run resumed from
+                    self._skip.discard(where)
+                    continue
+                yield where[0], where[1], sample
             if got == 0:
                 raise UserError("the training data yields no usable examples for this process", ds.root,
                                 "check the data (every example skipped?) or use fewer processes")
@@ -219,7 +238,19 @@ class DataStream:
 
         if self._it is None:
             self._it = self._samples()
-        return collate([next(self._it) for _ in range(self.batch)])
+        while True:
+            for key, items in self._buckets.items():
+                if len(items) >= self.batch:
+                    take, self._buckets[key] = items[:self.batch], items[self.batch:]
+                    self._consumed.update((e, p) for e, p, _ in take)
+                    pending = [(e, p) for its in self._buckets.values() for e, p, _ in its]
+                    first = min(pending) if pending else None
+                    # only consumed positions after the oldest waiting sample matter for resuming
+                    self._consumed = {c for c in self._consumed if first is not None and c > first}
+                    return collate([smp for _, _, smp in take])
+            e, p, smp = next(self._it)
+            key = tuple(smp["context_images"].shape[1:3]) + tuple(smp["target_images"].shape[1:3])
+            self._buckets.setdefault(key, []).append((e, p, smp))
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -290,12 +321,14 @@ class _StopFlag:
 
     def __init__(self):
         self.requested = False
+        self.signum: int | None = None
         self._old = {}
 
     def _handler(self, signum, frame):
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = True
+        self.signum = signum
 
     @contextmanager
     def installed(self):
@@ -439,26 +472,27 @@ def evaluate_predictor(model, root: Path, resolution: int, num_context: int, max
             if s["context_images"].shape[0] != num_context:
                 continue
             dev = dist.device
+            H, W = s["context_images"].shape[1:3]  # native aspect: the size differs per scene
             out = model(s["context_images"][None].to(dev), s["context_K"][None].to(dev),
                         s["context_w2c"][None].to(dev), s["near"][None].to(dev), s["far"][None].to(dev))
-            pred = _render(out.gaussians[0], s["target_K"].to(dev), s["target_w2c"].to(dev), resolution, resolution,
+            pred = _render(out.gaussians[0], s["target_K"].to(dev), s["target_w2c"].to(dev), W, H,
                            backend).clamp(0, 1)
             tgt = s["target_images"].to(dev)
             base = s["context_images"].to(dev).mean(dim=(0, 1, 2)).expand_as(tgt)
             ps.extend(psnr_from_mse(float(((pred[t] - tgt[t]) ** 2).mean())) for t in range(len(tgt)))
             ps_base.extend(psnr_from_mse(float(((base[t] - tgt[t]) ** 2).mean())) for t in range(len(tgt)))
-            if resolution >= 11:
+            if min(H, W) >= 11:
                 ss.extend(ssim(pred, tgt).tolist())
             if tto_steps > 0:
                 from diff3r_cli.optim.tto import optimize
-                cams = Cameras(s["context_K"].to(dev), s["context_w2c"].to(dev), resolution, resolution)
+                cams = Cameras(s["context_K"].to(dev), s["context_w2c"].to(dev), W, H)
                 for lam, acc in ((out.lam[0], ps_tto), (None, ps_plain)):
                     try:
                         g_star, _ = optimize(out.gaussians[0], lam, cams, s["context_images"].to(dev), tto_steps,
                                              tto_optimizer, backend=backend)
                     except NumericalError:
                         continue
-                    pr = _render(g_star, s["target_K"].to(dev), s["target_w2c"].to(dev), resolution, resolution,
+                    pr = _render(g_star, s["target_K"].to(dev), s["target_w2c"].to(dev), W, H,
                                  backend).clamp(0, 1)
                     acc.extend(psnr_from_mse(float(((pr[t] - tgt[t]) ** 2).mean())) for t in range(len(tgt)))
     finally:
@@ -482,7 +516,7 @@ def train_main(data: str = "synthetic", data_root: str | None = None, stage: str
                eval_every: int = 0, eval_scenes: int = 8, eval_root: str | None = None,
                eval_tto_steps: int | None = None, model_size: str = "small", seed: int = 0, context_views: int = 2,
                target_views: int = 2, min_gap: int | None = None, max_gap: int | None = None,
-               ssim_weight: float = 0.05, ff_weight: float = 0.0, grad_clip: float = 1.0, warmup: int | None = None,
+               view_sampler: str | None = None, ssim_weight: float = 0.05, ff_weight: float = 0.0, grad_clip: float = 1.0, warmup: int | None = None,
                weight_decay: float = 0.0, pcg_max_iter: int = 50, render_backend: str = "auto",
                device: str | None = None, threads: int | None = None, progress: bool = True,
                stop_after: int | None = None, time_limit: float | None = None, model_overrides: dict | None = None,
@@ -503,7 +537,9 @@ def train_main(data: str = "synthetic", data_root: str | None = None, stage: str
     eval_scenes test scenes (fixed views from evaluation_index.json) of eval_root (default:
     the training root), with the mean-colour baseline, logged as {"type": "eval"};
     eval_tto_steps (default: inner_steps in stage diff3r, 0 in stage ff) adds the PSNR after
-    TTO with the predicted Λ and with Λ = 0.
+    TTO with the predicted Λ and with Λ = 0. resolution: the short side (native aspect, batches
+    grouped by size). view_sampler: "angle" (by viewing angle and shared content, for real
+    sequences; the default for re10k data) or "gap" (by frame gap; the default for synthetic).
     """
     if unknown:
         raise UserError(f"unknown training option(s): {', '.join(sorted(unknown))}", fix="see `diff3r train --help`")
@@ -551,6 +587,7 @@ def train_main(data: str = "synthetic", data_root: str | None = None, stage: str
         target_views = saved.get("target_views", target_views)
         min_gap = saved.get("min_gap", min_gap)
         max_gap = saved.get("max_gap", max_gap)
+        view_sampler = saved.get("view_sampler", "gap")  # runs from before the angle sampler used gaps
         inner_steps = saved.get("inner_steps", inner_steps)
         ssim_weight = saved.get("ssim_weight", ssim_weight)
         ff_weight = saved.get("ff_weight", ff_weight)
@@ -588,7 +625,11 @@ def train_main(data: str = "synthetic", data_root: str | None = None, stage: str
     warm = warmup if warmup is not None else min(200, max(1, steps // 20))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(warm, steps))
 
-    sampler = ViewSamplerConfig(num_context=context_views, num_target=target_views)
+    if view_sampler is None:
+        view_sampler = "angle" if data == "re10k" else "gap"
+    if view_sampler not in ("angle", "gap"):
+        raise UserError(f"unknown view sampler {view_sampler!r}", fix="use angle or gap")
+    sampler = ViewSamplerConfig(num_context=context_views, num_target=target_views, mode=view_sampler)
     if min_gap is not None:
         sampler.min_gap = min_gap
     if max_gap is not None:
@@ -623,7 +664,7 @@ def train_main(data: str = "synthetic", data_root: str | None = None, stage: str
     options = dict(data=data, data_root=str(root), stage=stage, steps=steps, resolution=resolution, batch=batch,
                    outliers=outliers, lr=lr, lam_lr=lam_lr, inner_steps=inner_steps, inner_optimizer=inner_optimizer,
                    model_size=model.cfg.size, seed=seed, context_views=context_views, target_views=target_views,
-                   min_gap=sampler.min_gap, max_gap=sampler.max_gap,
+                   min_gap=sampler.min_gap, max_gap=sampler.max_gap, view_sampler=view_sampler,
                    ssim_weight=ssim_weight, ff_weight=ff_weight, grad_clip=grad_clip, warmup=warm,
                    world_size=dist.world, init=str(init) if init else None)
     opts = dict(stage=stage, ssim_weight=ssim_weight, ff_weight=ff_weight, inner_steps=inner_steps,
@@ -763,6 +804,8 @@ def train_main(data: str = "synthetic", data_root: str | None = None, stage: str
     summary = {"status": status, "step": step, "out": str(out), "loss": last.get("loss"), "psnr": last.get("psnr"),
                "steps_per_s": last.get("steps_per_s"), "skipped_total": total_skipped,
                "parameters": model.num_parameters(), "world_size": dist.world}
+    if status == "interrupted":
+        summary["signal"] = flag.signum
     if last_eval:
         summary.update({"eval_psnr": last_eval["psnr"], "eval_psnr_mean_colour": last_eval["psnr_mean_colour"]})
     if return_model:

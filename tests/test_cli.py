@@ -231,8 +231,11 @@ def test_reconstruct_dispatch_parses_options(tmp_path, fake_engines):
     (_, kw), = fake_engines["reconstruct_command"].calls
     assert kw == {"path": tmp_path / "scene", "out": out, "model": None, "views": [0, 1],
                   "resolution": (320, 240), "device": "cpu", "refine_steps": 5, "uncertainty": False,
-                  "render": False}
+                  "render": False, "eval_all": False, "video": "mp4"}
     assert "ok" in res.stdout
+    assert run("reconstruct", tmp_path / "scene", "--out", out, "--eval-all", "--gif", "--compact-ply").exit_code == 0
+    kw = fake_engines["reconstruct_command"].calls[-1][1]
+    assert kw["eval_all"] is True and kw["video"] == "gif" and kw["ply_layout"] == "compact"
 
 
 def test_refine_render_train_eval_synth_dispatch(tmp_path, fake_engines):
@@ -247,6 +250,10 @@ def test_refine_render_train_eval_synth_dispatch(tmp_path, fake_engines):
     assert run("render", p, "--path", "orbit", "--frames", "3").exit_code == 0
     (_, kw), = fake_engines["render_command"].calls
     assert kw == {"ply": p, "out": tmp_path / "s_renders", "path": "orbit", "frames": 3, "video": False}
+    assert run("render", p, "--video").exit_code == 0
+    assert fake_engines["render_command"].calls[-1][1]["video"] is True  # MP4
+    assert run("render", p, "--gif").exit_code == 0
+    assert fake_engines["render_command"].calls[-1][1]["video"] == "gif"
 
     res = run("train", "--data", "synthetic", "--stage", "ff", "--steps", "3", "--out", tmp_path / "run",
               "--outliers", "0.25", "--lr", "0.001")

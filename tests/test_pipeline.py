@@ -42,7 +42,15 @@ def test_reconstruct_refine_render(tiny):
     doc = json.loads(out.with_suffix(".json").read_text())
     assert doc["context_views"] == [0, 2] and doc["extras"]["held_out_views"] == [1]
     renders = root / "out" / "s_renders"
-    assert (renders / "path.gif").is_file() and (renders / "heldout_00.png").is_file()
+    # context and interpolation renders are named by their index in the input
+    names = {p.name for p in renders.iterdir()}
+    assert {"context_00.png", "context_02.png", "context_00_gt.png", "interp_01.png", "interp_01_gt.png"} <= names
+    assert not any(n.startswith("extrap_") for n in names)  # only with --eval-all
+    assert "path.gif" not in names
+    from diff3r_cli.video import read_video_info
+
+    info = read_video_info(renders / "path.mp4")  # decoded back by PyAV (FFmpeg)
+    assert info == {"codec": "h264", "frames": 24, "width": 32, "height": 32}
 
     res = runner.invoke(app, ["refine", str(out), "--steps", "3"])
     assert res.exit_code == 0, res.output
@@ -62,6 +70,27 @@ def test_reconstruct_refine_render(tiny):
     res = runner.invoke(app, ["render", str(refined), "--path", "orbit", "--frames", "3", "--out", str(root / "r")])
     assert res.exit_code == 0, res.output
     assert sorted(p.name for p in (root / "r").iterdir()) == ["frame_0000.png", "frame_0001.png", "frame_0002.png"]
+
+    res = runner.invoke(app, ["render", str(refined), "--frames", "5", "--video", "--out", str(root / "v")])
+    assert res.exit_code == 0, res.output
+    assert read_video_info(root / "v" / "path.mp4") == {"codec": "h264", "frames": 5, "width": 32, "height": 32}
+    res = runner.invoke(app, ["render", str(refined), "--frames", "4", "--gif", "--out", str(root / "g")])
+    assert res.exit_code == 0, res.output
+    from PIL import Image
+
+    with Image.open(root / "g" / "path.gif") as gif:
+        assert gif.n_frames == 4 and gif.size == (32, 32)
+    assert not (root / "g" / "path.mp4").exists()
+
+
+def test_reconstruct_eval_all_adds_extrapolation(tiny):
+    root, model, scene = tiny
+    out = root / "ea" / "s.ply"
+    res = runner.invoke(app, ["reconstruct", str(scene), "--out", str(out), "--model", str(model), "--eval-all",
+                              "--views", "0,1"])
+    assert res.exit_code == 0, res.output
+    names = {p.name for p in (root / "ea" / "s_renders").iterdir()}
+    assert "extrap_02.png" in names and "psnr_extrap" in res.stdout and "psnr_interp" not in res.stdout
 
 
 def test_eval_table_and_snapshots_match_separate_runs(tiny):
@@ -90,3 +119,23 @@ def test_eval_table_and_snapshots_match_separate_runs(tiny):
     _, hist = optimize(g0, None, cams, img, 3, snapshots={1})
     g1, _ = optimize(g0, None, cams, img, 1)
     assert torch.allclose(hist[1]["theta"], g1.flatten())
+
+
+def test_split_unseen_between_and_near_vs_far():
+    """Cameras on a line looking +z: context at x=0 and x=1. x=0.5 (between) and x=-0.5, 1.6
+    (within 3/4 of the baseline) interpolate; x=3 (far) and a camera turned 90° extrapolate."""
+    from diff3r_cli.cameras import Cameras
+    from diff3r_cli.pipeline import split_unseen
+
+    xs = [0.0, 1.0, 0.5, -0.5, 1.6, 3.0, 0.4]
+    w2c = torch.eye(4, dtype=torch.float64).repeat(len(xs), 1, 1)
+    for i, x in enumerate(xs):
+        w2c[i, 0, 3] = -x  # centre at (x, 0, 0)
+    R = torch.tensor([[0.0, 0, -1], [0, 1, 0], [1, 0, 0]], dtype=torch.float64)  # looks along +x
+    w2c[6, :3, :3] = R
+    w2c[6, :3, 3] = -R @ torch.tensor([0.4, 0, 0], dtype=torch.float64)
+    K = torch.tensor([[20.0, 0, 8], [0, 20, 8], [0, 0, 1]], dtype=torch.float64).repeat(len(xs), 1, 1)
+    interp, extrap = split_unseen(Cameras(K, w2c, 16, 16), [0, 1])
+    assert interp == [2, 3, 4] and extrap == [5, 6]
+    interp, extrap = split_unseen(Cameras(K, w2c, 16, 16), [0, 1], max_interp=1)
+    assert interp == [2] and extrap == [3, 4, 5, 6]

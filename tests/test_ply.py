@@ -56,14 +56,21 @@ def header_lines(path: Path) -> list[str]:
 
 # --- round trip --------------------------------------------------------------------------
 
+def unit(q: torch.Tensor) -> torch.Tensor:
+    q = q.to(torch.float64)
+    return (q / q.norm(dim=1, keepdim=True)).to(torch.float32)
+
+
+@pytest.mark.parametrize("layout", ["viewer", "compact"])
 @pytest.mark.parametrize("degree", [0, 1, 3])
 @pytest.mark.parametrize("with_lam", [False, True])
-def test_round_trip_exact(tmp_path, degree, with_lam):
+def test_round_trip_exact(tmp_path, degree, with_lam, layout):
     g = make_gaussians(37, degree, seed=degree)
     lam = torch.rand(37, 5, generator=torch.Generator().manual_seed(5)) * 100 if with_lam else None
-    p = write_ply(tmp_path / "scene.ply", g, lam)
+    p = write_ply(tmp_path / "scene.ply", g, lam, layout=layout)
     g2, lam2 = read_ply(p)
-    assert g2.sh_degree == degree and g2.num == 37
+    assert g2.sh_degree == degree and g2.num == 37  # the viewer layout's zero padding is dropped again
+    g = Gaussians(g.means, g.log_scales, unit(g.quats), g.opacity_logits, g.sh)  # exported normalised
     for a, b in zip(g.tensors(), g2.tensors()):
         assert a.shape == b.shape and a.dtype == b.dtype
         assert torch.equal(a, b)  # bit-exact, float32 in and out
@@ -77,15 +84,60 @@ def test_round_trip_exact(tmp_path, degree, with_lam):
 def test_round_trip_float64_input_is_float32_rounding(tmp_path):
     g = make_gaussians(9, 2, dtype=torch.float64)
     g2, _ = read_ply(write_ply(tmp_path / "a.ply", g))
+    g = Gaussians(g.means, g.log_scales, unit(g.quats), g.opacity_logits, g.sh)
     for a, b in zip(g.tensors(), g2.tensors()):
         assert torch.equal(a.to(torch.float32), b)
 
 
-def test_file_size_and_header_order(tmp_path):
+@pytest.mark.parametrize("degree", [0, 1, 3])
+def test_viewer_layout_is_what_every_loader_reads(tmp_path, degree):
+    """Default layout vs the loaders' requirements (read in their sources):
+    - SIBR (the 3DGS paper's viewer) skips to end_header and reads N fixed structs of 62 floats
+      (pos, normal, 48 SH, opacity, 3 scales, 4 rot): the vertex element must be exactly that;
+    - name-based loaders (GaussianSplats3D, SuperSplat, plyfile tools) need x..rot_3 + f_dc in
+      the vertex element and stop at / skip other elements;
+    - rotations come out normalised."""
+    n = 13
+    g = make_gaussians(n, degree, seed=3)
+    lam = torch.rand(n, 5) + 0.5
+    p = write_ply(tmp_path / "s.ply", g, lam)
+    lines = header_lines(p)
+    vi = lines.index(f"element vertex {n}")
+    assert lines[2:vi] == ["comment written by diff3r", f"comment diff3r sh_degree {degree}"]
+    vprops = []
+    for ln in lines[vi + 1:]:
+        if not ln.startswith("property"):
+            break
+        vprops.append(ln.split())
+    assert [nm for _, _, nm in vprops] == expected_header_names(3) and all(t == "float" for _, t, _ in vprops)
+    assert lines[vi + 1 + 62] == f"element diff3r_extra {n}"  # Λ only after the whole vertex block
+    # SIBR-style fixed-struct read of the bytes after the header
+    raw = p.read_bytes()
+    start = raw.index(b"end_header\n") + len(b"end_header\n")
+    rich = np.frombuffer(raw[start:start + n * 62 * 4], dtype="<f4").reshape(n, 62)
+    np.testing.assert_array_equal(rich[:, 0:3], g.means.numpy())
+    np.testing.assert_array_equal(rich[:, 3:6], 0)
+    np.testing.assert_array_equal(rich[:, 6:9], g.sh[:, 0].numpy())
+    k = (degree + 1) ** 2
+    rest = rich[:, 9:54].reshape(n, 3, 15)  # channel-major, 15 coefficients per channel at degree 3
+    np.testing.assert_array_equal(rest[:, :, :k - 1], g.sh[:, 1:].permute(0, 2, 1).numpy())
+    np.testing.assert_array_equal(rest[:, :, k - 1:], 0)  # the padding adds no colour
+    np.testing.assert_array_equal(rich[:, 54], g.opacity_logits.numpy())
+    np.testing.assert_array_equal(rich[:, 55:58], g.log_scales.numpy())
+    np.testing.assert_allclose(np.linalg.norm(rich[:, 58:62], axis=1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(rich[:, 58:62], unit(g.quats).numpy(), atol=0)
+    # plyfile (by name) sees both elements
+    ply = PlyData.read(str(p))
+    np.testing.assert_array_equal(ply["diff3r_extra"]["lambda_color"], lam[:, 4].numpy())
+    assert p.stat().st_size == start + n * (62 + 5) * 4
+
+
+def test_compact_layout_header_order(tmp_path):
     n, degree = 11, 3
     g = make_gaussians(n, degree)
     lam = torch.rand(n, 5)
-    p = write_ply(tmp_path / "s.ply", g, lam, extra={"confidence": torch.arange(n, dtype=torch.float32)})
+    p = write_ply(tmp_path / "s.ply", g, lam, extra={"confidence": torch.arange(n, dtype=torch.float32)},
+                  layout="compact")
     lines = header_lines(p)
     assert lines[0] == "ply" and lines[1] == "format binary_little_endian 1.0"
     assert f"element vertex {n}" in lines
@@ -120,7 +172,8 @@ def test_independent_viewer_style_decode(tmp_path):
     g = Gaussians(torch.randn(n, 3), sizes.log(), quats, torch.log(alphas / (1 - alphas)), sh)
     p = write_ply(tmp_path / "v.ply", g, torch.full((n, 5), 7.0))
 
-    v = PlyData.read(str(p))["vertex"]
+    ply = PlyData.read(str(p))
+    v = ply["vertex"]
     dc = np.stack([v["f_dc_0"], v["f_dc_1"], v["f_dc_2"]], 1).astype(np.float64)
     np.testing.assert_allclose(0.5 + 0.28209479177387814 * dc, rgb.numpy(), atol=1e-6)
     scl = np.exp(np.stack([v["scale_0"], v["scale_1"], v["scale_2"]], 1).astype(np.float64))
@@ -134,7 +187,7 @@ def test_independent_viewer_style_decode(tmp_path):
         for j in range(1, k):
             assert np.all(v[f"f_rest_{c * (k - 1) + j - 1}"] == 1000 * c + j)
     np.testing.assert_array_equal(v["nx"], 0)
-    np.testing.assert_array_equal(v["lambda_color"], 7.0)
+    np.testing.assert_array_equal(ply["diff3r_extra"]["lambda_color"], 7.0)
 
 
 def test_reads_foreign_3dgs_file(tmp_path):

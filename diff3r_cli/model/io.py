@@ -17,6 +17,7 @@ import torch
 
 from diff3r_cli.errors import UserError
 from diff3r_cli.model.predictor import Predictor, PredictorConfig
+from diff3r_cli.ply import default_mode
 
 FORMAT = "diff3r-predictor"
 MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
@@ -30,6 +31,7 @@ def _atomic_save_file(tensors: dict, path: Path, metadata: dict) -> None:
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=metadata)
+        os.chmod(tmp, default_mode())  # mkstemp (and safetensors) make 0600; outputs follow the umask
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -13,6 +13,9 @@ from diff3r_cli.scene_io.images import image_size, load_image, stack_posed_views
 from diff3r_cli.scene_io.scene import Scene
 from diff3r_cli.scene_io.undistort import (DISTORTED_MODELS, PINHOLE_MODELS, is_identity_distortion,
                                            model_name, pinhole_K, undistort_image)
+from diff3r_cli.interrupts import reclaim
+
+reclaim()  # importing pycolmap installed glog's SIGTERM handler (a C++ stack trace): put ours back
 
 MODEL_FILES = ("cameras.bin", "cameras.txt")
 

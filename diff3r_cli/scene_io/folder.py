@@ -25,6 +25,9 @@ from diff3r_cli.errors import UserError
 from diff3r_cli.scene_io.images import IMAGE_EXTENSIONS, load_image, resample, stack_views
 from diff3r_cli.scene_io.scene import Scene
 from diff3r_cli.scene_io.undistort import is_identity_distortion, pinhole_K, undistort_image
+from diff3r_cli.interrupts import reclaim, temp_path
+
+reclaim()  # importing pycolmap installed glog's SIGTERM handler (a C++ stack trace): put ours back
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +73,10 @@ class _Progress:
 
     def __exit__(self, *exc):
         if self.enabled:
+            if exc[0] is not None:  # error or interrupt: leave only its one-line message on stderr
+                for t in list(self.p.tasks):
+                    self.p.remove_task(t.id)
+                self.p.live.transient = True
             self.p.__exit__(*exc)
 
     def stage(self, description: str, total: int | None = None):
@@ -238,9 +245,9 @@ def run_sfm(image_paths: list[Path], max_image_size: int = 1024, progress: bool 
     if focal is not None and (camera_mode != "single" or not focal > 0):
         raise UserError(f"a fixed focal length ({focal}) needs positive pixels and images of one size from one camera",
                         image_paths[0].parent, "drop the focal option or use photos from one camera at one size")
-    with tempfile.TemporaryDirectory(prefix="diff3r_sfm_", dir=workdir) as tmp, _quiet_colmap(), \
+    with tempfile.TemporaryDirectory(prefix="diff3r_sfm_", dir=workdir) as tmp, temp_path(tmp), _quiet_colmap(), \
             _Progress(progress, n) as prog:
-        tmp = Path(tmp)
+        tmp = Path(tmp)  # registered: removed even when a signal ends the process inside COLMAP
         (tmp / "images").mkdir()
         sfm_sizes = []
         for im, name in zip(images, names):

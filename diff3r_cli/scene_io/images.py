@@ -80,6 +80,21 @@ def resample(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
     return y[0].permute(1, 2, 0).clamp(0, 1).contiguous()
 
 
+def native_size(width: int, height: int, short: int, multiple: int = 16) -> tuple[int, int]:
+    """(width, height) keeping the aspect ratio with the short side scaled to ``short``, then each side
+    cropped down to a multiple of ``multiple`` (a side already below ``multiple`` is kept as is).
+
+    Use with ``resize_crop`` to the returned size: the crop is centred and the intrinsics stay exact.
+    """
+    if short <= 0 or width <= 0 or height <= 0:
+        raise ValueError(f"invalid sizes: image {width}x{height}, short side {short}")
+    s = short / min(width, height)
+    # +1e-9: 376 * (128 / 376) must not floor to 127
+    w, h = int(width * s + 1e-9), int(height * s + 1e-9)
+    snap = lambda x: x // multiple * multiple if x >= multiple else x  # noqa: E731
+    return snap(w), snap(h)
+
+
 def resize_view(image: torch.Tensor, K: torch.Tensor, width: int, height: int,
                 mode: str = "resize_crop") -> tuple[torch.Tensor, torch.Tensor]:
     """Resample one view (H,W,3) with intrinsics K (3,3) to (width,height); returns (image, K').
@@ -98,9 +113,45 @@ def resize_view(image: torch.Tensor, K: torch.Tensor, width: int, height: int,
     return scaled[top:top + ch, left:left + cw].contiguous(), new.K[0]
 
 
+def crop_notice(sizes: list[tuple[int, int]], width: int, height: int, mode: str = "resize_crop") -> str | None:
+    """One line describing what "resize_crop" to (width,height) cuts from views of other aspect ratios.
+
+    Each view is scaled to cover the target and centre-cropped, its intrinsics shifted/scaled
+    exactly (Cameras.resize_crop), so nothing is distorted, only cut. None when nothing is cut.
+    """
+    if mode != "resize_crop":
+        return None
+    cut = []
+    for w, h in sizes:
+        s = max(width / w, height / h)
+        cut_w, cut_h = 1 - width / (w * s), 1 - height / (h * s)
+        if max(cut_w, cut_h) > 0.01:
+            cut.append((cut_w, cut_h))
+    if not cut:
+        return None
+    worst_w = max(c[0] for c in cut)
+    worst_h = max(c[1] for c in cut)
+    parts = ([f"up to {worst_w:.0%} of the width"] if worst_w > 0.01 else []) + \
+            ([f"up to {worst_h:.0%} of the height"] if worst_h > 0.01 else [])
+    return (f"{len(cut)} of {len(sizes)} views have another aspect ratio than the working size {width}x{height}: "
+            f"each is scaled to cover it and centre-cropped ({' and '.join(parts)} cut; intrinsics adjusted "
+            f"exactly); pass --resolution WxH to choose the working size")
+
+
 def stack_views(images: list[torch.Tensor], Ks: list[torch.Tensor], w2cs: list[torch.Tensor],
                 width: int, height: int, mode: str = "resize_crop") -> tuple[torch.Tensor, Cameras]:
-    """Resample views of possibly different sizes to one size and batch them into (images, Cameras)."""
+    """Resample views of possibly different sizes to one size and batch them into (images, Cameras).
+
+    When the views have mixed sizes, those whose aspect ratio differs are centre-cropped (see
+    crop_notice), announced as one warning line on stderr.
+    """
+    sizes = [(im.shape[1], im.shape[0]) for im in images]
+    # only photos of mixed sizes need telling: a uniform trim to multiples of 16 is the documented default
+    note = crop_notice(sizes, width, height, mode) if len(set(sizes)) > 1 else None
+    if note:
+        import logging
+
+        logging.getLogger("diff3r").warning("notice: %s", note)
     out_img, out_K = [], []
     for img, K in zip(images, Ks):
         im, k = resize_view(img, K.to(torch.float64), width, height, mode)

@@ -13,6 +13,10 @@ import pycolmap
 import torch
 import torch.nn.functional as F
 
+from diff3r_cli.interrupts import reclaim
+
+reclaim()  # importing pycolmap installed glog's SIGTERM handler (a C++ stack trace): put ours back
+
 PINHOLE_MODELS = ("SIMPLE_PINHOLE", "PINHOLE")
 # Models whose rays all lie in front of the camera and can be mapped to a pinhole image.
 DISTORTED_MODELS = ("SIMPLE_RADIAL", "RADIAL", "OPENCV", "FULL_OPENCV", "OPENCV_FISHEYE", "FOV",
