@@ -209,9 +209,11 @@ def evaluate_main(data_root: Path, data: str = "re10k", model: str = "diff3r-sma
             failures += nfail
             rows.append(row)
             if bar is not None:
-                last = ", ".join(f"{k}={v['psnr']:.2f}" for k, v in row.items()
-                                 if isinstance(v, dict) and k.endswith(f"@{steps_list[-1]}"))
-                bar.update(task, advance=1, last=last[:80])
+                # the running mean over the scenes so far (the same numbers the final table
+                # averages), not the last scene's PSNR
+                mean = {r["method"]: r["psnr"] for r in summarize(rows, runs) if r["steps"] == steps_list[-1]}
+                last = "mean so far: " + ", ".join(f"{m}@{steps_list[-1]}={v:.2f}" for m, v in mean.items())
+                bar.update(task, advance=1, last=last[:100])
     finally:
         if bar is not None:
             bar.stop()
