@@ -612,6 +612,7 @@ std::vector<at::Tensor> bin_tiles(const at::Tensor& box, const at::Tensor& cam, 
 template <typename T>
 struct Packed {  // one entry of a tile's list, gathered for locality
   T mx, my, A, B, Cc, o, f[4];
+  T smax;  // beyond this σ the pair's α is certainly below 1/255: skip without exp
   int32_t x0, x1, y0, y1, e;
 };
 
@@ -626,6 +627,9 @@ inline void gather_tile(int64_t s, int64_t t, const int32_t* list, const T* geo,
     const T* f = feat + 4 * (int64_t)e;
     const int32_t* b = box + 4 * (int64_t)e;
     P.mx = g[0]; P.my = g[1]; P.A = g[2]; P.B = g[3]; P.Cc = g[4]; P.o = g[5];
+    // o·exp(-σ) >= 1/255  <=>  σ <= log(255·o); the 1e-4 margin (far above rounding) keeps
+    // every decision exactly that of the full test below.
+    P.smax = std::log(T(255) * P.o) + T(1e-4);
     P.f[0] = f[0]; P.f[1] = f[1]; P.f[2] = f[2]; P.f[3] = f[3];
     P.x0 = b[0]; P.x1 = b[1]; P.y0 = b[2]; P.y1 = b[3]; P.e = e;
   }
@@ -667,6 +671,7 @@ inline T pair_alpha(const Packed<T>& P, int64_t px, int64_t py, T& dx, T& dy) {
   dx = P.mx - (T(px) + T(0.5));
   dy = P.my - (T(py) + T(0.5));
   const T sigma = T(0.5) * (P.A * dx * dx + P.Cc * dy * dy) + P.B * dx * dy;
+  if (sigma > P.smax) return T(0);
   return std::min(P.o * std::exp(-sigma), T(ALPHA_MAX));
 }
 
@@ -898,12 +903,13 @@ std::vector<at::Tensor> raster_backward_impl(const at::Tensor& geo, const at::Te
             const T al = pair_alpha<T>(P, ti.x0 + lx, ti.y0 + ly, dx, dy);
             if (al < T(ALPHA_MIN)) continue;
             const T* u = gu + 5 * ti.pixel(G, lx, ly);
-            const double Ti = st.Tr[i] / (1.0 - (double)al);
+            const double inv1m = 1.0 / (1.0 - (double)al);
+            const double Ti = st.Tr[i] * inv1m;
             st.Tr[i] = Ti;
             const double s = (double)u[0] * P.f[0] + (double)u[1] * P.f[1] + (double)u[2] * P.f[2] +
                              (double)u[3] * P.f[3] + (double)u[4];
             const double w = (double)al * Ti;
-            const double dal = Ti * s - S[i] / (1.0 - (double)al);
+            const double dal = Ti * s - S[i] * inv1m;
             S[i] += w * s;
             const double afree = al < T(ALPHA_MAX) ? (double)al : 0.0;
             const double dsig = -afree * dal;
