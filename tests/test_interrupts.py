@@ -21,9 +21,10 @@ import torch
 from typer.testing import CliRunner
 
 from diff3r_cli.cli import app
-from diff3r_cli.data.export import export_synthetic_transforms
 from diff3r_cli.model.io import save_model
 from diff3r_cli.model.predictor import Predictor, PredictorConfig
+
+from conftest import tiny_model_and_scene
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -32,12 +33,7 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("sig")
-    torch.manual_seed(0)
-    cfg = PredictorConfig.preset("small", enc_channels=(8, 8), feat_dim=8, num_planes=8, refine_channels=8,
-                                 head_channels=8, attn_layers=0)
-    model = save_model(root / "tiny.safetensors", Predictor(cfg), {"resolution": 32})
-    scene = export_synthetic_transforms(root / "scene", seed=2_000_003, frames=[0, 2, 4, 6], context=[0, 2],
-                                        path_frames=8, resolution=64, spp=1).parent
+    model, scene = tiny_model_and_scene(root, seed=2_000_003, frames=[0, 2, 4, 6], path_frames=8, resolution=64)
     return root, model, scene
 
 

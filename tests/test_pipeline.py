@@ -9,11 +9,10 @@ import torch
 from typer.testing import CliRunner
 
 from diff3r_cli.cli import app
-from diff3r_cli.data.export import export_synthetic_transforms
 from diff3r_cli.data.synth import generate_dataset
-from diff3r_cli.model.io import save_model
-from diff3r_cli.model.predictor import Predictor, PredictorConfig
 from diff3r_cli.ply import read_ply
+
+from conftest import tiny_model_and_scene
 
 runner = CliRunner()
 
@@ -21,12 +20,7 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
-    torch.manual_seed(0)
-    cfg = PredictorConfig.preset("small", enc_channels=(8, 8), feat_dim=8, num_planes=8, refine_channels=8,
-                                 head_channels=8, attn_layers=0)
-    model = save_model(root / "tiny.safetensors", Predictor(cfg), {"resolution": 32})
-    scene = export_synthetic_transforms(root / "scene", seed=2_000_001, frames=[0, 2, 4], context=[0, 2],
-                                        path_frames=6, resolution=32, spp=1).parent
+    model, scene = tiny_model_and_scene(root, seed=2_000_001, frames=[0, 2, 4], path_frames=6, resolution=32)
     generate_dataset(root / "ds", scenes=1, frames=6, resolution=32, split="test", spp=1)
     return root, model, scene
 
