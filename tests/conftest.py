@@ -4,6 +4,23 @@ import pytest
 import torch
 
 
+@pytest.fixture(autouse=True)
+def _no_backend_leak():
+    """A test that sets DIFF3R_RENDER_BACKEND (the CLI's --backend does) must not leave it set:
+    every later test would silently render with that backend instead of the default."""
+    import os
+
+    before = os.environ.get("DIFF3R_RENDER_BACKEND")
+    yield
+    after = os.environ.get("DIFF3R_RENDER_BACKEND")
+    if after != before:
+        if before is None:
+            os.environ.pop("DIFF3R_RENDER_BACKEND", None)
+        else:
+            os.environ["DIFF3R_RENDER_BACKEND"] = before
+        pytest.fail(f"the test left DIFF3R_RENDER_BACKEND={after!r} behind")
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """Tests use tiny tensors: on the shared 2-core CI/dev machines intra-op threads mostly wait on

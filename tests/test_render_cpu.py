@@ -118,7 +118,7 @@ def test_bit_identical_repeats_at_fixed_thread_count():
 def test_auto_picks_compiled_backend_and_env_overrides(monkeypatch):
     require_cpu_backend()
     like = torch.zeros(1)
-    monkeypatch.delenv(ENV_BACKEND, raising=False)
+    monkeypatch.setenv(ENV_BACKEND, "auto")
     assert resolve_backend("auto", like) == "cpu"
     monkeypatch.setenv(ENV_BACKEND, "torch")
     assert resolve_backend("auto", like) == "torch"
@@ -222,7 +222,8 @@ def test_cli_backend_option_sets_the_renderer_for_every_command(monkeypatch, tmp
     from diff3r_cli.cli import app
     from diff3r_cli.ply import write_ply
 
-    monkeypatch.delenv(ENV_BACKEND, raising=False)
+    # setenv (not delenv) so that monkeypatch restores the variable the CLI sets below
+    monkeypatch.setenv(ENV_BACKEND, "auto")
     g, _ = pixel_aligned(4)
     write_ply(tmp_path / "s.ply", g.to(dtype=torch.float32))
     res = CliRunner().invoke(app, ["--backend", "torch", "inspect", str(tmp_path / "s.ply")])

@@ -90,6 +90,3 @@ def unavailable_reason() -> str | None:
     """Why the compiled backend could not be loaded (None if it loaded or was not tried)."""
     return _state["reason"]
 
-
-def _reset_for_tests() -> None:
-    _state.update(loaded=False, ok=False, reason=None)
