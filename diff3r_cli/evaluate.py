@@ -225,7 +225,7 @@ def evaluate_main(data_root: Path, data: str = "re10k", model: str = "diff3r-sma
               "tto_steps": steps_list, "num_scenes": len(rows), "numerical_failures": failures,
               "seconds": round(time.perf_counter() - t_start, 1), "summary": summary, "scenes": rows}
     if json_out is not None:
-        from diff3r_cli.ply import atomic_output
+        from diff3r_cli.fsio import atomic_output
         with atomic_output(Path(json_out), "w") as f:
             f.write(json.dumps(result, indent=1) + "\n")
     print_summary(result)

@@ -7,14 +7,10 @@ Python) that return a dict of figures and paths.
 from __future__ import annotations
 
 import math
-import os
-import shutil
 import sys
-import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import numpy as np
 import torch
@@ -22,6 +18,7 @@ from PIL import Image
 
 from diff3r_cli.cameras import Cameras
 from diff3r_cli.errors import NumericalError, UserError
+from diff3r_cli.fsio import atomic_dir
 from diff3r_cli.gaussians import Gaussians
 
 DEFAULT_MODEL = "diff3r-small"
@@ -128,39 +125,6 @@ def estimate_depth_range(scene, context: list[int], triangulate: bool = True) ->
 
 def _to_uint8(img: torch.Tensor) -> np.ndarray:
     return (img.detach().clamp(0, 1).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
-
-
-@contextmanager
-def atomic_dir(dest: Path) -> Iterator[Path]:
-    """Yield a temp folder next to `dest`; on success it replaces `dest` (old copy removed after)."""
-    from diff3r_cli.interrupts import register_temp, unregister_temp
-    from diff3r_cli.ply import default_mode
-
-    dest = Path(dest)
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-        register_temp(tmp)  # removed even when a signal ends the process inside native code
-        os.chmod(tmp, default_mode(directory=True))  # mkdtemp makes 0700; honour the umask like mkdir
-    except OSError as e:
-        raise UserError(f"cannot create an output folder here ({e.strerror or e})", dest,
-                        "choose an output path in a writable directory") from None
-    try:
-        yield tmp
-        old = None
-        if dest.exists():
-            old = dest.with_name(f".{dest.name}.old.{os.getpid()}")
-            register_temp(old)
-            os.replace(dest, old)
-        os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        unregister_temp(tmp)
-        raise
-    unregister_temp(tmp)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-        unregister_temp(old)
 
 
 def save_png(path: Path, img: torch.Tensor) -> None:

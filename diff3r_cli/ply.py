@@ -28,17 +28,14 @@ Two layouts (``write_ply(layout=...)``):
 from __future__ import annotations
 
 import math
-import os
 import re
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Iterator
 
 import numpy as np
 import torch
 
 from diff3r_cli.errors import NumericalError, UserError
+from diff3r_cli.fsio import atomic_output
 from diff3r_cli.gaussians import GROUPS, Gaussians
 
 UNCERTAINTY_PROPS = tuple(f"lambda_{g}" for g in GROUPS)
@@ -57,60 +54,6 @@ def standard_property_names(sh_degree: int) -> list[str]:
     return (["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
             + [f"f_rest_{i}" for i in range(n_rest)]
             + ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"])
-
-
-def default_mode(directory: bool = False) -> int:
-    """Permission bits a plain open()/mkdir() would give under the current umask (0644/0755 under 022).
-
-    mkstemp/mkdtemp create 0600/0700 on purpose; our outputs are ordinary files, so they get these.
-    """
-    mask = os.umask(0o022)  # read the umask (there is no getter) and put it back at once
-    os.umask(mask)
-    return (0o777 if directory else 0o666) & ~mask
-
-
-@contextmanager
-def atomic_output(path: str | Path, mode: str = "wb") -> Iterator[IO]:
-    """Open a temporary file next to ``path``; on success fsync and os.replace it into place.
-
-    On any exception the temporary file is removed, so a failed write never leaves a partial
-    file behind (and never clobbers an existing good one). OS errors become a UserError
-    naming the path.
-    """
-    from diff3r_cli.interrupts import register_temp, unregister_temp
-
-    path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
-        register_temp(tmp)  # removed even when a signal ends the process inside native code
-    except OSError as e:
-        raise UserError(f"cannot write here ({e.strerror or e})", path,
-                        "choose an output path in a writable directory") from None
-    try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fchmod(f.fileno(), default_mode())
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        _unlink_quiet(tmp)
-        raise UserError(f"cannot write ({e.strerror or e})", path,
-                        "check free disk space and permissions of the output path") from None
-    except BaseException:
-        _unlink_quiet(tmp)
-        raise
-    finally:
-        unregister_temp(tmp)
-
-
-def _unlink_quiet(p: str) -> None:
-    try:
-        os.unlink(p)
-    except OSError:
-        pass
 
 
 def _as_np32(t: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -331,4 +274,4 @@ def read_ply(path: str | Path, with_extra: bool = False):
 
 
 __all__ = ["write_ply", "read_ply", "read_ply_columns", "standard_property_names",
-           "atomic_output", "UNCERTAINTY_PROPS", "gaussians_to_columns", "default_mode", "LAYOUTS"]
+           "UNCERTAINTY_PROPS", "gaussians_to_columns", "LAYOUTS"]

@@ -29,7 +29,7 @@ import torch
 
 from diff3r_cli.cameras import Cameras
 from diff3r_cli.errors import UserError
-from diff3r_cli.ply import atomic_output
+from diff3r_cli.fsio import atomic_output
 
 SIDECAR_VERSION = 1
 

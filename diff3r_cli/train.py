@@ -28,7 +28,6 @@ import math
 import os
 import random
 import signal
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ import torch
 from diff3r_cli.cameras import Cameras
 from diff3r_cli.errors import NumericalError, UserError
 from diff3r_cli.metrics import psnr_from_mse, ssim
-from diff3r_cli.ply import default_mode
+from diff3r_cli.fsio import atomic_save, atomic_write_json
 
 STAGES = ("ff", "diff3r")
 DATA_KINDS = ("re10k", "synthetic")
@@ -49,38 +48,6 @@ DEFAULT_SYNTH_ROOT = Path("runs") / "data" / "synth"
 
 
 # ----------------------------------------------------------------------------- small utilities
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, default_mode())  # mkstemp (and safetensors) make 0600; outputs follow the umask
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _atomic_json(path: Path, obj: Any) -> None:
-    _atomic_write_bytes(path, (json.dumps(obj, indent=2, default=str) + "\n").encode())
-
-
-def _atomic_torch_save(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.chmod(tmp, default_mode())  # mkstemp (and safetensors) make 0600; outputs follow the umask
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
 
 def image_loss(pred: torch.Tensor, target: torch.Tensor, ssim_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
     """MSE + w·(1 − SSIM) over a stack of (T,H,W,3) images; returns (loss, mse)."""
@@ -302,11 +269,11 @@ def save_checkpoint(out: Path, step: int, model, optimizer, scheduler, streams: 
 
     name = f"ckpt-{step:07d}"
     save_model(out / f"{name}.safetensors", model, {**meta, "step": step})
-    _atomic_torch_save(out / f"{name}.pt", {
+    atomic_save(out / f"{name}.pt", lambda f: torch.save({
         "step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
         "rng": _rng_state(), "streams": streams, "meta": meta,
-    })
-    _atomic_json(out / "latest.json", {"checkpoint": f"{name}.pt", "step": step})
+    }, f))
+    atomic_write_json(out / "latest.json", {"checkpoint": f"{name}.pt", "step": step})
     olds = sorted(out.glob("ckpt-*.pt"))
     for old in olds[:-keep]:
         for suffix in (".pt", ".safetensors"):
@@ -673,7 +640,7 @@ def train_main(data: str = "synthetic", data_root: str | None = None, stage: str
             "num_parameters": model.num_parameters()}
     log_path = out / "log.jsonl"
     if dist.main:
-        _atomic_json(out / "config.json", options)
+        atomic_write_json(out / "config.json", options)
 
     def log(rec: dict) -> None:
         if dist.main:

@@ -245,7 +245,7 @@ def save_snapshot(dest: Path, img: np.ndarray) -> None:
     """Save an RGB(A) render atomically (alpha composited over white: viewers' usual background)."""
     from PIL import Image
 
-    from diff3r_cli.ply import atomic_output
+    from diff3r_cli.fsio import atomic_output
 
     arr = np.asarray(img)
     if arr.ndim == 3 and arr.shape[2] == 4:

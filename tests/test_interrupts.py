@@ -178,7 +178,7 @@ def test_train_stop_flag_records_the_signal():
 @pytest.mark.parametrize("umask,fmode,dmode", [(0o022, 0o644, 0o755), (0o027, 0o640, 0o750)])
 def test_output_modes_follow_umask(tmp_path, umask, fmode, dmode):
     from diff3r_cli.gaussians import Gaussians
-    from diff3r_cli.pipeline import atomic_dir
+    from diff3r_cli.fsio import atomic_dir
     from diff3r_cli.ply import write_ply
 
     old = os.umask(umask)
@@ -191,9 +191,9 @@ def test_output_modes_follow_umask(tmp_path, umask, fmode, dmode):
         cfg = PredictorConfig.preset("small", enc_channels=(8, 8), feat_dim=8, num_planes=8, refine_channels=8,
                                      head_channels=8, attn_layers=0)
         m = save_model(tmp_path / "m.safetensors", Predictor(cfg), {"resolution": 32})  # train's writer too
-        from diff3r_cli.train import _atomic_json
+        from diff3r_cli.fsio import atomic_write_json
 
-        _atomic_json(tmp_path / "log.json", {"a": 1})
+        atomic_write_json(tmp_path / "log.json", {"a": 1})
     finally:
         os.umask(old)
     assert stat.S_IMODE(p.stat().st_mode) == fmode

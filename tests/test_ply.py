@@ -19,7 +19,8 @@ from plyfile import PlyData, PlyElement
 from diff3r_cli.cameras import Cameras
 from diff3r_cli.errors import NumericalError, UserError
 from diff3r_cli.gaussians import Gaussians
-from diff3r_cli.ply import atomic_output, read_ply, write_ply
+from diff3r_cli.fsio import atomic_output
+from diff3r_cli.ply import read_ply, write_ply
 from diff3r_cli.sidecar import (cameras_from_sidecar, read_sidecar, resolve_images, scene_info, sidecar_path,
                                 write_sidecar, write_splat)
 

@@ -10,33 +10,16 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from diff3r_cli.errors import UserError
 from diff3r_cli.model.predictor import Predictor, PredictorConfig
-from diff3r_cli.ply import default_mode
+from diff3r_cli.fsio import atomic_write_bytes
 
 FORMAT = "diff3r-predictor"
 MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
-
-
-def _atomic_save_file(tensors: dict, path: Path, metadata: dict) -> None:
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.chmod(tmp, default_mode())  # mkstemp (and safetensors) make 0600; outputs follow the umask
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_model(path: str | Path, model: torch.nn.Module, meta: dict | None = None) -> Path:
@@ -45,7 +28,9 @@ def save_model(path: str | Path, model: torch.nn.Module, meta: dict | None = Non
     path = Path(path)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     metadata = {"format": FORMAT, "config": json.dumps(model.cfg.to_dict()), "meta": json.dumps(meta or {})}
-    _atomic_save_file(tensors, path, metadata)
+    from safetensors.torch import save as st_save
+
+    atomic_write_bytes(path, st_save(tensors, metadata=metadata))
     return path
 
 

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,7 @@ from PIL import Image
 
 from diff3r_cli.cameras import Cameras
 from diff3r_cli.errors import UserError
+from diff3r_cli.fsio import atomic_save, atomic_write_bytes
 from diff3r_cli.scene_io.scene import Scene
 
 REQUIRED_KEYS = ("key", "cameras", "images")
@@ -42,31 +41,10 @@ class BadChunkError(Exception):
         super().__init__(f"{path}: {reason}")
 
 
-def _atomic_write_bytes(path: Path, write_fn) -> None:
-    """Write through a temp file in the same directory, then os.replace (no torn files)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write_fn(f)
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp creates 0600; give the file the usual permissions (others read the dataset).
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_json_atomic(path: str | Path, obj: Any) -> None:
     """Write a JSON file atomically."""
     data = json.dumps(obj, indent=1, sort_keys=True).encode()
-    _atomic_write_bytes(Path(path), lambda f: f.write(data))
+    atomic_write_bytes(path, data)
 
 
 def validate_example(example: Any, path: str | Path = "<memory>") -> None:
@@ -106,7 +84,7 @@ def write_chunk(path: str | Path, examples: list[dict]) -> None:
     """Save a list of examples as one chunk, atomically (validated first)."""
     for ex in examples:
         validate_example(ex, path)
-    _atomic_write_bytes(Path(path), lambda f: torch.save(examples, f))
+    atomic_save(path, lambda f: torch.save(examples, f))
 
 
 def encode_jpeg(image: torch.Tensor | np.ndarray, quality: int = 92) -> torch.Tensor:
