@@ -15,12 +15,14 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <omp.h>
-#include <parallel/algorithm>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
 #include <limits>
+#include <mutex>
 #include <vector>
 
 namespace {
@@ -540,23 +542,49 @@ std::vector<at::Tensor> project_backward_impl(const std::vector<at::Tensor>& P, 
 
 // ---- binning: per-tile lists of entries in compositing (depth) order --------------------
 
+// Order-preserving unsigned image of a float's bits: a < b as floats <=> key(a) < key(b)
+// (negative numbers have every bit flipped, non-negative ones only the sign bit).
+template <typename U, typename T>
+inline U order_key(T x) {
+  U b;
+  std::memcpy(&b, &x, sizeof(T));
+  constexpr U SIGN = U(1) << (8 * sizeof(U) - 1);
+  return (b & SIGN) ? ~b : (b | SIGN);
+}
+
 template <typename T>
-std::vector<int64_t> depth_order(const at::Tensor& feat, const int64_t* pc, int64_t E) {
-  // compositing order: (camera, depth), ties by entry index (= a stable sort by depth). The
-  // keys are unique, so the parallel sort's result does not depend on the thread count.
+std::vector<int64_t> depth_order(const at::Tensor& feat, const int64_t* pc, int64_t E, int64_t C) {
+  // Compositing order: (camera, depth), ties by entry index. An LSD radix sort on the depth
+  // bits (16-bit digits; stable, so equal depths keep index order) followed by a stable
+  // counting pass on the camera gives exactly the order of a comparison sort on
+  // (camera, depth, index), in O(E) and independent of the thread count.
+  using U = typename std::conditional<sizeof(T) == 4, uint32_t, uint64_t>::type;
+  constexpr int BITS = 16;
+  constexpr U MASK = (U(1) << BITS) - 1;
   const T* f = feat.data_ptr<T>();
+  std::vector<U> key(E), key2(E);
+  std::vector<int64_t> idx(E), idx2(E);
+  for (int64_t e = 0; e < E; ++e) { key[e] = order_key<U>(f[4 * e + 3]); idx[e] = e; }
+  std::vector<int64_t> hist((size_t)1 << BITS);
+  for (int shift = 0; shift < (int)(8 * sizeof(U)); shift += BITS) {
+    std::fill(hist.begin(), hist.end(), 0);
+    for (int64_t i = 0; i < E; ++i) hist[(key[i] >> shift) & MASK]++;
+    if (E > 0 && hist[(key[0] >> shift) & MASK] == E) continue;  // one digit value: order unchanged
+    int64_t run = 0;
+    for (auto& h : hist) { const int64_t c = h; h = run; run += c; }
+    for (int64_t i = 0; i < E; ++i) {
+      const int64_t pos = hist[(key[i] >> shift) & MASK]++;
+      key2[pos] = key[i];
+      idx2[pos] = idx[i];
+    }
+    key.swap(key2);
+    idx.swap(idx2);
+  }
+  std::vector<int64_t> cstart(C + 1, 0);
+  for (int64_t e = 0; e < E; ++e) cstart[pc[e] + 1]++;
+  for (int64_t c = 0; c < C; ++c) cstart[c + 1] += cstart[c];
   std::vector<int64_t> order(E);
-  for (int64_t e = 0; e < E; ++e) order[e] = e;
-  auto less = [&](int64_t a, int64_t b) {
-    if (pc[a] != pc[b]) return pc[a] < pc[b];
-    const T za = f[4 * a + 3], zb = f[4 * b + 3];
-    if (za != zb) return za < zb;
-    return a < b;
-  };
-  if (at::get_num_threads() > 1 && E > 4096)
-    __gnu_parallel::sort(order.begin(), order.end(), less);
-  else
-    std::sort(order.begin(), order.end(), less);
+  for (int64_t i = 0; i < E; ++i) order[cstart[pc[idx[i]]]++] = idx[i];
   return order;
 }
 
@@ -565,7 +593,7 @@ std::vector<at::Tensor> bin_tiles(const at::Tensor& box, const at::Tensor& cam, 
   const int64_t E = box.size(0);
   std::vector<int64_t> order_v;
   AT_DISPATCH_FLOATING_TYPES(feat.scalar_type(), "depth_order", [&] {
-    order_v = depth_order<scalar_t>(feat, cam.data_ptr<int64_t>(), E);
+    order_v = depth_order<scalar_t>(feat, cam.data_ptr<int64_t>(), E, C);
   });
   const int64_t* po = order_v.data();
   const int64_t TX = (W + tile - 1) / tile, TY = (H + tile - 1) / tile, NT = C * TX * TY;
@@ -846,6 +874,29 @@ std::vector<at::Tensor> raster_jvp_impl(const at::Tensor& geo, const at::Tensor&
   return {out};
 }
 
+// Reusable per-thread accumulator buffers for the backward pass (one caller at a time; a
+// concurrent caller falls back to private buffers).
+class AccPool {
+ public:
+  class Lease {
+   public:
+    Lease(int nt, size_t n) : owned_(pool_mutex().try_lock()) {
+      bufs_ = owned_ ? &shared() : &private_;
+      if ((int)bufs_->size() < nt) bufs_->resize(nt);
+      for (int t = 0; t < nt; ++t) (*bufs_)[t].resize(n);
+    }
+    ~Lease() { if (owned_) pool_mutex().unlock(); }
+    std::vector<std::vector<double>>& bufs() { return *bufs_; }
+   private:
+    bool owned_;
+    std::vector<std::vector<double>> private_;
+    std::vector<std::vector<double>>* bufs_;
+  };
+ private:
+  static std::mutex& pool_mutex() { static std::mutex m; return m; }
+  static std::vector<std::vector<double>>& shared() { static std::vector<std::vector<double>> b; return b; }
+};
+
 template <typename T>
 std::vector<at::Tensor> raster_backward_impl(const at::Tensor& geo, const at::Tensor& feat,
                                              const at::Tensor& box, const at::Tensor& offsets,
@@ -862,13 +913,16 @@ std::vector<at::Tensor> raster_backward_impl(const at::Tensor& geo, const at::Te
   const int32_t* pl = list.data_ptr<int32_t>();
   const int tile = (int)G.tile;
   const int nt = std::max(1, at::get_num_threads());
-  // per-thread accumulators (10 per entry: geo 6, feat 4), summed in thread order at the end
-  std::vector<std::vector<double>> acc(nt);
+  // per-thread accumulators (10 per entry: geo 6, feat 4), summed in thread order at the end.
+  // They are kept between calls: allocating tens of MB afresh each time costs more in page
+  // faults than the zeroing (another thread's concurrent call gets its own).
+  AccPool::Lease lease(nt, (size_t)(10 * E));
+  std::vector<std::vector<double>>& acc = lease.bufs();
 #pragma omp parallel num_threads(nt)
   {
     const int tid = omp_get_thread_num();
     std::vector<double>& A = acc[tid];
-    A.assign(10 * E, 0.0);
+    std::fill(A.begin(), A.end(), 0.0);
     std::vector<Packed<T>> ents;
     std::vector<double> loc, S;  // per-tile entry gradients; per-pixel Σ_{j>i} w_j s_j
     TileState st;
