@@ -1095,6 +1095,52 @@ std::vector<at::Tensor> raster_backward(const at::Tensor& geo, const at::Tensor&
   return out;
 }
 
+// ---- fused Adam update (the TTO inner loop) ----------------------------------------------
+// One pass over (x, m, v, grad, lr) instead of about ten tensor operations and two
+// finiteness scans, which on a CPU cost a tenth of a refine step at 256². Same formula and
+// operation order as tto.adam_run's torch path:
+//   m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g²;  x -= (m lr) / sqrt(v / bc2 + eps²) / bc1
+// Returns the number of non-finite entries among the gradient and the updated x.
+template <typename T>
+int64_t adam_step_impl(at::Tensor& x, at::Tensor& m, at::Tensor& v, const at::Tensor& g, const at::Tensor& lr,
+                       double b1d, double b2d, double bc1d, double bc2d, double eps2d) {
+  T* px = x.data_ptr<T>();
+  T* pm = m.data_ptr<T>();
+  T* pv = v.data_ptr<T>();
+  const T* pg = g.data_ptr<T>();
+  const T* pl = lr.data_ptr<T>();
+  const T b1 = T(b1d), b2 = T(b2d), c1 = T(1 - b1d), c2 = T(1 - b2d), bc2 = T(bc2d), eps2 = T(eps2d);
+  const T inv_bc1 = T(1.0 / bc1d);
+  const int64_t n = x.numel();
+  int64_t bad = 0;
+  const int nt = at::get_num_threads();
+#pragma omp parallel for schedule(static) reduction(+ : bad) num_threads(nt)
+  for (int64_t i = 0; i < n; ++i) {
+    const T gi = pg[i];
+    const T mi = pm[i] * b1 + c1 * gi;
+    const T vn = pv[i] * b2 + c2 * (gi * gi);
+    pm[i] = mi;
+    pv[i] = vn;
+    const T xn = px[i] - ((mi * pl[i]) / std::sqrt(vn / bc2 + eps2)) * inv_bc1;
+    px[i] = xn;
+    bad += (!std::isfinite(gi) || !std::isfinite(xn)) ? 1 : 0;
+  }
+  return bad;
+}
+
+int64_t adam_step(at::Tensor x, at::Tensor m, at::Tensor v, const at::Tensor& g, const at::Tensor& lr, double b1,
+                  double b2, double bc1, double bc2, double eps2) {
+  for (const at::Tensor* t : {(const at::Tensor*)&x, (const at::Tensor*)&m, (const at::Tensor*)&v, &g, &lr}) {
+    check_cpu(*t, "adam_step tensor");
+    TORCH_CHECK(t->numel() == x.numel() && t->scalar_type() == x.scalar_type(), "adam_step: shape/dtype mismatch");
+  }
+  int64_t bad = 0;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "adam_step", [&] {
+    bad = adam_step_impl<scalar_t>(x, m, v, g, lr, b1, b2, bc1, bc2, eps2);
+  });
+  return bad;
+}
+
 }  // namespace
 
 // CPU dispatch key only: functorch/forward-AD wrappers are unwrapped by the dispatcher
@@ -1108,4 +1154,5 @@ TORCH_LIBRARY(diff3r_cpu, m) {
   m.def("raster_jvp", torch::dispatch(c10::DispatchKey::CPU, &raster_jvp));
   m.def("raster_forward_jvp", torch::dispatch(c10::DispatchKey::CPU, &raster_forward_jvp));
   m.def("raster_backward", torch::dispatch(c10::DispatchKey::CPU, &raster_backward));
+  m.def("adam_step", torch::dispatch(c10::DispatchKey::CPU, &adam_step));
 }
