@@ -244,15 +244,6 @@ def _cos(a, b) -> float:
     return float(a @ b / (a.norm() * b.norm()).clamp_min(1e-300))
 
 
-def _atomic_write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(obj, fh, indent=2)
-        fh.write("\n")
-    os.replace(tmp, path)
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--res", type=int, nargs="+", default=[64])
@@ -353,7 +344,9 @@ def main(argv=None) -> int:
             "memory": "ru_maxrss of a fresh subprocess per configuration; +MB = increase over the footprint "
                       "just before the layer call (scene built, torch loaded)",
             "pcg": f"iterations to 1e-3 relative residual at θ* of the '{pm}' run: Jacobi vs plain CG (max 1000)"}
-    _atomic_write_json(args.out_json, {"meta": meta, "rows": rows})
+    from diff3r_cli.fsio import atomic_write_json
+
+    atomic_write_json(args.out_json, {"meta": meta, "rows": rows})
     print(f"wrote {args.out_json}", file=sys.stderr)
     return 0
 

@@ -357,3 +357,34 @@ def test_nonfinite_incoming_gradient_entries_are_counted(scene):
     (gs.means * w).sum().backward()
     assert stats.backward.nonfinite_grad == 2
     assert torch.isfinite(theta0.grad).all()
+
+
+def test_layer_options_route_to_the_backward_or_the_forward_config():
+    from diff3r_cli.optim.config import TTOConfig, layer_configs, tto_config
+    tto, bwd = layer_configs("lm", pcg_rtol=1e-5, pcg_max_iter=7, gtol=1e-9, damping=0.5, backend="torch")
+    assert (bwd.pcg_rtol, bwd.pcg_max_iter, bwd.damping) == (1e-5, 7, 0.5)
+    assert tto.optimizer == "lm" and tto.backend == "torch" and tto.lm.gtol == 1e-9
+    assert tto.lm.pcg_rtol == TTOConfig().lm.pcg_rtol       # the forward LM keeps its own default
+    assert bwd.accept == 10 * 1e-5
+    cfg = tto_config(config=TTOConfig(optimizer="lm"), rtol_stop=0.0)
+    assert cfg.optimizer == "lm" and cfg.lm.rtol_stop == 0.0 and cfg.adam.rtol_stop == 0.0
+    assert tto_config("adam", cfg, adam_eps=1e-8).adam.eps == 1e-8
+    with pytest.raises(TypeError):
+        layer_configs("adam", mu0=0.1)
+
+
+def test_jv_verdict_is_kept_on_the_renderer_object(scene):
+    from diff3r_cli.optim.energy import DEFAULT_RENDERER, RgbRenderer
+    cams, g0, lam, images, _, _ = _setup(scene, 0.05, 1e-2)
+    e = _energy(g0, lam, cams, images)
+    assert e.renderer is DEFAULT_RENDERER
+    shared = RgbRenderer(render_rgb_autograd)
+    e1 = Energy(e.template, e.theta0, e.lam, cams, images, render_fn=shared)
+    e2 = Energy(e.template, e.theta0, e.lam, cams, images, render_fn=shared)
+    v = torch.ones_like(e.theta0)
+    assert e1.linearize(e.theta0).jvp(v) is not None
+    assert shared.jvp_verdicts == {(e1.backend, torch.float64): "reverse"}
+    assert e2.renderer is shared and e2.linearize(e.theta0).jvp_mode == "auto-exact"
+    # a plain function gets a renderer (and a verdict) of its own
+    e3 = Energy(e.template, e.theta0, e.lam, cams, images, render_fn=render_rgb_autograd)
+    assert e3.renderer is not shared and e3.renderer.jvp_verdicts == {}
