@@ -56,7 +56,7 @@ def render_ms(size: int, backend: str, device: str) -> float:
 def predictor_and_ift(device: str, predict_res: int = 256, ift_res: int = 128) -> dict:
     from diff3r_cli.cameras import Cameras
     from diff3r_cli.model.io import load_model
-    from diff3r_cli.optim.implicit import optimization_layer
+    from diff3r_cli.optim.implicit import optimization_layer_with_stats
 
     model = load_model("diff3r-small", device=torch.device(device))
     out = {}
@@ -77,16 +77,15 @@ def predictor_and_ift(device: str, predict_res: int = 256, ift_res: int = 128) -
         else:
             pred = model(ctx, K, w2c, near, far)
             g0, lam = pred.gaussians[0], pred.lam[0]
-            stats: dict = {}
-            gs = optimization_layer(g0, lam, Cameras(K[0], w2c[0], res, res), images, 10, "adam", stats=stats)
+            gs, stats = optimization_layer_with_stats(g0, lam, Cameras(K[0], w2c[0], res, res), images, 10, "adam")
             loss = ((render(gs, Cameras(K[0], w2c[0], res, res)).rgb - images) ** 2).mean()
             t0 = time.perf_counter()
             loss.backward()
             if device == "cuda":
                 torch.cuda.synchronize()
             out["ift_backward_s"] = time.perf_counter() - t0
-            out["ift_pcg_iterations"] = stats.get("backward_pcg_iterations")
-            out["ift_jvp_mode"] = stats.get("backward_jvp_mode", stats.get("jvp_mode"))
+            out["ift_pcg_iterations"] = stats.backward.solve.pcg_iterations
+            out["ift_jvp_mode"] = stats.backward.solve.jvp_mode
     return out
 
 

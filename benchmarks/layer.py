@@ -13,8 +13,9 @@ per context pixel, like a feed-forward predictor's output), side by side:
 Usage:  python benchmarks/layer.py [--res 64 128] [--steps 5 10 20 50 100] [--threads 1]
 Writes benchmarks/results/layer.json (atomically) and prints a table. CPU, float64 by default
 (unrolled Adam differentiated in float32 overflows to NaN). "unrolled" renders through
-tests/optim_scenes.render_rgb_autograd (render()'s projection + binning, autograd
-compositing: twice differentiable); "ift" uses render() itself, "ift_autograd" the helper.
+diff3r_cli.render.autograd_rgb.render_rgb_autograd (render()'s projection + binning,
+autograd compositing: twice differentiable); "ift" uses render() itself, "ift_autograd"
+the helper.
 """
 
 from __future__ import annotations
@@ -32,10 +33,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "layer.json"
-# render_rgb_autograd (tests/optim_scenes.py): render()'s projection and binning with autograd
-# compositing. The torch backend's own backward is first-order only, so unrolled
-# differentiation (which needs second derivatives) goes through this helper.
-sys.path.insert(0, str(ROOT / "tests"))
 
 
 # --------------------------------------------------------------------------- scene
@@ -102,17 +99,31 @@ def outer_loss(g, tgt, tgt_img):
 
 
 # --------------------------------------------------------------------------- worker
+_AUTOGRAD_RENDERER = None
+
+
+def _autograd_renderer():
+    """One RgbRenderer around render_rgb_autograd per process: render()'s projection and
+    binning with autograd compositing (twice differentiable, which unrolled differentiation
+    needs). Shared by the warm-up and the timed run, so its one-time Jv check (kept on the
+    renderer) stays out of the timings."""
+    global _AUTOGRAD_RENDERER
+    if _AUTOGRAD_RENDERER is None:
+        from diff3r_cli.optim.energy import RgbRenderer
+        from diff3r_cli.render.autograd_rgb import render_rgb_autograd
+
+        _AUTOGRAD_RENDERER = RgbRenderer(render_rgb_autograd)
+    return _AUTOGRAD_RENDERER
+
 def _warm_up(ctx, images, g0, lam, method: str) -> None:
     """One-time costs out of the timings: torch's lazy imports on the first forward-mode AD
     call (~3 s here) and the auto-jvp check, done on an 8-Gaussian copy of the scene."""
     import torch
 
-    from optim_scenes import render_rgb_autograd
-
     from diff3r_cli.optim.energy import Energy
 
     small = g0[:8].detach()
-    render_fn = None if method == "ift" else render_rgb_autograd
+    render_fn = None if method == "ift" else _autograd_renderer()
     e = Energy(small, small.flatten(), small.expand_groups(lam[:8]), ctx, images, render_fn=render_fn)
     lin = e.linearize(small.flatten())
     lin.gn_matvec(torch.ones_like(small.flatten()))
@@ -135,12 +146,13 @@ def worker(res: int, steps: int, method: str, out: str, threads: int, pcg_compar
     """
     import torch
 
-    from optim_scenes import render_rgb_autograd
-
     torch.set_num_threads(threads)
+    from diff3r_cli.optim.config import BackwardConfig
     from diff3r_cli.optim.energy import Energy
-    from diff3r_cli.optim.implicit import ift_solve, optimization_layer
+    from diff3r_cli.optim.implicit import ift_solve, optimization_layer_with_stats
     from diff3r_cli.optim.tto import adam_lr_vector, adam_run, scene_extent
+
+    render_rgb_autograd = _autograd_renderer()
 
     ctx, images, g0, lam, tgt, tgt_img = make_scene(res, dtype=dtype)
     _warm_up(ctx, images, g0, lam, method)
@@ -151,16 +163,16 @@ def worker(res: int, steps: int, method: str, out: str, threads: int, pcg_compar
                  "threads": threads, "dtype": dtype}
     t0 = time.perf_counter()
     if method in ("ift", "ift_autograd"):
-        stats: dict = {}
         render_fn = render_rgb_autograd if method == "ift_autograd" else None
-        gs = optimization_layer(g0.unflatten(theta0), lam_, ctx, images, steps, "adam", hessian="gn",
-                                pcg_rtol=1e-3, pcg_max_iter=200, stats=stats, adam_eps=adam_eps, render_fn=render_fn)
+        gs, stats = optimization_layer_with_stats(g0.unflatten(theta0), lam_, ctx, images, steps, "adam", hessian="gn",
+                                                  pcg_rtol=1e-3, pcg_max_iter=200, adam_eps=adam_eps,
+                                                  render_fn=render_fn)
         loss = outer_loss(gs, tgt, tgt_img)
         t1 = time.perf_counter()
         loss.backward()
         t2 = time.perf_counter()
-        rec.update(pcg_iterations=stats.get("backward_pcg_iterations"), pcg_residual=stats.get("backward_pcg_residual"),
-                   fallback=stats.get("backward_fallback"))
+        solve = stats.backward.solve
+        rec.update(pcg_iterations=solve.pcg_iterations, pcg_residual=solve.pcg_residual, fallback=solve.fallback)
     else:
         g0d = g0.detach()
         energy = Energy(g0d, theta0.detach(), g0d.expand_groups(lam_.detach()), ctx, images,
@@ -200,9 +212,10 @@ def worker(res: int, steps: int, method: str, out: str, threads: int, pcg_compar
         t = theta_star.clone().requires_grad_(True)
         (rhs,) = torch.autograd.grad(outer_loss(g0d.unflatten(t), tgt, tgt_img), t)
         for pre in ("jacobi", "none"):
-            _, info = ift_solve(energy, theta_star, rhs, pcg_rtol=1e-3, pcg_max_iter=1000, preconditioner=pre)
-            rec[f"pcg_{pre}_iterations"] = info["pcg_iterations"]
-            rec[f"pcg_{pre}_converged"] = info["pcg_converged"]
+            _, info = ift_solve(energy, theta_star, rhs, BackwardConfig(pcg_rtol=1e-3, pcg_max_iter=1000,
+                                                                        preconditioner=pre))
+            rec[f"pcg_{pre}_iterations"] = info.pcg_iterations
+            rec[f"pcg_{pre}_converged"] = info.pcg_converged
     return rec
 
 
@@ -229,15 +242,6 @@ def _run_worker(res: int, steps: int, method: str, threads: int, pcg_compare: bo
 def _cos(a, b) -> float:
     a, b = a.reshape(-1).double(), b.reshape(-1).double()
     return float(a @ b / (a.norm() * b.norm()).clamp_min(1e-300))
-
-
-def _atomic_write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(obj, fh, indent=2)
-        fh.write("\n")
-    os.replace(tmp, path)
 
 
 def main(argv=None) -> int:
@@ -335,12 +339,14 @@ def main(argv=None) -> int:
             "inner_optimizer": "adam (3DGS per-group learning rates)",
             "ift": "GN Hessian, PCG rtol 1e-3 (max 200), Jacobi from 4 probes",
             "methods": {"ift": "IFT layer rendering with render() (torch backend)",
-                        "ift_autograd": "IFT layer rendering with tests/optim_scenes.render_rgb_autograd",
+                        "ift_autograd": "IFT layer rendering with diff3r_cli.render.autograd_rgb.render_rgb_autograd",
                         "unrolled": "autograd through K Adam steps, rendering with render_rgb_autograd"},
             "memory": "ru_maxrss of a fresh subprocess per configuration; +MB = increase over the footprint "
                       "just before the layer call (scene built, torch loaded)",
             "pcg": f"iterations to 1e-3 relative residual at θ* of the '{pm}' run: Jacobi vs plain CG (max 1000)"}
-    _atomic_write_json(args.out_json, {"meta": meta, "rows": rows})
+    from diff3r_cli.fsio import atomic_write_json
+
+    atomic_write_json(args.out_json, {"meta": meta, "rows": rows})
     print(f"wrote {args.out_json}", file=sys.stderr)
     return 0
 

@@ -149,7 +149,7 @@ def bench_one(size, backend: str, device: str, repeats: int, footprint: float) -
     params = g.map(lambda t: t.clone().requires_grad_(True))
     with torch.no_grad():
         ent = project_gaussians(g, cams.K, cams.w2c, W, H)
-        n_pairs = int(bin_pairs(ent, len(cams), W, H)[0].numel()) if ent is not None else 0
+        n_pairs = bin_pairs(ent, len(cams), W, H).num if ent is not None else 0
 
     def fwd():
         with torch.no_grad():

@@ -367,13 +367,12 @@ def train_step(model, batch: dict, opts: dict, dist: Dist, timer: _Timer) -> dic
             losses.append(loss)
             mses.append(m.item())
             continue
-        from diff3r_cli.optim.implicit import optimization_layer
-        stats: dict = {}
+        from diff3r_cli.optim.implicit import optimization_layer_with_stats
         try:
             with timer("inner_tto"):
-                g_star = optimization_layer(g0, lam, Cameras(ctx_K[k], ctx_w2c[k], w, h), ctx[k],
-                                            opts["inner_steps"], opts["inner_optimizer"], stats=stats,
-                                            backend=backend, pcg_max_iter=opts["pcg_max_iter"])
+                g_star, stats = optimization_layer_with_stats(g0, lam, Cameras(ctx_K[k], ctx_w2c[k], w, h), ctx[k],
+                                                              opts["inner_steps"], opts["inner_optimizer"],
+                                                              backend=backend, pcg_max_iter=opts["pcg_max_iter"])
         except NumericalError:
             skipped += 1
             continue
@@ -401,15 +400,17 @@ def train_step(model, batch: dict, opts: dict, dist: Dist, timer: _Timer) -> dic
     total = sum(losses) / len(losses) if losses else 0.0 * sum(p.sum() for p in model.parameters())
     with timer("backward"):
         total.backward()
-    pcg_time = sum(s.get("backward_time_s", 0.0) for s in layer_stats)
+    # LayerStats.backward is filled by total.backward() above (None where it did not run).
+    backs = [s.backward for s in layer_stats if s.backward is not None]
+    pcg_time = sum(b.time_s for b in backs)
     if layer_stats:
         timer.t["pcg_backward"] = pcg_time
-        pcg_iters = [s.get("backward_pcg_iterations") for s in layer_stats]
+        pcg_iters = [s.backward.solve.pcg_iterations if s.backward else None for s in layer_stats]
     return {"loss_sum": total.item() * len(losses) if losses else 0.0, "n": len(losses), "mse": mses,
             "mse0": mses0, "skipped": skipped, "pcg_iterations": pcg_iters,
-            "fallbacks": sum(bool(s.get("backward_fallback")) for s in layer_stats),
-            "pcg_misses": sum(bool(s.get("backward_pcg_miss")) for s in layer_stats),
-            "nonfinite_grads": sum(int(s.get("backward_nonfinite_grad") or 0) for s in layer_stats)}
+            "fallbacks": sum(bool(b.solve.fallback) for b in backs),
+            "pcg_misses": sum(b.solve.pcg_miss for b in backs),
+            "nonfinite_grads": sum(b.nonfinite_grad for b in backs)}
 
 
 # ----------------------------------------------------------------------------- evaluation

@@ -10,12 +10,15 @@ import pytest
 import torch
 
 from diff3r_cli.errors import NumericalError, UserError
+from diff3r_cli.optim.config import BackwardConfig, LMConfig
 from diff3r_cli.optim.energy import Energy
-from diff3r_cli.optim.implicit import ift_solve, optimization_layer
-from diff3r_cli.optim.tto import lm_run
+from diff3r_cli.optim.implicit import ift_solve, optimization_layer, optimization_layer_with_stats
+from diff3r_cli.optim.lm import lm_run
 from diff3r_cli.render import render
 
-from optim_scenes import perturb, pixel_aligned, render_rgb_autograd, two_cameras, wide_blobs
+from diff3r_cli.render.autograd_rgb import render_rgb_autograd
+
+from optim_scenes import perturb, pixel_aligned, two_cameras, wide_blobs
 
 N = 3
 SIZE = 10
@@ -50,7 +53,7 @@ def _solve(template, theta0, lam, cams, images, start):
     """θ*(θ0, Λ) by tight LM from ``start`` (warm start)."""
     g0 = template.unflatten(theta0)
     e = _energy(g0, lam, cams, images)
-    x, hist = lm_run(e, start, 60, **RESOLVE)
+    x, hist = lm_run(e, start, 60, LMConfig(**RESOLVE))
     _, grad = e.value_and_grad(x)
     assert float(grad.norm()) < 1e-9, "inner problem not solved tightly"
     return x
@@ -60,8 +63,7 @@ def _layer_grads(g0, lam, cams, images, tgt_cam, tgt_img, **kw):
     theta0 = g0.flatten().detach().requires_grad_(True)
     lam_ = lam.detach().clone().requires_grad_(True)
     gi = g0.detach().unflatten(theta0)
-    stats = {}
-    gs = optimization_layer(gi, lam_, cams, images, 60, optimizer="lm", stats=stats, **TIGHT, **kw)
+    gs, stats = optimization_layer_with_stats(gi, lam_, cams, images, 60, optimizer="lm", **TIGHT, **kw)
     loss = outer_loss(gs, tgt_cam, tgt_img)
     loss.backward()
     return theta0.grad.detach(), lam_.grad.detach(), gs.flatten().detach(), stats
@@ -149,7 +151,7 @@ def test_ift_matches_dense_formula(scene, hessian):
     """Layer gradients equal Λ H⁻¹∇ℓ and −(H⁻¹∇ℓ)⊙(θ*−θ0) with H formed densely."""
     cams, g0, lam, images, tgt_cam, tgt_img = _setup(scene, 0.05, 1e-2)
     g_theta0, g_lam, theta_star, stats = _layer_grads(g0, lam, cams, images, tgt_cam, tgt_img, hessian=hessian)
-    assert stats["backward_pcg_converged"] and stats["backward_fallback"] is None
+    assert stats.backward.solve.pcg_converged and stats.backward.solve.fallback is None
     e = _energy(g0, lam, cams, images)
     t = theta_star.clone().requires_grad_(True)
     (dl,) = torch.autograd.grad(outer_loss(g0.unflatten(t), tgt_cam, tgt_img), t)
@@ -268,13 +270,14 @@ def test_layer_adam_forward_and_stats(scene):
     cams, g0, lam, images, tgt_cam, tgt_img = _setup(scene, 0.05, 1e-2)
     theta0 = g0.flatten().detach().requires_grad_(True)
     lam_ = lam.clone().requires_grad_(True)
-    stats = {}
-    gs = optimization_layer(g0.unflatten(theta0), lam_, cams, images, 20, stats=stats)
+    gs, stats = optimization_layer_with_stats(g0.unflatten(theta0), lam_, cams, images, 20)
+    assert stats.backward is None  # filled by the backward pass
     outer_loss(gs, tgt_cam, tgt_img).backward()
     assert torch.isfinite(theta0.grad).all() and torch.isfinite(lam_.grad).all()
-    assert stats["forward_steps"] == 20 and stats["backward_pcg_iterations"] > 0
-    assert stats["forward_time_s"] > 0 and stats["backward_time_s"] > 0
-    assert stats["history"][-1]["energy"] < stats["history"][0]["energy"]
+    assert stats.forward.steps == 20 and stats.backward.solve.pcg_iterations > 0
+    assert stats.forward.time_s > 0 and stats.backward.time_s > 0
+    assert stats.forward.history[-1]["energy"] < stats.forward.history[0]["energy"]
+    assert stats.forward.energy == stats.forward.history[-1]["energy"]
 
 
 def test_failed_solve_falls_back_without_nan(scene):
@@ -282,16 +285,15 @@ def test_failed_solve_falls_back_without_nan(scene):
     for kw, expect in ((dict(pcg_max_iter=0), "jacobi"), (dict(damping=float("nan")), "zeros")):
         theta0 = g0.flatten().detach().requires_grad_(True)
         lam_ = lam.clone().requires_grad_(True)
-        stats = {}
-        gs = optimization_layer(g0.unflatten(theta0), lam_, cams, images, 3, stats=stats, **kw)
+        gs, stats = optimization_layer_with_stats(g0.unflatten(theta0), lam_, cams, images, 3, **kw)
         outer_loss(gs, tgt_cam, tgt_img).backward()
         assert torch.isfinite(theta0.grad).all() and torch.isfinite(lam_.grad).all()
-        assert stats["backward_fallback"] == expect, stats
+        assert stats.backward.solve.fallback == expect, stats
     # a NaN incoming gradient is zeroed, not propagated
     e = _energy(g0, lam, cams, images)
     rhs = torch.full_like(e.theta0, float("nan"))
     v, info = ift_solve(e, e.theta0, rhs)
-    assert torch.isfinite(v).all() and info["fallback"] is not None
+    assert torch.isfinite(v).all() and info.fallback is not None
 
 
 def test_layer_guards(scene):
@@ -302,10 +304,12 @@ def test_layer_guards(scene):
         optimization_layer(bad, lam, cams, images, 2)
     with pytest.raises(UserError):
         optimization_layer(g0, -lam, cams, images, 2)
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError, match="shape"):
         optimization_layer(g0, lam[:2], cams, images, 2)
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError, match="hessian"):
         optimization_layer(g0, lam, cams, images, 2, hessian="bfgs")
+    with pytest.raises(ValueError, match="fallback"):
+        optimization_layer(g0, lam, cams, images, 2, fallback="identity")
 
 
 def test_jacobi_preconditioner_cuts_pcg_iterations_on_the_gn_system():
@@ -318,9 +322,10 @@ def test_jacobi_preconditioner_cuts_pcg_iterations_on_the_gn_system():
     rhs = torch.randn(e.theta0.numel(), dtype=torch.float64, generator=torch.Generator().manual_seed(6))
     its = {}
     for pre in ("jacobi", "none"):
-        v, info = ift_solve(e, e.theta0, rhs, pcg_rtol=1e-4, pcg_max_iter=500, num_probes=16, preconditioner=pre)
-        assert info["pcg_converged"], info
-        its[pre] = info["pcg_iterations"]
+        v, info = ift_solve(e, e.theta0, rhs, BackwardConfig(pcg_rtol=1e-4, pcg_max_iter=500, num_probes=16,
+                                                             preconditioner=pre))
+        assert info.pcg_converged, info
+        its[pre] = info.pcg_iterations
         lin = e.linearize(e.theta0)
         assert (lin.gn_matvec(v) - rhs).norm() / rhs.norm() < 2e-4  # it really solved H v = rhs
     assert its["jacobi"] * 2 <= its["none"], its
@@ -331,25 +336,55 @@ def test_pcg_acceptance_follows_the_requested_tolerance_and_counts_misses(scene)
     e = _energy(g0, lam, cams, images)
     rhs = torch.randn(e.theta0.numel(), dtype=torch.float64, generator=torch.Generator().manual_seed(4))
     # 2 iterations cannot reach 1e-8: far beyond 10x the tolerance -> fallback, counted as a miss
-    v, info = ift_solve(e, e.theta0, rhs, pcg_rtol=1e-8, pcg_max_iter=2)
-    assert info["pcg_miss"] and info["pcg_residual"] > 1e-7 and info["fallback"] == "jacobi", info
+    v, info = ift_solve(e, e.theta0, rhs, BackwardConfig(pcg_rtol=1e-8, pcg_max_iter=2))
+    assert info.pcg_miss and info.pcg_residual > 1e-7 and info.fallback == "jacobi", info
     # the same solve is used when the caller accepts its residual explicitly (still a miss)
-    v2, info2 = ift_solve(e, e.theta0, rhs, pcg_rtol=1e-8, pcg_max_iter=2, accept_rtol=1.0)
-    assert info2["pcg_miss"] and info2["fallback"] is None
+    v2, info2 = ift_solve(e, e.theta0, rhs, BackwardConfig(pcg_rtol=1e-8, pcg_max_iter=2, accept_rtol=1.0))
+    assert info2.pcg_miss and info2.fallback is None
     assert not torch.equal(v, v2)
     # a converged solve is no miss
-    _, info3 = ift_solve(e, e.theta0, rhs, pcg_rtol=1e-3, pcg_max_iter=300)
-    assert info3["pcg_converged"] and not info3["pcg_miss"] and info3["fallback"] is None
+    _, info3 = ift_solve(e, e.theta0, rhs, BackwardConfig(pcg_rtol=1e-3, pcg_max_iter=300))
+    assert info3.pcg_converged and not info3.pcg_miss and info3.fallback is None
 
 
 def test_nonfinite_incoming_gradient_entries_are_counted(scene):
     cams, g0, lam, images, _, _ = _setup(scene, 0.05, 1e-2)
     theta0 = g0.flatten().detach().requires_grad_(True)
-    stats = {}
-    gs = optimization_layer(g0.unflatten(theta0), lam, cams, images, 3, stats=stats)
+    gs, stats = optimization_layer_with_stats(g0.unflatten(theta0), lam, cams, images, 3)
     w = torch.ones_like(gs.means)
     w[0, 1] = float("nan")
     w[1, 2] = float("inf")
     (gs.means * w).sum().backward()
-    assert stats["backward_nonfinite_grad"] == 2
+    assert stats.backward.nonfinite_grad == 2
     assert torch.isfinite(theta0.grad).all()
+
+
+def test_layer_options_route_to_the_backward_or_the_forward_config():
+    from diff3r_cli.optim.config import TTOConfig, layer_configs, tto_config
+    tto, bwd = layer_configs("lm", pcg_rtol=1e-5, pcg_max_iter=7, gtol=1e-9, damping=0.5, backend="torch")
+    assert (bwd.pcg_rtol, bwd.pcg_max_iter, bwd.damping) == (1e-5, 7, 0.5)
+    assert tto.optimizer == "lm" and tto.backend == "torch" and tto.lm.gtol == 1e-9
+    assert tto.lm.pcg_rtol == TTOConfig().lm.pcg_rtol       # the forward LM keeps its own default
+    assert bwd.accept == 10 * 1e-5
+    cfg = tto_config(config=TTOConfig(optimizer="lm"), rtol_stop=0.0)
+    assert cfg.optimizer == "lm" and cfg.lm.rtol_stop == 0.0 and cfg.adam.rtol_stop == 0.0
+    assert tto_config("adam", cfg, adam_eps=1e-8).adam.eps == 1e-8
+    with pytest.raises(TypeError):
+        layer_configs("adam", mu0=0.1)
+
+
+def test_jv_verdict_is_kept_on_the_renderer_object(scene):
+    from diff3r_cli.optim.energy import DEFAULT_RENDERER, RgbRenderer
+    cams, g0, lam, images, _, _ = _setup(scene, 0.05, 1e-2)
+    e = _energy(g0, lam, cams, images)
+    assert e.renderer is DEFAULT_RENDERER
+    shared = RgbRenderer(render_rgb_autograd)
+    e1 = Energy(e.template, e.theta0, e.lam, cams, images, render_fn=shared)
+    e2 = Energy(e.template, e.theta0, e.lam, cams, images, render_fn=shared)
+    v = torch.ones_like(e.theta0)
+    assert e1.linearize(e.theta0).jvp(v) is not None
+    assert shared.jvp_verdicts == {(e1.backend, torch.float64): "reverse"}
+    assert e2.renderer is shared and e2.linearize(e.theta0).jvp_mode == "auto-exact"
+    # a plain function gets a renderer (and a verdict) of its own
+    e3 = Energy(e.template, e.theta0, e.lam, cams, images, render_fn=render_rgb_autograd)
+    assert e3.renderer is not shared and e3.renderer.jvp_verdicts == {}

@@ -290,15 +290,14 @@ def test_depth_chunks_skip_pixels_that_are_done():
     cams = make_cams(16, 12, 1)
     cams = Cameras(cams.K, torch.eye(4, dtype=torch.float64)[None], 16, 12)
     ent = tb.project_gaussians(g, cams.K, cams.w2c, 16, 12)
-    s_full, s_chunk = {}, {}
-    full = tb.bin_pairs(ent, 1, 16, 12, stats=s_full)
-    chunked = tb.bin_pairs(ent, 1, 16, 12, max_candidates=2 * 16 * 12, stats=s_chunk)
-    assert torch.equal(full[0], chunked[0]) and torch.equal(full[1], chunked[1])
-    assert torch.allclose(full[3], chunked[3], atol=1e-12)
-    assert full[0].numel() <= 4 * 16 * 12            # ~3 layers per pixel survive the cut-off
-    assert s_full["depth_chunks"] == 1 and s_chunk["depth_chunks"] >= 10
-    assert s_full["pairs_sorted"] == n * 16 * 12      # every layer covers every pixel
-    assert s_chunk["pairs_sorted"] <= 8 * 16 * 12     # ... but done pixels take no more pairs
+    full = tb.bin_pairs(ent, 1, 16, 12)
+    chunked = tb.bin_pairs(ent, 1, 16, 12, max_candidates=2 * 16 * 12)
+    assert torch.equal(full.entry, chunked.entry) and torch.equal(full.pixel, chunked.pixel)
+    assert torch.allclose(full.transmittance, chunked.transmittance, atol=1e-12)
+    assert full.num <= 4 * 16 * 12                   # ~3 layers per pixel survive the cut-off
+    assert full.depth_chunks == 1 and chunked.depth_chunks >= 10
+    assert full.pairs_sorted == n * 16 * 12           # every layer covers every pixel
+    assert chunked.pairs_sorted <= 8 * 16 * 12   # ... but done pixels take no more pairs
 
 
 def test_sh_basis_orthonormal_and_matches_reference():

@@ -18,7 +18,8 @@ import torch.autograd.forward_ad as fwAD
 
 from diff3r_cli.cameras import Cameras
 from diff3r_cli.gaussians import Gaussians
-from diff3r_cli.optim.energy import Energy, resolve_jvp
+from diff3r_cli.optim.energy import Energy
+from diff3r_cli.optim.linearization import resolve_jvp
 from diff3r_cli.render import ENV_BACKEND, render, resolve_backend
 from diff3r_cli.render.torch_backend import render_torch
 

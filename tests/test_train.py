@@ -189,17 +189,18 @@ def test_skipped_example_does_not_shrink_the_others_weight(monkeypatch):
     from diff3r_cli.errors import NumericalError
     from diff3r_cli.model.predictor import build_predictor
     from diff3r_cli.optim import implicit
+    from diff3r_cli.optim.stats import LayerStats, TTOStats
     from diff3r_cli.train import Dist, _Timer, train_step
 
     calls = {"n": 0}
 
     def fake_layer(g0, lam, cams, images, steps, optimizer, **kw):
         calls["n"] += 1
-        if calls["n"] == 1 and kw.get("stats") is not None and fake_layer.fail_first:
+        if calls["n"] == 1 and fake_layer.fail_first:
             raise NumericalError("inner solve diverged (test)")
-        return g0
+        return g0, LayerStats(TTOStats(steps, 0.0, 0.0))
 
-    monkeypatch.setattr(implicit, "optimization_layer", fake_layer)
+    monkeypatch.setattr(implicit, "optimization_layer_with_stats", fake_layer)
     torch.manual_seed(0)
     model = build_predictor("small", **TINY)
     opts = dict(stage="diff3r", ssim_weight=0.0, ff_weight=0.0, inner_steps=1, inner_optimizer="adam",

@@ -146,14 +146,22 @@ def test_guards(scene):
         optimize(g0, torch.full((N, 5), math.inf, dtype=torch.float64), cams, images, 2)
     with pytest.raises(UserError):
         optimize(g0, -torch.ones(N, 5, dtype=torch.float64), cams, images, 2)
-    with pytest.raises(UserError):
+    # a negative weight can come from a user's .ply (diff3r refine): a UserError; the rest
+    # are programmer errors
+    with pytest.raises(ValueError, match="shape"):
         optimize(g0, torch.ones(N, 4, dtype=torch.float64), cams, images, 2)
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError, match="cameras"):
         optimize(g0, None, cams, images[:1], 2)
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError, match="optimizer"):
         optimize(g0, None, cams, images, 2, "sgd")
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError, match="learning-rate"):
         optimize(g0, None, cams, images, 2, lr=-1.0)
+    with pytest.raises(ValueError, match="steps"):
+        optimize(g0, None, cams, images, -1)
+    with pytest.raises(TypeError, match="unexpected options for adam"):
+        optimize(g0, None, cams, images, 2, mu0=0.1)
+    with pytest.raises(TypeError, match="unexpected options for lm"):
+        optimize(g0, None, cams, images, 2, "lm", patience=2)
     with pytest.raises(NumericalError):
         optimize(g0, None, cams, images, 3, lr={"mean": math.inf})
 

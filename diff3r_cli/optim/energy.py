@@ -1,4 +1,4 @@
-"""The TTO energy and its derivative products, over the flat parameter vector θ.
+"""The TTO energy over the flat parameter vector θ, and its exact Hessian-vector products.
 
     E(θ; θ0, Λ) = 1/(2P) Σ_views Σ_pixels ‖R(θ)_p − I_p‖²  +  ½ Σ_j λ_j (θ_j − θ0_j)²
 
@@ -7,99 +7,84 @@ opacity logits, SH). P = C·H·W is the number of pixels (the three colour chann
 pixel are summed, not averaged). λ_j is the per-scalar expansion of the (N,5) group
 weights (``Gaussians.expand_groups``). The residual is r(θ) = R(θ) − I, shape (C,H,W,3),
 with Jacobian J = ∂r/∂θ, so ∇E = Jᵀr/P + Λ(θ−θ0) and the Gauss-Newton Hessian is
-H ≈ JᵀJ/P + Λ.
-
-Jv is computed by forward-mode AD (``jvp="forward"``, exact, needs a renderer that
-supports it: the cpu and torch backends; on gsplat the torch backend supplies it), by a
-central finite difference (``"fd"``, only when asked for by name), or by the double-vjp trick (``"reverse"``: Jv = ∂/∂u ⟨Jᵀu, v⟩, exact, needs a renderer whose
-backward is differentiable). Jᵀu is an ordinary backward pass through a graph built once per linearisation.
+H ≈ JᵀJ/P + Λ. Products with J and Jᵀ at a fixed θ live in ``linearization.py``.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import torch
-import torch.autograd.forward_ad as fwAD
 
 from diff3r_cli.cameras import Cameras
 from diff3r_cli.errors import UserError
 from diff3r_cli.gaussians import GROUPS, Gaussians
-from diff3r_cli.optim.pcg import estimate_jtj_diag
+from diff3r_cli.optim.linearization import Linearization
+from diff3r_cli.optim.stats import EnergyTerms
+from diff3r_cli.render import resolve_backend
 
 RenderFn = Callable[[Gaussians, Cameras, Optional[torch.Tensor], str], torch.Tensor]
-JVP_MODES = ("auto", "forward", "fd", "reverse")
-FD_STEP = {torch.float32: 3e-4, torch.float64: 1e-6}
 
 
-def default_render_rgb(g: Gaussians, cameras: Cameras, background: Optional[torch.Tensor], backend: str) -> torch.Tensor:
+class RgbRenderer:
+    """A render function ``(gaussians, cameras, background, backend) -> rgb (C,H,W,3)`` and
+    what has been learnt about its Jv.
+
+    ``jvp_verdicts`` maps (backend, dtype) to the exact Jv mode that the automatic choice
+    settled on for this renderer ("reverse" when its backward is differentiable in its
+    incoming gradient, else "forward"; see ``linearization.py``). The verdict is measured
+    once and kept here, on the object: energies that share a renderer (the default one, or
+    one the caller passes to several optimisations) share it; a plain function passed as
+    ``render_fn`` gets a fresh renderer, so it is checked once per energy.
+    """
+
+    def __init__(self, fn: RenderFn) -> None:
+        self.fn = fn
+        self.jvp_verdicts: dict[tuple[str, torch.dtype], str] = {}
+
+    def __call__(self, g: Gaussians, cameras: Cameras, background: Optional[torch.Tensor], backend: str) -> torch.Tensor:
+        return self.fn(g, cameras, background, backend)
+
+    @classmethod
+    def wrap(cls, fn: Union[None, RenderFn, "RgbRenderer"]) -> "RgbRenderer":
+        """The default renderer for None, ``fn`` itself if it is one, else a new one around it."""
+        if fn is None:
+            return DEFAULT_RENDERER
+        return fn if isinstance(fn, RgbRenderer) else cls(fn)
+
+
+def _project_render_rgb(g: Gaussians, cameras: Cameras, background: Optional[torch.Tensor], backend: str) -> torch.Tensor:
     """RGB (C,H,W,3) from the project renderer."""
     from diff3r_cli.render import render
 
     return render(g, cameras, background=background, backend=backend).rgb
 
 
-def resolve_backend(backend: str, g: Gaussians) -> str:
-    """'auto' -> the backend render() would pick for these Gaussians."""
-    from diff3r_cli.render import resolve_backend as _resolve
-
-    return _resolve(backend, g.means)
-
-
-def resolve_jvp(jvp: str, backend: str) -> str:
-    """'auto' never means a finite difference (its Jv is wrong where a Gaussian crosses the α
-    threshold: measured relative errors of 0.3-2 and PCG diverging). On gsplat, which has no
-    forward mode and no differentiable backward, "forward": the torch backend supplies the
-    exact Jv on the same device. Elsewhere "auto-exact": the double-vjp trick ("reverse",
-    reuses the linearisation's graph: no re-binning) when it agrees with forward mode, else
-    forward mode; a renderer with no forward mode gets "reverse" on its own.
-
-    "reverse" needs the renderer's backward to be built from differentiable ops in its
-    incoming gradient (it is linear in it); whether it is, is checked once per renderer and
-    dtype against forward mode (``_JVP_VERDICT``), so a backward written with out= ops or
-    detached tensors falls back to forward mode instead of giving a wrong Jv. "fd" only when
-    asked for by name.
-    """
-    if jvp not in JVP_MODES:
-        raise ValueError(f"unknown jvp mode {jvp!r} (use one of {', '.join(JVP_MODES)})")
-    if jvp == "auto":
-        return "forward" if backend == "gsplat" else "auto-exact"
-    return jvp
-
-
-# (render function, backend, dtype) -> "reverse" | "forward": the result of the one-time check.
-_JVP_VERDICT: dict = {}
+DEFAULT_RENDERER = RgbRenderer(_project_render_rgb)
 
 
 def check_inputs(g0: Gaussians, lam: Optional[torch.Tensor], cameras: Cameras, images: torch.Tensor) -> torch.Tensor:
-    """Validate shapes and values; returns lam as an (N,5) tensor (zeros when None)."""
+    """Validate shapes and values; returns lam as an (N,5) tensor (zeros when None).
+
+    Shape mismatches are programmer errors (ValueError). Negative weights stay a UserError:
+    they reach here from a user's .ply through ``diff3r refine``, which stores Λ as read.
+    """
     n = g0.num
     if lam is None:
         lam = torch.zeros(n, len(GROUPS), dtype=g0.dtype, device=g0.device)
     if tuple(lam.shape) != (n, len(GROUPS)):
-        raise UserError(f"uncertainty weights have shape {tuple(lam.shape)} but there are {n} Gaussians",
-                        fix=f"pass lam with shape ({n}, {len(GROUPS)}) for groups {', '.join(GROUPS)}")
+        raise ValueError(f"uncertainty weights have shape {tuple(lam.shape)} but there are {n} Gaussians "
+                         f"(expected ({n}, {len(GROUPS)}) for groups {', '.join(GROUPS)})")
     if images.dim() != 4 or images.shape[-1] != 3:
-        raise UserError(f"images have shape {tuple(images.shape)}", fix="pass context images as (C,H,W,3) floats in [0,1]")
+        raise ValueError(f"images have shape {tuple(images.shape)}; expected (C,H,W,3) floats in [0,1]")
     c, h, w, _ = images.shape
     if c != len(cameras) or h != cameras.height or w != cameras.width:
-        raise UserError(f"images are {c}x{h}x{w} but cameras are {len(cameras)}x{cameras.height}x{cameras.width}",
-                        fix="give one camera per image with the image's width and height")
+        raise ValueError(f"images are {c}x{h}x{w} but cameras are {len(cameras)}x{cameras.height}x{cameras.width}")
     with torch.no_grad():
         if bool((lam.detach() < 0).any()):
             raise UserError("uncertainty weights must be >= 0", fix="clamp lam to be non-negative (e.g. softplus)")
     return lam
-
-
-@dataclass
-class EnergyTerms:
-    """E and its two parts as Python floats."""
-
-    energy: float
-    photometric: float
-    proximal: float
 
 
 class Energy:
@@ -114,7 +99,7 @@ class Energy:
         images: torch.Tensor,
         background: Optional[torch.Tensor] = None,
         backend: str = "auto",
-        render_fn: Optional[RenderFn] = None,
+        render_fn: Union[None, RenderFn, RgbRenderer] = None,
     ) -> None:
         self.template = template.detach()
         self.theta0 = theta0.detach()
@@ -122,13 +107,14 @@ class Energy:
         self.cameras = cameras
         self.images = images.detach().to(theta0.dtype)
         self.background = background
-        self.backend = resolve_backend(backend, template)
-        self.render_fn = render_fn or default_render_rgb
+        self.backend = resolve_backend(backend, template.means)
+        self.renderer = RgbRenderer.wrap(render_fn)
         self.num_pixels = int(images.shape[0] * images.shape[1] * images.shape[2])
 
     # --- values ---------------------------------------------------------------------
-    def render(self, theta: torch.Tensor) -> torch.Tensor:
-        return self.render_fn(self.template.unflatten(theta), self.cameras, self.background, self.backend)
+    def render(self, theta: torch.Tensor, backend: Optional[str] = None) -> torch.Tensor:
+        """R(θ), shape (C,H,W,3), on this energy's backend unless ``backend`` is given."""
+        return self.renderer(self.template.unflatten(theta), self.cameras, self.background, backend or self.backend)
 
     def residual(self, theta: torch.Tensor) -> torch.Tensor:
         """r(θ) = R(θ) − I, shape (C,H,W,3)."""
@@ -147,6 +133,7 @@ class Energy:
         return photo + prox
 
     def terms(self, theta: torch.Tensor) -> EnergyTerms:
+        """E and its parts at θ as floats (no graph)."""
         with torch.no_grad():
             photo, prox = self.parts(theta)
         return EnergyTerms(float(photo + prox), float(photo), float(prox))
@@ -161,136 +148,13 @@ class Energy:
         return EnergyTerms(float(e.detach()), float(photo.detach()), float(prox.detach())), grad
 
     # --- linear algebra -------------------------------------------------------------
-    def linearize(self, theta: torch.Tensor, jvp: str = "auto") -> "Linearization":
-        return Linearization(self, theta, resolve_jvp(jvp, self.backend))
+    def linearize(self, theta: torch.Tensor, jvp: str = "auto") -> Linearization:
+        """r, J and ∇E at θ (``jvp``: "auto" | "forward" | "fd" | "reverse")."""
+        return Linearization(self, theta, jvp)
 
     def exact_hessian(self, theta: torch.Tensor, mode: str = "fd") -> "ExactHessian":
+        """Products with the full ∇²E at θ (``mode``: "fd" | "autograd")."""
         return ExactHessian(self, theta, mode)
-
-
-class Linearization:
-    """r, J and ∇E at a fixed θ; one forward pass kept for repeated vjps."""
-
-    def __init__(self, energy: Energy, theta: torch.Tensor, jvp_mode: str) -> None:
-        self.energy = energy
-        self.theta = theta.detach()
-        self.jvp_mode = jvp_mode
-        self.num_pixels = energy.num_pixels
-        with torch.enable_grad():
-            self._t = self.theta.clone().requires_grad_(True)
-            self._r = energy.residual(self._t)
-        self.r = self._r.detach()
-        self._vjp_u = None  # lazily built graph for the double-vjp trick
-        self.grad = self.vjp(self.r) / self.num_pixels + energy.lam * (self.theta - energy.theta0)
-        photo = 0.5 * float((self.r * self.r).sum()) / self.num_pixels
-        d = self.theta - energy.theta0
-        prox = 0.5 * float((energy.lam * d * d).sum())
-        self.terms = EnergyTerms(photo + prox, photo, prox)
-        self.jvp_count = 0
-        self.vjp_count = 1
-
-    def vjp(self, u: torch.Tensor) -> torch.Tensor:
-        """Jᵀu for u shaped like the residual."""
-        with torch.enable_grad():
-            (g,) = torch.autograd.grad(self._r, self._t, u.reshape(self._r.shape), retain_graph=True, allow_unused=True)
-        if g is None:  # nothing depends on θ (empty scene)
-            g = torch.zeros_like(self.theta)
-        self.vjp_count = getattr(self, "vjp_count", 0) + 1
-        return g
-
-    def _verdict_key(self):
-        e = self.energy
-        return (e.render_fn, e.backend, self.theta.dtype)
-
-    def _choose_exact_mode(self, v: torch.Tensor) -> str:
-        key = self._verdict_key()
-        mode = _JVP_VERDICT.get(key)
-        if mode is None:
-            self.jvp_mode = "forward"
-            try:
-                ref = self.jvp(v)
-            except (RuntimeError, NotImplementedError):
-                ref = None  # the renderer has no forward mode
-            finally:
-                self.jvp_count -= 1
-            mode = "forward"
-            try:
-                rev = self._jvp_reverse(v)
-                tol = 1e-8 if self.theta.dtype == torch.float64 else 1e-3
-                if ref is None or (float(torch.linalg.vector_norm(rev - ref))
-                                   <= tol * float(torch.linalg.vector_norm(ref)) + 1e-30):
-                    mode = "reverse"
-            except RuntimeError as exc:
-                if ref is None:
-                    raise RuntimeError("no exact Jv for this renderer: it has neither forward-mode AD nor a "
-                                       "backward differentiable in its incoming gradient; ask for "
-                                       "jvp='fd' by name to use a finite difference") from exc
-            _JVP_VERDICT[key] = mode
-            self._vjp_u = None if mode == "forward" else self._vjp_u
-            self.jvp_mode = mode
-            return mode
-        self.jvp_mode = mode
-        return mode
-
-    def jvp(self, v: torch.Tensor) -> torch.Tensor:
-        """Jv, shaped like the residual."""
-        if self.jvp_mode == "auto-exact":
-            self._choose_exact_mode(v)
-        self.jvp_count += 1
-        if self.jvp_mode == "forward":
-            # Dual tensors (torch.autograd.forward_ad): measured ~25% cheaper than torch.func.jvp.
-            # gsplat has no forward mode: there the torch backend (same images to float32
-            # rounding, also on CUDA) supplies the exact Jv.
-            backend = "torch" if self.energy.backend == "gsplat" else self.energy.backend
-            with torch.no_grad(), fwAD.dual_level():
-                dual = self.energy.template.unflatten(fwAD.make_dual(self.theta, v.to(self.theta.dtype)))
-                out = self.energy.render_fn(dual, self.energy.cameras, self.energy.background, backend)
-                tangent = fwAD.unpack_dual(out).tangent
-            return torch.zeros_like(self.r) if tangent is None else tangent
-        if self.jvp_mode == "fd":
-            return self._jvp_fd(v)
-        if self.jvp_mode == "reverse":
-            return self._jvp_reverse(v)
-        raise ValueError(f"unknown jvp mode {self.jvp_mode!r}")
-
-    def _jvp_fd(self, v: torch.Tensor) -> torch.Tensor:
-        # Central difference with h = FD_STEP / max|v|: the largest tangent component moves its
-        # parameter by FD_STEP (3e-4 in float32, 1e-6 in float64). The renderer's own
-        # measurement (render/jvp.py) found this the best trade between truncation error and
-        # the α-threshold jumps that a difference straddling a crossing divides by 2h.
-        vmax = float(v.abs().max()) if v.numel() else 0.0
-        if vmax == 0.0:
-            return torch.zeros_like(self.r)
-        eps = FD_STEP.get(self.theta.dtype, 1e-3) / vmax
-        with torch.no_grad():
-            rp = self.energy.residual(self.theta + eps * v)
-            rm = self.energy.residual(self.theta - eps * v)
-        return (rp - rm) / (2 * eps)
-
-    def _jvp_reverse(self, v: torch.Tensor) -> torch.Tensor:
-        # Jᵀu is linear in u; differentiating ⟨Jᵀu, v⟩ w.r.t. u gives Jv, with one graph reused.
-        with torch.enable_grad():
-            if self._vjp_u is None:
-                self._u = torch.zeros_like(self.r, requires_grad=True)
-                (self._vjp_u,) = torch.autograd.grad(self._r, self._t, self._u, retain_graph=True, create_graph=True)
-            (jv,) = torch.autograd.grad(self._vjp_u, self._u, v, retain_graph=True)
-        return jv
-
-    def gn_matvec(self, v: torch.Tensor, damping: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """(JᵀJ/P + Λ [+ diag(damping)]) v."""
-        out = self.vjp(self.jvp(v)) / self.num_pixels + self.energy.lam * v
-        if damping is not None:
-            out = out + damping * v
-        return out
-
-    def gn_diag(self, num_probes: int = 8, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """Stochastic estimate of diag(JᵀJ)/P + Λ (one vjp per ±1 probe)."""
-        d = estimate_jtj_diag(self.vjp, self.r.shape, num_probes, self.r.dtype, self.r.device, generator)
-        return d / self.num_pixels + self.energy.lam
-
-    def release(self) -> None:
-        """Drop the kept graph (frees the forward pass's memory)."""
-        self._r = self._t = self._vjp_u = None
 
 
 class ExactHessian:
@@ -336,5 +200,4 @@ class ExactHessian:
         return (gp - gm) / (2.0 * eps)
 
 
-__all__ = ["Energy", "EnergyTerms", "Linearization", "ExactHessian", "check_inputs", "resolve_backend", "resolve_jvp",
-           "default_render_rgb", "JVP_MODES"]
+__all__ = ["Energy", "EnergyTerms", "ExactHessian", "RgbRenderer", "DEFAULT_RENDERER", "check_inputs"]

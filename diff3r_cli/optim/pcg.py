@@ -98,7 +98,15 @@ def pcg(
         return PCGResult(torch.zeros_like(b), 0, history, False, "nonfinite")
     if r_norm <= tol:
         return PCGResult(x, 0, history, True, "converged")
+    x, it, status = _cg_iterations(A_fn, M_fn, x, r, b_norm, tol, max_iter, history)
+    return PCGResult(x, it, history, status == "converged", status)
 
+
+def _cg_iterations(A_fn: Callable[[torch.Tensor], torch.Tensor], M_fn: Optional[Callable[[torch.Tensor], torch.Tensor]],
+                   x: torch.Tensor, r: torch.Tensor, b_norm: float, tol: float, max_iter: int,
+                   history: list[float]) -> tuple[torch.Tensor, int, str]:
+    """The PCG recurrence from iterate x with residual r ≠ 0; appends relative residuals to
+    ``history`` and returns (x, iterations, status)."""
     z = M_fn(r) if M_fn is not None else r
     p = z.clone()
     rz = torch.dot(r, z)
@@ -135,7 +143,7 @@ def pcg(
         beta = rz_new / rz
         rz = rz_new
         p = z + beta * p
-    return PCGResult(x, it, history, status == "converged", status)
+    return x, it, status
 
 
 def rademacher(shape, dtype: torch.dtype, device=None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -166,13 +174,27 @@ def estimate_jtj_diag(
     return acc / num_probes
 
 
+# Relative floor of every Jacobi diagonal (the IFT preconditioner and fallback, LM's scaling
+# D): entries below JACOBI_FLOOR·max are raised to it, so a parameter with no influence on
+# the image and λ = 0 (diagonal 0) gets a large but finite inverse. 1e-8, not LM's former
+# 1e-6: trained Λ is small (DESIGN.md: λ·P ~ 1e-3 for most groups), so legitimately small
+# curvatures sit many decades below the largest one and a higher floor would distort them.
+JACOBI_FLOOR = 1e-8
+
+
+def floor_diagonal(d: torch.Tensor, floor_rel: float = JACOBI_FLOOR) -> torch.Tensor:
+    """``d`` with entries below ``floor_rel``·max(d) raised to it (to 1 when max(d) <= 0)."""
+    d_max = float(d.max()) if d.numel() else 1.0
+    return d.clamp_min(floor_rel * d_max if d_max > 0 else 1.0)
+
+
 def jacobi_preconditioner(
     jtj_diag: torch.Tensor, lam_flat: Optional[torch.Tensor], num_pixels: int, extra: Optional[torch.Tensor] = None,
-    floor_rel: float = 1e-8,
+    floor_rel: float = JACOBI_FLOOR,
 ) -> torch.Tensor:
     """Diagonal of M⁻¹ for H = JᵀJ/P + Λ (+ extra): 1 / (diag(JᵀJ)/P + λ + extra).
 
-    Entries are floored at ``floor_rel``·max so that parameters with no influence on the
+    Entries are floored (:func:`floor_diagonal`) so that parameters with no influence on the
     image (and λ = 0) do not produce infinities.
     """
     d = jtj_diag / num_pixels
@@ -180,9 +202,8 @@ def jacobi_preconditioner(
         d = d + lam_flat
     if extra is not None:
         d = d + extra
-    d_max = float(d.max()) if d.numel() else 1.0
-    floor = floor_rel * d_max if d_max > 0 else 1.0
-    return 1.0 / d.clamp_min(floor)
+    return 1.0 / floor_diagonal(d, floor_rel)
 
 
-__all__ = ["PCGResult", "pcg", "rademacher", "estimate_jtj_diag", "jacobi_preconditioner"]
+__all__ = ["PCGResult", "pcg", "rademacher", "estimate_jtj_diag", "jacobi_preconditioner", "floor_diagonal",
+           "JACOBI_FLOOR"]

@@ -1,6 +1,7 @@
 """Uncertainty-aware test-time optimisation (TTO): θ* = argmin_θ E(θ; θ0, Λ).
 
-Two optimisers over the flat parameter vector (see ``energy.py`` for E):
+Two optimisers over the flat parameter vector (see ``energy.py`` for E; settings in
+``config.TTOConfig``):
 
 * ``"adam"`` — Adam with per-group learning rates as in standard 3DGS practice (Kerbl et
   al. 2023): means 1.6e-4 × scene extent, log-scales 5e-3, quaternions 1e-3, opacity
@@ -9,10 +10,7 @@ Two optimisers over the flat parameter vector (see ``energy.py`` for E):
   groups ("mean", "scale", "rotation", "opacity", "color", "sh_rest").
   The denominator is sqrt(v̂ + ε²) instead of sqrt(v̂) + ε so that unrolled differentiation
   through the optimiser stays finite where a gradient is exactly zero.
-* ``"lm"`` — Levenberg-Marquardt on the Gauss-Newton model (the 3DGS-LM idea): each step
-  solves (JᵀJ/P + Λ + μD) δ = −∇E by Jacobi-preconditioned CG with matrix-free GN products,
-  D = diag(JᵀJ/P + Λ) (estimated with ±1 probes); a step is accepted when E decreases, and
-  μ follows Nielsen's gain-ratio rule.
+* ``"lm"`` — Levenberg-Marquardt on the Gauss-Newton model (``lm.py``).
 
 Λ = 0 (or lam=None) gives plain TTO. Every NaN/inf in θ, E or a solve raises
 ``NumericalError``.
@@ -22,20 +20,20 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable, Optional, Union
+from typing import Callable, Collection, Mapping, Optional, Union
 
 import torch
 
 from diff3r_cli.cameras import Cameras
-from diff3r_cli.errors import NumericalError, UserError
 from diff3r_cli.gaussians import Gaussians
-from diff3r_cli.optim.energy import Energy, check_inputs
-from diff3r_cli.optim.pcg import pcg
+from diff3r_cli.optim.config import ADAM_EPS, OPTIMIZERS, TTOConfig, tto_config
+from diff3r_cli.optim.energy import Energy, RenderFn, check_inputs
+from diff3r_cli.optim.guards import check_finite, check_value
+from diff3r_cli.optim.lm import lm_run
+from diff3r_cli.optim.stats import TTOStats
 
 ADAM_LR = {"mean": 1.6e-4, "scale": 5e-3, "rotation": 1e-3, "opacity": 5e-2, "color": 2.5e-3, "sh_rest": 2.5e-3 / 20}
 ADAM_BETAS = (0.9, 0.999)
-ADAM_EPS = 1e-15
-OPTIMIZERS = ("adam", "lm")
 
 
 def scene_extent(g: Gaussians, cameras: Cameras) -> float:
@@ -54,21 +52,21 @@ def scene_extent(g: Gaussians, cameras: Cameras) -> float:
     return ext if ext > 0 and math.isfinite(ext) else 1.0
 
 
-def adam_lr_vector(g: Gaussians, extent: float, lr: Union[None, float, dict] = None) -> torch.Tensor:
+def adam_lr_vector(g: Gaussians, extent: float, lr: Union[None, float, Mapping[str, float]] = None) -> torch.Tensor:
     """Per-scalar learning rates in the flatten() layout."""
     rates = dict(ADAM_LR)
     rates["mean"] = ADAM_LR["mean"] * extent
     if isinstance(lr, (int, float)):
         if not (lr > 0 and math.isfinite(lr)):
-            raise UserError(f"learning-rate multiplier {lr} is not a positive number", fix="pass lr > 0")
+            raise ValueError(f"learning-rate multiplier {lr} is not a positive number")
         rates = {k: v * float(lr) for k, v in rates.items()}
-    elif isinstance(lr, dict):
+    elif isinstance(lr, Mapping):
         unknown = set(lr) - set(rates)
         if unknown:
-            raise UserError(f"unknown learning-rate group(s) {sorted(unknown)}", fix=f"use keys from {sorted(rates)}")
+            raise ValueError(f"unknown learning-rate group(s) {sorted(unknown)} (use keys from {sorted(rates)})")
         rates.update({k: float(v) for k, v in lr.items()})
     elif lr is not None:
-        raise UserError(f"lr must be None, a float multiplier or a dict, got {type(lr).__name__}")
+        raise TypeError(f"lr must be None, a float multiplier or a dict, got {type(lr).__name__}")
     n = g.num
     k = g.sh.shape[1]
     sh_rates = torch.full((n, k, 3), rates["sh_rest"], dtype=g.dtype, device=g.device)
@@ -83,16 +81,6 @@ def adam_lr_vector(g: Gaussians, extent: float, lr: Union[None, float, dict] = N
     return torch.cat(parts)
 
 
-def _check_finite(x: torch.Tensor, what: str) -> None:
-    if not bool(torch.isfinite(x).all()):
-        raise NumericalError(f"TTO: {what} contains NaN or inf")
-
-
-def _check_value(v: float, what: str, step: int) -> None:
-    if not math.isfinite(v):
-        raise NumericalError(f"TTO: {what} became {v} at step {step} (try a smaller learning rate or larger damping)")
-
-
 def adam_run(
     energy: Energy,
     theta: torch.Tensor,
@@ -104,7 +92,7 @@ def adam_run(
     patience: int = 3,
     progress: Optional[Callable[[dict], None]] = None,
     eps: float = ADAM_EPS,
-    snapshots: Optional[set[int]] = None,
+    snapshots: Optional[Collection[int]] = None,
 ) -> tuple[torch.Tensor, list[dict]]:
     """Run Adam on E from θ; returns (θ_K, history of K+1 records).
 
@@ -121,7 +109,7 @@ def adam_run(
     x = theta if create_graph else theta.detach()
     for k in range(steps + 1):
         terms, grad = energy.value_and_grad(x, create_graph=create_graph)
-        _check_value(terms.energy, "energy", k)
+        check_value(terms.energy, "energy", k)
         rec = {"step": k, "energy": terms.energy, "photometric": terms.photometric, "proximal": terms.proximal}
         if snapshots and k in snapshots:
             rec["theta"] = x.detach().clone()
@@ -136,7 +124,7 @@ def adam_run(
             small = small + 1 if 0 <= rel < rtol_stop else 0
             if small >= patience:
                 break
-        _check_finite(grad, f"gradient at step {k}")
+        check_finite(grad, f"gradient at step {k}")
         if create_graph:  # out of place: every step stays in the autograd graph
             m = b1 * m + (1 - b1) * grad
             v = b2 * v + (1 - b2) * grad * grad
@@ -148,94 +136,38 @@ def adam_run(
             v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
             denom = torch.div(v, 1 - b2 ** (k + 1)).add_(eps * eps).sqrt_()
             x = x.detach() - torch.mul(m, lr_vec).div_(denom).mul_(1.0 / (1 - b1 ** (k + 1)))
-            _check_finite(x, f"parameters after step {k}")
+            check_finite(x, f"parameters after step {k}")
     return x, hist
 
 
-def lm_run(
-    energy: Energy,
-    theta: torch.Tensor,
-    steps: int,
-    *,
-    rtol_stop: float = 1e-6,
-    mu0: float = 1e-2,
-    pcg_rtol: float = 1e-2,
-    pcg_max_iter: int = 50,
-    num_probes: int = 4,
-    jvp: str = "auto",
-    seed: int = 0,
-    gtol: float = 0.0,
-    progress: Optional[Callable[[dict], None]] = None,
-) -> tuple[torch.Tensor, list[dict]]:
-    """Levenberg-Marquardt with matrix-free PCG on the Gauss-Newton model.
+def prepare_energy(g0: Gaussians, lam: Optional[torch.Tensor], cameras: Cameras, images: torch.Tensor,
+                   backend: str = "auto", background: Optional[torch.Tensor] = None,
+                   render_fn: Optional[RenderFn] = None) -> tuple[Energy, torch.Tensor, torch.Tensor]:
+    """Validate the inputs and build E; returns (energy, θ0, λ) with θ0 = g0.flatten() and λ
+    the per-scalar weights, both still in g0's and lam's autograd graphs (the energy holds
+    detached copies)."""
+    lam = check_inputs(g0, lam, cameras, images)
+    theta0 = g0.flatten()
+    check_finite(theta0.detach(), "the initial Gaussians θ0")
+    lam_flat = g0.expand_groups(lam.to(g0.dtype))
+    check_finite(lam_flat.detach(), "the uncertainty weights Λ")
+    energy = Energy(g0.detach(), theta0.detach(), lam_flat.detach(), cameras, images, background, backend, render_fn)
+    return energy, theta0, lam_flat
 
-    Each of the ``steps`` iterations linearises at θ, solves (JᵀJ/P + Λ + μD) δ = −∇E to
-    relative residual ``pcg_rtol``, and accepts θ+δ if E decreases. Stops early when an
-    accepted step lowers E by less than ``rtol_stop`` relative, when ‖∇E‖ ≤ gtol, or when μ
-    explodes. history[k]: E at the current iterate before iteration k (+ a final record).
-    """
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    x = theta.detach().clone()
-    mu, nu = float(mu0), 2.0
-    hist: list[dict] = []
-    lin = energy.linearize(x, jvp)
-    for k in range(steps):
-        terms = lin.terms
-        _check_value(terms.energy, "energy", k)
-        grad = lin.grad
-        _check_finite(grad, f"gradient at step {k}")
-        rec = {"step": k, "energy": terms.energy, "photometric": terms.photometric, "proximal": terms.proximal,
-               "mu": mu}
-        gnorm = float(grad.norm())
-        if gnorm <= gtol:
-            rec["stop"] = "gtol"
-            hist.append(rec)
-            break
-        # Probe generator lives on the CPU; move probes with the residual's device in estimate.
-        diag = lin.gn_diag(num_probes, gen if x.device.type == "cpu" else None)
-        d_max = float(diag.max())
-        D = diag.clamp_min(1e-6 * d_max if d_max > 0 else 1.0)
-        damping = mu * D
-        res = pcg(lambda p: lin.gn_matvec(p, damping), -grad, M_inv=1.0 / (D * (1.0 + mu) + 0.0),
-                  rtol=pcg_rtol, max_iter=pcg_max_iter)
-        rec["pcg_iterations"] = res.iterations
-        rec["pcg_residual"] = res.residual
-        if res.status == "nonfinite":
-            raise NumericalError(f"TTO (lm): the linear solve produced NaN/inf at step {k}")
-        delta = res.x
-        # Predicted decrease of the (undamped) GN model: −(gᵀδ + ½ δᵀHδ).
-        h_delta = lin.gn_matvec(delta)
-        pred = -(float(grad @ delta) + 0.5 * float(delta @ h_delta))
-        x_try = x + delta
-        new_terms = energy.terms(x_try)
-        actual = terms.energy - new_terms.energy if math.isfinite(new_terms.energy) else -math.inf
-        rho = actual / pred if pred > 0 else -1.0
-        accepted = actual > 0 and rho > 0
-        rec["accepted"] = accepted
-        rec["rho"] = rho
-        hist.append(rec)
-        if progress is not None:
-            progress(rec)
-        if accepted:
-            x = x_try
-            mu *= max(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3)
-            nu = 2.0
-            lin.release()
-            lin = energy.linearize(x, jvp)
-            if actual / max(abs(terms.energy), 1e-300) < rtol_stop:
-                break
-        else:
-            mu *= nu
-            nu *= 2.0
-            if mu > 1e16:
-                hist[-1]["stop"] = "damping"
-                break
-    final = energy.terms(x)
-    _check_value(final.energy, "energy", len(hist))
-    hist.append({"step": len(hist), "energy": final.energy, "photometric": final.photometric,
-                 "proximal": final.proximal, "mu": mu})
-    lin.release()
-    return x, hist
+
+def run_tto(energy: Energy, theta0: torch.Tensor, steps: int, config: TTOConfig,
+            progress: Optional[Callable[[dict], None]] = None) -> tuple[torch.Tensor, TTOStats]:
+    """Minimise ``energy`` from θ0 with the configured optimiser; returns (θ*, stats)."""
+    t0 = time.perf_counter()
+    if config.optimizer == "adam":
+        a = config.adam
+        lr_vec = adam_lr_vector(energy.template, scene_extent(energy.template, energy.cameras), a.lr)
+        theta, hist = adam_run(energy, theta0.detach(), steps, lr_vec, rtol_stop=a.rtol_stop, patience=a.patience,
+                               progress=progress, eps=a.eps, snapshots=a.snapshots)
+    else:
+        theta, hist = lm_run(energy, theta0.detach(), steps, config.lm, progress=progress)
+    check_finite(theta, "the optimised parameters")
+    return theta, TTOStats.from_history(hist, time.perf_counter() - t0)
 
 
 def optimize(
@@ -244,54 +176,37 @@ def optimize(
     cameras: Cameras,
     images: torch.Tensor,
     steps: int,
-    optimizer: str = "adam",
+    optimizer: Optional[str] = None,
     *,
-    lr: Union[None, float, dict] = None,
-    rtol_stop: Optional[float] = None,
+    config: Optional[TTOConfig] = None,
     background: Optional[torch.Tensor] = None,
-    backend: str = "auto",
     progress: Optional[Callable[[dict], None]] = None,
-    render_fn=None,
-    **lm_options,
+    render_fn: Optional[RenderFn] = None,
+    **options,
 ) -> tuple[Gaussians, list[dict]]:
     """Minimise E(θ; θ0, Λ) on the context views; returns (g_star, history).
 
     g0: initial Gaussians θ0 (gradients are not tracked; see ``optimization_layer``).
     lam: (N,5) weights ≥ 0 for [mean, scale, rotation, opacity, color]; None means 0.
     images: (C,H,W,3) in [0,1], one per camera. steps: Adam steps or LM iterations.
-    rtol_stop: early stop on relative energy decrease (default: 0 i.e. off for Adam, 1e-6
-    for LM; Adam needs ``patience`` (3) consecutive small steps). lm_options: mu0,
-    pcg_rtol, pcg_max_iter, num_probes, jvp, seed, gtol (LM only) or patience, adam_eps (Adam).
-    history: list of dicts with step, energy, photometric, proximal (+ LM diagnostics).
+    optimizer: "adam" | "lm" (default: ``config.optimizer``, "adam"). config: a TTOConfig;
+    options: its settings by name (backend, lr, rtol_stop, patience, adam_eps, snapshots for
+    Adam; rtol_stop, mu0, pcg_rtol, pcg_max_iter, num_probes, jvp, seed, gtol for LM), see
+    ``config.tto_config``. progress: called with each history record.
+    history: list of dicts with step, energy, photometric, proximal (+ LM diagnostics); the
+    last one also has time_s.
     """
-    if optimizer not in OPTIMIZERS:
-        raise UserError(f"unknown optimizer {optimizer!r}", fix=f"use one of {', '.join(OPTIMIZERS)}")
+    cfg = tto_config(optimizer, config, **options)
     if int(steps) < 0:
-        raise UserError(f"steps must be >= 0, got {steps}", fix="pass a non-negative number of steps")
-    lam = check_inputs(g0, lam, cameras, images)
+        raise ValueError(f"steps must be >= 0, got {steps}")
     g0 = g0.detach()
-    theta0 = g0.flatten()
-    _check_finite(theta0, "the initial Gaussians θ0")
-    lam_flat = g0.expand_groups(lam.detach().to(g0.dtype))
-    _check_finite(lam_flat, "the uncertainty weights Λ")
-    energy = Energy(g0, theta0, lam_flat, cameras, images, background, backend, render_fn)
-    t0 = time.perf_counter()
-    if optimizer == "adam":
-        patience = int(lm_options.pop("patience", 3))
-        eps = float(lm_options.pop("adam_eps", ADAM_EPS))
-        snapshots = lm_options.pop("snapshots", None)
-        if lm_options:
-            raise TypeError(f"unexpected options for adam: {sorted(lm_options)}")
-        lr_vec = adam_lr_vector(g0, scene_extent(g0, cameras), lr)
-        theta, hist = adam_run(energy, theta0, int(steps), lr_vec, rtol_stop=rtol_stop or 0.0,
-                               patience=patience, progress=progress, eps=eps, snapshots=snapshots)
-    else:
-        theta, hist = lm_run(energy, theta0, int(steps), rtol_stop=1e-6 if rtol_stop is None else rtol_stop,
-                             progress=progress, **lm_options)
-    _check_finite(theta, "the optimised parameters")
-    if hist:
-        hist[-1]["time_s"] = time.perf_counter() - t0
-    return g0.unflatten(theta.detach()), hist
+    lam = None if lam is None else lam.detach()
+    energy, theta0, _ = prepare_energy(g0, lam, cameras, images, cfg.backend, background, render_fn)
+    theta, stats = run_tto(energy, theta0, int(steps), cfg, progress)
+    if stats.history:
+        stats.history[-1]["time_s"] = stats.time_s
+    return g0.unflatten(theta.detach()), stats.history
 
 
-__all__ = ["optimize", "adam_run", "lm_run", "adam_lr_vector", "scene_extent", "ADAM_LR", "OPTIMIZERS"]
+__all__ = ["optimize", "run_tto", "prepare_energy", "adam_run", "lm_run", "adam_lr_vector", "scene_extent", "ADAM_LR",
+           "ADAM_EPS", "OPTIMIZERS"]

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import torch
 
-SH_C0 = 0.28209479177387814
+from diff3r_cli.gaussians import SH_C0  # the one definition (it also fixes the .ply colour convention)
+
 SH_C1 = 0.4886025119029199
 SH_C2 = (1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792,
          0.5462742152960396)

@@ -33,6 +33,7 @@ import torch
 from diff3r_cli.gaussians import Gaussians, quat_to_rotmat
 from diff3r_cli.render import RenderOutput
 from diff3r_cli.render.sh import eval_sh
+from diff3r_cli.render.stages import PixelPairs, ProjectedGaussians
 
 NEAR_PLANE = 0.01
 FAR_PLANE = 1e10
@@ -69,18 +70,13 @@ def _empty_output(C: int, H: int, W: int, bg, like: torch.Tensor) -> RenderOutpu
     return RenderOutput(rgb=rgb + zero, depth=z, alpha=z.clone())
 
 
-def project_gaussians(g: Gaussians, K: torch.Tensor, w2c: torch.Tensor, width: int, height: int):
+def project_gaussians(g: Gaussians, K: torch.Tensor, w2c: torch.Tensor, width: int,
+                      height: int) -> ProjectedGaussians | None:
     """EWA-project every Gaussian into every camera and cull like gsplat.
 
-    Returns None if nothing survives, else a dict of per-entry tensors for the surviving
-    (camera, Gaussian) entries in (camera, Gaussian index) order: ``cam`` (E,), ``gid`` (E,),
-    ``mean2d`` (E,2), ``conic`` (E,3) (inverse 2D covariance entries a, b, c of
-    [[a,b],[b,c]]), ``depth`` (E,), ``opacity`` (E,), ``cov2d`` (E,3) (dilated covariance
-    xx, xy, yy) — these differentiable w.r.t. ``g`` — and, without autograd, ``extend`` (E,)
-    (footprint radius in σ), ``depth_rank`` (E,) (position in (camera, depth) order) and
-    ``by_depth`` (E,) (its inverse permutation).
+    Returns None if nothing survives, else the surviving (camera, Gaussian) entries in
+    (camera, Gaussian index) order (see :class:`ProjectedGaussians` for the fields).
     """
-    C = K.shape[0]
     R = w2c[:, :3, :3]
     t = w2c[:, :3, 3]
     opac_all = torch.sigmoid(g.opacity_logits)
@@ -149,11 +145,9 @@ def project_gaussians(g: Gaussians, K: torch.Tensor, w2c: torch.Tensor, width: i
 
     a, b, c, det = a[idx], b[idx], c[idx], det[idx]
     conic = torch.stack([c / det, -b / det, a / det], dim=-1)
-    return {
-        "cam": cam[idx], "gid": gid[idx], "mean2d": mean2d[idx], "conic": conic,
-        "depth": z[idx], "opacity": opac[idx], "cov2d": torch.stack([a, b, c], -1),
-        "extend": extend[idx], "depth_rank": depth_rank, "by_depth": by_depth,
-    }
+    return ProjectedGaussians(cam=cam[idx], gid=gid[idx], mean2d=mean2d[idx], conic=conic, depth=z[idx],
+                              opacity=opac[idx], cov2d=torch.stack([a, b, c], -1), extend=extend[idx],
+                              depth_rank=depth_rank, by_depth=by_depth)
 
 
 # Box sizes are rounded up to these grid sizes so entries can be processed in a few dense
@@ -166,38 +160,33 @@ def _size_buckets(limit: int, device) -> torch.Tensor:
 
 
 @torch.no_grad()
-def bin_pairs(ent: dict, C: int, width: int, height: int, chunk: int = DEFAULT_CHUNK,
-              max_candidates: int = DEFAULT_MAX_CANDIDATES, stats: dict | None = None):
+def bin_pairs(ent: ProjectedGaussians, C: int, width: int, height: int, chunk: int = DEFAULT_CHUNK,
+              max_candidates: int = DEFAULT_MAX_CANDIDATES) -> PixelPairs:
     """Enumerate the (entry, pixel) pairs that gsplat composites, in compositing order.
 
     Pairs have α >= 1/255, are sorted by (camera, pixel, depth) and cut off where the
-    transmittance would fall to <= 1e-4. Returns ``(e_idx, key, alpha, trans, seg_id,
-    seg_start)``: entry index, pixel key ``cam·H·W + y·W + x``, α, the transmittance in front
-    of the pair (T before it), the pixel-segment id of each pair (all (M,)) and the start
-    index of each segment (S,). No autograd.
+    transmittance would fall to <= 1e-4 (see :class:`PixelPairs` for the fields). No autograd.
 
     Memory: dense candidate grids are built ``chunk`` cells at a time. When the footprint
     boxes hold more than ``max_candidates`` cells in all (large or many overlapping
     Gaussians), entries are processed front to back in depth chunks that carry each pixel's
     transmittance along, and pixels that reached the cut-off take no further pairs, so the
-    memory is bounded by the pairs actually composited plus one chunk. If ``stats`` is a
-    dict, ``stats["pairs_sorted"]`` receives the number of pairs that were sorted (before the
-    cut-off) and ``stats["depth_chunks"]`` the number of depth chunks.
+    memory is bounded by the pairs actually composited plus one chunk.
     """
-    m2 = ent["mean2d"].detach()
-    conic = ent["conic"].detach()
-    opac = ent["opacity"].detach()
-    cov = ent["cov2d"].detach()
-    ext = ent["extend"]
-    cam = ent["cam"]
-    rank = ent["depth_rank"]
-    by_depth = ent["by_depth"]
+    m2 = ent.mean2d.detach()
+    conic = ent.conic.detach()
+    opac = ent.opacity.detach()
+    cov = ent.cov2d.detach()
+    ext = ent.extend
+    cam = ent.cam
+    rank = ent.depth_rank
+    by_depth = ent.by_depth
     dev, dt = m2.device, m2.dtype
     E = m2.shape[0]
     hw = height * width
     empty_l = torch.zeros(0, dtype=torch.long, device=dev)
     empty_f = torch.zeros(0, dtype=dt, device=dev)
-    empty = (empty_l, empty_l, empty_f, empty_f, empty_l, empty_l)
+    empty = PixelPairs(empty_l, empty_l, empty_f, empty_f, empty_l, empty_l)
     if E == 0:
         return empty
     if C * hw >= 2**31 or E >= 2**32:
@@ -324,10 +313,8 @@ def bin_pairs(ent: dict, C: int, width: int, height: int, chunk: int = DEFAULT_C
             r, key, al, log_t_excl, seg_id = (torch.masked_select(t, keep)
                                               for t in (r, key, al, log_t_excl, seg_id))
         parts.append((r, key, al, log_t_excl, seg_id, seg_start))
-    if stats is not None:
-        stats["pairs_sorted"] = n_sorted
-        stats["depth_chunks"] = len(bounds) - 1
     if not parts:
+        empty.depth_chunks = len(bounds) - 1
         return empty
     if len(parts) == 1:
         r, key, al, log_t_excl, seg_id, seg_start = parts[0]
@@ -343,7 +330,8 @@ def bin_pairs(ent: dict, C: int, width: int, height: int, chunk: int = DEFAULT_C
     # int32 indices halve the memory traffic of every later per-pair gather and scatter.
     idt = torch.int32 if max(C * hw, E) < 2**31 else torch.int64
     e_idx = by_depth.to(idt).index_select(0, r)
-    return e_idx, key.to(idt), al, torch.exp(log_t_excl).to(dt), seg_id.to(idt), seg_start
+    return PixelPairs(e_idx, key.to(idt), al, torch.exp(log_t_excl).to(dt), seg_id.to(idt), seg_start,
+                      pairs_sorted=n_sorted, depth_chunks=len(bounds) - 1)
 
 
 def _segment_ids(key: torch.Tensor):
@@ -437,7 +425,6 @@ class _Composite(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         geo, feat, e_idx, key, alpha, trans, seg_id, seg_start = ctx.saved_tensors
-        M = e_idx.shape[0]
         g = grad.contiguous().index_select(1, key)              # (5,M) pixel gradients
         F = feat.t().contiguous().index_select(1, e_idx)        # (4,M)
         w = alpha * trans
@@ -512,17 +499,17 @@ def render_torch(gaussians: Gaussians, cameras, background=None, chunk: int = DE
 
     # Per-entry colour from SH, view direction from the camera centre to the mean (gsplat).
     centers = torch.linalg.inv(w2c)[:, :3, 3]
-    dirs = g.means[ent["gid"]] - centers[ent["cam"]]
-    color = torch.clamp_min(eval_sh(g.sh[ent["gid"]], dirs) + 0.5, 0.0)
-    geo = torch.cat([ent["mean2d"], ent["conic"], ent["opacity"][:, None]], dim=1)  # (E,6)
-    feat = torch.cat([color, ent["depth"][:, None]], dim=1)                          # (E,4)
+    dirs = g.means[ent.gid] - centers[ent.cam]
+    color = torch.clamp_min(eval_sh(g.sh[ent.gid], dirs) + 0.5, 0.0)
+    geo = torch.cat([ent.mean2d, ent.conic, ent.opacity[:, None]], dim=1)  # (E,6)
+    feat = torch.cat([color, ent.depth[:, None]], dim=1)                   # (E,4)
 
-    e_idx, key, al, trans, seg_id, seg_start = bin_pairs(ent, C, W, H, chunk=chunk,
-                                                         max_candidates=max_candidates)
-    if e_idx.numel() == 0:  # everything culled or too faint: background, zero gradients
+    pairs = bin_pairs(ent, C, W, H, chunk=chunk, max_candidates=max_candidates)
+    if pairs.num == 0:  # everything culled or too faint: background, zero gradients
         return _empty_output(C, H, W, bg, g.means + 0 * (geo.sum() + feat.sum()))
     # key is global over cameras; the pixel position inside an image is key mod H·W
-    acc = _Composite.apply(geo, feat, e_idx, key, al, trans, seg_id, seg_start, C * H * W, W, H)
+    acc = _Composite.apply(geo, feat, pairs.entry, pairs.pixel, pairs.alpha, pairs.transmittance, pairs.segment,
+                           pairs.segment_start, C * H * W, W, H)
     acc = acc.reshape(5, C, H, W)
     alpha = acc[4]
     rgb = acc[:3].permute(1, 2, 3, 0).contiguous()
@@ -532,4 +519,4 @@ def render_torch(gaussians: Gaussians, cameras, background=None, chunk: int = DE
     return RenderOutput(rgb=rgb, depth=depth, alpha=alpha)
 
 
-__all__ = ["render_torch", "project_gaussians", "bin_pairs"]
+__all__ = ["render_torch", "project_gaussians", "bin_pairs", "ProjectedGaussians", "PixelPairs"]
