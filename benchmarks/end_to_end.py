@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from diff3r_cli.fsio import atomic_write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -105,10 +106,7 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"command": " ".join(["benchmarks/end_to_end.py"] + (argv or sys.argv[1:])), "cpu_count": os.cpu_count(),
             "note": "wall time of fresh processes (includes start-up and model load); CPU shared with other jobs"}
-    fd, tmpf = tempfile.mkstemp(dir=out.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump({"meta": meta, "rows": rows, "speedups": speedups}, fh, indent=2)
-    os.replace(tmpf, out)
+    atomic_write_json(out, {"meta": meta, "rows": rows, "speedups": speedups})
     print(f"wrote {out}")
     return 0
 

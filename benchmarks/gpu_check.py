@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from render import pixel_aligned_scene  # noqa: E402
 
 from diff3r_cli.render import render  # noqa: E402
+from diff3r_cli.fsio import atomic_write_json
 
 
 def _ms(fn, device: str, repeats: int = 5) -> float:
@@ -124,10 +123,7 @@ def main(argv=None) -> int:
         print(f"{k:<28}{v!s:>14}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(res, fh, indent=2)
-    os.replace(tmp, out)
+    atomic_write_json(out, res)
     print(f"wrote {out}")
     return 0
 

@@ -7,17 +7,16 @@ Prints a table and writes benchmarks/results/predictor.json (atomically).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 from diff3r_cli.model.predictor import build_predictor
+from diff3r_cli.fsio import atomic_write_json
 
 
 def bench(size: str, res: int, views: int, repeats: int) -> dict:
@@ -56,10 +55,7 @@ def main() -> None:
            "load_average": os.getloadavg()}
     out = Path(__file__).parent / "results" / "predictor.json"
     out.parent.mkdir(exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(res, f, indent=2)
-    os.replace(tmp, out)
+    atomic_write_json(out, res)
 
 
 if __name__ == "__main__":

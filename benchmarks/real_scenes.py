@@ -31,6 +31,7 @@ from PIL import Image, ImageDraw
 
 from diff3r_cli.data.re10k import RE10KDataset, ViewSamplerConfig, sample_views_real
 from diff3r_cli.evaluate import _depth_range, evaluate_views, markdown_table, plan_runs, print_summary, summarize
+from diff3r_cli.fsio import atomic_write_json
 from diff3r_cli.model.io import load_model
 from diff3r_cli.pipeline import estimate_depth_range
 from diff3r_cli.scene_io import load_scene
@@ -184,7 +185,7 @@ def main() -> None:
         print_summary(res)
         print(markdown_table(res))
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(report, indent=1) + "\n")
+    atomic_write_json(a.out, report, indent=1)
     print(f"wrote {a.out}")
     keys = [k for k in a.grid.split(",") if k]
     keys += [next((k for k, r in done.items() if r["group"] == g), "") for g in ("llff_fern", "fox")]

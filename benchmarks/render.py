@@ -19,11 +19,9 @@ Prints a table and writes benchmarks/results/render.json (atomically).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,6 +29,7 @@ import torch
 
 from diff3r_cli.cameras import Cameras
 from diff3r_cli.gaussians import Gaussians
+from diff3r_cli.fsio import atomic_write_json
 from diff3r_cli.render import render
 from diff3r_cli.render.torch_backend import bin_pairs, project_gaussians
 
@@ -97,6 +96,7 @@ import os, sys, threading, time, torch
 sys.path.insert(0, {here!r})
 from render import pixel_aligned_scene
 from diff3r_cli.render import render
+from diff3r_cli.fsio import atomic_write_json
 torch.set_num_threads(1)
 page = os.sysconf("SC_PAGE_SIZE")
 def rss():
@@ -281,10 +281,7 @@ def main(argv=None) -> int:
             "cpu_count": os.cpu_count(), "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "(default)"), "command": " ".join(["benchmarks/render.py"] + (argv or sys.argv[1:])),
             "note": "wall times are medians; *_cpu_ms is process CPU time (all threads); the CPU is "
                     "shared with other jobs, see loadavg_before/after"}
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump({"meta": meta, "rows": rows, "speedups": speedups, "memory": memory}, fh, indent=2)
-    os.replace(tmp, out)
+    atomic_write_json(out, {"meta": meta, "rows": rows, "speedups": speedups, "memory": memory})
     print(f"wrote {out}")
     return 0
 

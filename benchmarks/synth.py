@@ -9,7 +9,6 @@ machine the numbers scale with the CPU time actually available.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
