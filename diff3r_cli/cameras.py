@@ -77,13 +77,6 @@ class Cameras:
         return self.c2w[:, :3, 3]
 
     @staticmethod
-    def cat(cams: list["Cameras"]) -> "Cameras":
-        if len({(c.width, c.height) for c in cams}) != 1:
-            raise ValueError("cannot concatenate cameras of different image sizes")
-        return Cameras(torch.cat([c.K for c in cams]), torch.cat([c.w2c for c in cams]),
-                       cams[0].width, cams[0].height)
-
-    @staticmethod
     def from_c2w_opengl(K: torch.Tensor, c2w_gl: torch.Tensor, width: int, height: int) -> "Cameras":
         """Build from camera-to-world matrices in the OpenGL/NeRF convention (transforms.json)."""
         c2w_gl = c2w_gl.to(torch.float64)

@@ -97,10 +97,6 @@ class Gaussians:
     def __getitem__(self, idx) -> "Gaussians":
         return self.map(lambda t: t[idx])
 
-    @staticmethod
-    def cat(gs: list["Gaussians"]) -> "Gaussians":
-        return Gaussians(*(torch.cat([g.tensors()[i] for g in gs]) for i in range(len(_FIELDS))))
-
     def is_finite(self) -> bool:
         return all(bool(torch.isfinite(t).all()) for t in self.tensors())
 
@@ -133,14 +129,6 @@ class Gaussians:
             raise ValueError(f"uncertainty weights have shape {tuple(lam.shape)}, expected ({n}, {len(GROUPS)})")
         blocks = [lam[:, g:g + 1].expand(n, s).reshape(-1) for g, s in enumerate(self.group_sizes())]
         return torch.cat(blocks)
-
-    def reduce_groups(self, vec: torch.Tensor) -> torch.Tensor:
-        """Sum a flatten()-layout vector over the scalars of each group -> (N,5)."""
-        n, out, i = self.num, [], 0
-        for s in self.group_sizes():
-            out.append(vec[i:i + n * s].reshape(n, s).sum(1))
-            i += n * s
-        return torch.stack(out, dim=1)
 
 
 __all__ = ["Gaussians", "GROUPS", "SH_C0", "rgb_to_sh_dc", "sh_dc_to_rgb"]

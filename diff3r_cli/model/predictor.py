@@ -26,7 +26,7 @@ produce Gaussians.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -51,7 +51,6 @@ class PredictorOutput:
     log_lam: list[torch.Tensor]        # (N,5)
     depth: torch.Tensor                # (B,V,H,W) z-depth of each pixel's Gaussian
     confidence: torch.Tensor           # (B,V,H,W) max depth-plane probability (upsampled)
-    extras: dict = field(default_factory=dict)
 
 
 def _logit(p: float) -> float:
