@@ -12,6 +12,7 @@ from diff3r_cli.model.config import PredictorConfig
 
 
 def _groups(ch: int) -> int:
+    """GroupNorm group count: the largest of 8, 4, 2 dividing ``ch`` (else 1)."""
     for g in (8, 4, 2):
         if ch % g == 0:
             return g
@@ -19,11 +20,15 @@ def _groups(ch: int) -> int:
 
 
 class ConvAct(nn.Sequential):
+    """Conv (same padding for stride 1) + ReLU."""
+
     def __init__(self, cin: int, cout: int, stride: int = 1, k: int = 3):
         super().__init__(nn.Conv2d(cin, cout, k, stride, k // 2), nn.ReLU(inplace=True))
 
 
 class ResBlock(nn.Module):
+    """Two 3x3 convs with GroupNorm and a residual connection."""
+
     def __init__(self, ch: int):
         super().__init__()
         self.c1 = nn.Conv2d(ch, ch, 3, 1, 1)
