@@ -130,5 +130,13 @@ class Gaussians:
         blocks = [lam[:, g:g + 1].expand(n, s).reshape(-1) for g, s in enumerate(self.group_sizes())]
         return torch.cat(blocks)
 
+    def reduce_groups(self, vec: torch.Tensor) -> torch.Tensor:
+        """Sum a flatten()-layout vector over the scalars of each group -> (N,5)."""
+        n, out, i = self.num, [], 0
+        for s in self.group_sizes():
+            out.append(vec[i:i + n * s].reshape(n, s).sum(1))
+            i += n * s
+        return torch.stack(out, dim=1)
+
 
 __all__ = ["Gaussians", "GROUPS", "SH_C0", "rgb_to_sh_dc", "sh_dc_to_rgb"]
