@@ -7,7 +7,7 @@ import math
 import torch
 
 from diff3r_cli.cameras import Cameras
-from diff3r_cli.gaussians import quat_to_rotmat
+from diff3r_cli.geometry import quat_to_rotmat
 
 
 def _rotmat_to_quat(R: torch.Tensor) -> torch.Tensor:

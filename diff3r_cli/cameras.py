@@ -11,8 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-# OpenGL/NeRF camera axes (x right, y up, z backward) -> OpenCV (x right, y down, z forward).
-GL_TO_CV = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=torch.float64))
+from diff3r_cli.geometry import crop_intrinsics, opencv_to_opengl, opengl_to_opencv, scale_intrinsics
 
 
 @dataclass
@@ -78,13 +77,6 @@ class Cameras:
         return self.c2w[:, :3, 3]
 
     @staticmethod
-    def cat(cams: list["Cameras"]) -> "Cameras":
-        if len({(c.width, c.height) for c in cams}) != 1:
-            raise ValueError("cannot concatenate cameras of different image sizes")
-        return Cameras(torch.cat([c.K for c in cams]), torch.cat([c.w2c for c in cams]),
-                       cams[0].width, cams[0].height)
-
-    @staticmethod
     def from_c2w_opengl(K: torch.Tensor, c2w_gl: torch.Tensor, width: int, height: int) -> "Cameras":
         """Build from camera-to-world matrices in the OpenGL/NeRF convention (transforms.json)."""
         c2w_gl = c2w_gl.to(torch.float64)
@@ -92,13 +84,12 @@ class Cameras:
             c2w_gl = c2w_gl[None]
         if c2w_gl.shape[-2:] == (3, 4):
             c2w_gl = torch.cat([c2w_gl, torch.tensor([[[0, 0, 0, 1.0]]], dtype=torch.float64).expand(len(c2w_gl), 1, 4)], 1)
-        c2w_cv = c2w_gl @ GL_TO_CV
-        w2c = torch.linalg.inv(c2w_cv)
+        w2c = torch.linalg.inv(opengl_to_opencv(c2w_gl))
         return Cameras(K.to(torch.float64), w2c, width, height)
 
     def c2w_opengl(self) -> torch.Tensor:
         """(C,4,4) camera-to-world in the OpenGL/NeRF convention (for transforms.json)."""
-        return self.c2w.to(torch.float64) @ GL_TO_CV.to(self.device)
+        return opencv_to_opengl(self.c2w.to(torch.float64))
 
     def project(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Project world points (P,3) into every camera: returns pixels (C,P,2) and depths (C,P)."""
@@ -110,19 +101,12 @@ class Cameras:
 
     def resized(self, width: int, height: int) -> "Cameras":
         """Cameras for the same images scaled to (width, height) — exact for the pixel-edge convention."""
-        sx, sy = width / self.width, height / self.height
-        K = self.K.clone()
-        K[:, 0, :] *= sx
-        K[:, 1, :] *= sy
-        K[:, 2, :] = self.K[:, 2, :]
+        K = scale_intrinsics(self.K, width / self.width, height / self.height)
         return Cameras(K, self.w2c.clone(), width, height)
 
     def cropped(self, left: int, top: int, width: int, height: int) -> "Cameras":
         """Cameras for the sub-image [top:top+height, left:left+width]."""
-        K = self.K.clone()
-        K[:, 0, 2] -= left
-        K[:, 1, 2] -= top
-        return Cameras(K, self.w2c.clone(), width, height)
+        return Cameras(crop_intrinsics(self.K, left, top), self.w2c.clone(), width, height)
 
     def resize_crop(self, width: int, height: int) -> tuple["Cameras", tuple[int, int, int, int], tuple[int, int]]:
         """Scale so the image covers (width,height) then centre-crop, like RE10K training practice.

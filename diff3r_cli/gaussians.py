@@ -9,7 +9,7 @@ Uncertainty weights Λ have shape (N,5), one per parameter group in GROUPS order
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 
@@ -24,18 +24,8 @@ def rgb_to_sh_dc(rgb: torch.Tensor) -> torch.Tensor:
 
 
 def sh_dc_to_rgb(dc: torch.Tensor) -> torch.Tensor:
+    """SH DC coefficient -> colour (the view-independent part of the SH colour)."""
     return 0.5 + SH_C0 * dc
-
-
-def quat_to_rotmat(q: torch.Tensor) -> torch.Tensor:
-    """(…,4) w,x,y,z (any norm) -> (…,3,3) rotation matrices."""
-    q = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    w, x, y, z = q.unbind(-1)
-    return torch.stack([
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    ], dim=-1).reshape(*q.shape[:-1], 3, 3)
 
 
 @dataclass
@@ -88,11 +78,6 @@ class Gaussians:
     def opacities(self) -> torch.Tensor:
         return torch.sigmoid(self.opacity_logits)
 
-    @property
-    def colors_dc(self) -> torch.Tensor:
-        """(N,3) base colour (degree-0 part)."""
-        return sh_dc_to_rgb(self.sh[:, 0])
-
     def tensors(self) -> tuple[torch.Tensor, ...]:
         return tuple(getattr(self, f) for f in _FIELDS)
 
@@ -111,10 +96,6 @@ class Gaussians:
 
     def __getitem__(self, idx) -> "Gaussians":
         return self.map(lambda t: t[idx])
-
-    @staticmethod
-    def cat(gs: list["Gaussians"]) -> "Gaussians":
-        return Gaussians(*(torch.cat([g.tensors()[i] for g in gs]) for i in range(len(_FIELDS))))
 
     def is_finite(self) -> bool:
         return all(bool(torch.isfinite(t).all()) for t in self.tensors())
@@ -158,9 +139,4 @@ class Gaussians:
         return torch.stack(out, dim=1)
 
 
-def field_names() -> tuple[str, ...]:
-    return _FIELDS
-
-
-__all__ = ["Gaussians", "GROUPS", "SH_C0", "rgb_to_sh_dc", "sh_dc_to_rgb", "quat_to_rotmat", "field_names"]
-_ = fields
+__all__ = ["Gaussians", "GROUPS", "SH_C0", "rgb_to_sh_dc", "sh_dc_to_rgb"]

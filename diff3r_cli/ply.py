@@ -37,6 +37,7 @@ import torch
 from diff3r_cli.errors import NumericalError, UserError
 from diff3r_cli.fsio import atomic_output
 from diff3r_cli.gaussians import GROUPS, Gaussians
+from diff3r_cli.geometry import quat_normalize
 
 UNCERTAINTY_PROPS = tuple(f"lambda_{g}" for g in GROUPS)
 _REQUIRED = ("x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity",
@@ -72,7 +73,7 @@ def gaussians_to_columns(gaussians: Gaussians) -> dict[str, np.ndarray]:
     scales = _as_np32(gaussians.log_scales)
     # normalised on export: some viewers use rot_* as given; the rendered rotation is the same
     q64 = gaussians.quats.detach().to("cpu", torch.float64)
-    quats = _as_np32(q64 / q64.norm(dim=1, keepdim=True).clamp_min(1e-30))
+    quats = _as_np32(quat_normalize(q64, eps=1e-30))
     opac = _as_np32(gaussians.opacity_logits)
     zeros = np.zeros(n, dtype=np.float32)
     cols: dict[str, np.ndarray] = {"x": means[:, 0], "y": means[:, 1], "z": means[:, 2],

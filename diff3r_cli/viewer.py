@@ -30,7 +30,7 @@ def splat_arrays(g) -> dict[str, np.ndarray]:
     Σ = R S² Rᵀ from the normalised quaternion and exp(log-scales); colour from the SH DC term
     only (viser renders view-independent colour); opacity = sigmoid(logit).
     """
-    from diff3r_cli.gaussians import quat_to_rotmat
+    from diff3r_cli.geometry import quat_to_rotmat
 
     with torch.no_grad():
         q = g.quats.detach().to(torch.float64)

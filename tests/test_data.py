@@ -13,7 +13,8 @@ from torch.utils.data import DataLoader
 
 from diff3r_cli.cameras import Cameras
 from diff3r_cli.data.outliers import OutlierConfig, corrupt_context
-from diff3r_cli.data.re10k import BadExampleWarning, RE10KDataset, ViewSamplerConfig, collate, sample_views
+from diff3r_cli.data.re10k import BadExampleWarning, RE10KDataset, collate
+from diff3r_cli.data.view_sampler import ViewSamplerConfig, sample_views
 from diff3r_cli.data.synth import (evaluation_entry, generate_dataset, intersect, noise_lattice, random_scene,
                                    render_frame, value_noise)
 from diff3r_cli.scene_io.re10k import decode_jpeg, example_to_cameras, read_chunk, write_chunk

@@ -7,10 +7,11 @@ import torch
 
 from diff3r_cli.cameras import Cameras
 from diff3r_cli.errors import UserError
-from diff3r_cli.gaussians import SH_C0, quat_to_rotmat
+from diff3r_cli.gaussians import SH_C0
+from diff3r_cli.geometry import quat_to_rotmat
 from diff3r_cli.model.costvolume import inverse_depth_planes, plane_sweep_cost, project_planes, warp_features
 from diff3r_cli.model.io import load_model, save_model
-from diff3r_cli.model.predictor import Predictor, PredictorConfig, build_predictor, quat_multiply, rotmat_to_quat
+from diff3r_cli.model.predictor import Predictor, PredictorConfig, build_predictor
 
 TINY = dict(enc_channels=(8, 8), feat_dim=16, num_planes=8, refine_channels=16, head_channels=8, attn_heads=2)
 
@@ -22,12 +23,13 @@ def _rot(axis, angle):
     return torch.eye(3, dtype=torch.float64) + math.sin(angle) * Kx + (1 - math.cos(angle)) * Kx @ Kx
 
 
-def _rig(v, h, w, dtype=torch.float32):
-    """v cameras on a small arc looking roughly at the origin-ish region along +z."""
+def _rig(v, h, w, dtype=torch.float32, spread=0.08):
+    """v cameras on a small arc looking roughly at the origin-ish region along +z, turned
+    ``spread`` radians apart about a slanted axis."""
     K = torch.tensor([[0.9 * w, 0, w / 2], [0, 0.9 * w, h / 2], [0, 0, 1]], dtype=torch.float64).expand(v, 3, 3)
     w2c = torch.eye(4, dtype=torch.float64).repeat(v, 1, 1)
     for i in range(v):
-        w2c[i, :3, :3] = _rot([0.2, 1.0, 0.1], 0.08 * (i - (v - 1) / 2))
+        w2c[i, :3, :3] = _rot([0.2, 1.0, 0.1], spread * (i - (v - 1) / 2))
         w2c[i, :3, 3] = torch.tensor([0.3 * (i - (v - 1) / 2), 0.05 * i, 0.0])
     return K.to(dtype), w2c.to(dtype)
 
@@ -70,7 +72,9 @@ def test_predictor_geometry_at_init():
     cfg = PredictorConfig.preset("small", **TINY)
     model = Predictor(cfg)
     imgs = torch.rand(1, v, h, w, 3)
-    K, w2c = _rig(v, h, w, torch.float64)
+    # cameras turned ±0.5 rad: far more than the tolerances below, so a Gaussian rotation that
+    # ignored the camera (identity instead of camera-to-world) cannot pass
+    K, w2c = _rig(v, h, w, torch.float64, spread=1.0)
     out = model.double()(imgs.double(), K[None], w2c[None], torch.tensor([1.0]), torch.tensor([10.0]))
     g = out.gaussians[0]
     cams = Cameras(K, w2c, w, h)
@@ -90,22 +94,34 @@ def test_predictor_geometry_at_init():
         # rotations at init are the camera's axes (camera-frame identity rotated to world)
         R = quat_to_rotmat(g.quats[sl])
         c2w_R = cams[i].c2w[0, :3, :3]
-        assert (R - c2w_R).abs().max() < 0.05
+        assert (c2w_R - torch.eye(3, dtype=torch.float64)).abs().max() > 0.4  # the test has teeth
+        assert (R - c2w_R).abs().max() < 0.02
     assert torch.allclose(g.opacities.mean(), torch.tensor(cfg.opacity_init, dtype=torch.float64), atol=0.02)
 
 
-def test_rotmat_quat_roundtrip_and_product():
-    gen = torch.Generator().manual_seed(0)
-    q = torch.randn(200, 4, generator=gen, dtype=torch.float64)
-    # include near-180-degree rotations (w ~ 0), where the naive formula breaks down
-    q[:10, 0] = 1e-9
-    q = q / q.norm(dim=-1, keepdim=True)
-    R = quat_to_rotmat(q)
-    q2 = rotmat_to_quat(R)
-    assert torch.allclose(quat_to_rotmat(q2), R, atol=1e-10)
-    assert torch.allclose(q2.abs(), q.abs(), atol=1e-7) or torch.allclose(quat_to_rotmat(q2), R, atol=1e-10)
-    a, b = q[:100], q[100:]
-    assert torch.allclose(quat_to_rotmat(quat_multiply(a, b)), quat_to_rotmat(a) @ quat_to_rotmat(b), atol=1e-10)
+def test_gaussian_rotations_follow_a_rotation_of_the_world():
+    """Rotating and shifting the whole world (cameras included) by T leaves the network's view of
+    the scene unchanged (it sees only images and relative poses), so every Gaussian must move with
+    T: means -> R0 m + t0, rotations -> R0 R. A predictor that dropped the camera-to-world rotation
+    of the quaternions, or composed it on the wrong side, breaks this by ~R0 (1 rad here)."""
+    torch.manual_seed(4)
+    v, h, w = 2, 16, 16
+    model = Predictor(PredictorConfig.preset("small", **TINY)).double()
+    # a non-trivial head so per-pixel rotations differ from the identity in the camera frame too
+    with torch.no_grad():
+        model.head.weight.normal_(std=0.05)
+    imgs = torch.rand(1, v, h, w, 3, dtype=torch.float64)
+    K, w2c = _rig(v, h, w, torch.float64, spread=0.6)
+    T = torch.eye(4, dtype=torch.float64)
+    T[:3, :3] = _rot([1.0, -0.4, 0.7], 1.0)
+    T[:3, 3] = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
+    with torch.no_grad():
+        g = model(imgs, K[None], w2c[None], 1.0, 10.0).gaussians[0]
+        g_t = model(imgs, K[None], (w2c @ torch.linalg.inv(T))[None], 1.0, 10.0).gaussians[0]
+    R0, t0 = T[:3, :3], T[:3, 3]
+    assert torch.allclose(g_t.means, g.means @ R0.T + t0, atol=1e-8)
+    assert torch.allclose(quat_to_rotmat(g_t.quats), R0 @ quat_to_rotmat(g.quats), atol=1e-8)
+    assert (quat_to_rotmat(g.quats) - torch.eye(3, dtype=torch.float64)).abs().amax(dim=(1, 2)).min() > 0.1
 
 
 def test_project_planes_matches_camera_projection():

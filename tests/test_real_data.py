@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from diff3r_cli.cameras import Cameras
-from diff3r_cli.data.re10k import (RE10KDataset, ViewSamplerConfig, sample_views_real, view_angles,
-                                   view_overlap)
+from diff3r_cli.data.re10k import RE10KDataset
+from diff3r_cli.data.view_sampler import ViewSamplerConfig, sample_views_real, view_angles, view_overlap
+from diff3r_cli.geometry import look_rotation
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
 needs_real = pytest.mark.skipif(not (REAL / "test").is_dir(), reason="shared real corpus absent")
@@ -19,11 +20,7 @@ def _look_at(centres: torch.Tensor, target: torch.Tensor, fx: float, W: int = 64
     """OpenCV cameras at `centres` looking at `target` (world y down)."""
     w2c = []
     for c in centres:
-        z = (target - c) / (target - c).norm()
-        x = torch.linalg.cross(torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64), z)
-        x = x / x.norm()
-        y = torch.linalg.cross(z, x)
-        R = torch.stack([x, y, z])
+        R = look_rotation((target - c) / (target - c).norm(), torch.tensor([0.0, -1.0, 0.0], dtype=torch.float64)).T
         m = torch.eye(4, dtype=torch.float64)
         m[:3, :3], m[:3, 3] = R, -R @ c
         w2c.append(m)

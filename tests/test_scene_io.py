@@ -212,11 +212,6 @@ def test_resize_scene_point_stays_put(mode, size):
 
 @pytest.mark.parametrize("kind", ["colmap_txt", "colmap_bin", "transforms", "re10k"])
 def test_readers_agree(synth, kind):
-    if kind == "re10k":
-        try:
-            import diff3r_cli.scene_io.re10k  # noqa: F401
-        except ImportError:
-            pytest.skip("re10k reader not written yet")
     root = synth[kind]
     assert detect_format(root) == {"colmap_txt": "colmap", "colmap_bin": "colmap"}.get(kind, kind)
     scene = load_scene(root)

@@ -1,7 +1,9 @@
-"""Bare image folders posed by pycolmap SfM (real LLFF fern frames; skipped when the data is absent)."""
+"""Bare image folders posed by pycolmap SfM: frames of our own ray-cast synthetic rooms (always run,
+exact cameras known), and real LLFF fern frames (skipped when the shared data is absent)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import time
@@ -12,9 +14,13 @@ import pytest
 import torch
 from PIL import Image
 
+from diff3r_cli.cameras import Cameras
+from diff3r_cli.data.synth import random_scene, render_frame
 from diff3r_cli.errors import UserError
+from diff3r_cli.geometry import look_rotation
 from diff3r_cli.scene_io import detect_format, load_scene
 from diff3r_cli.scene_io import folder as folder_mod
+from diff3r_cli.scene_io.two_view import triangulate_dlt
 
 FERN = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "llff_fern" / "images"
 needs_fern = pytest.mark.skipif(not FERN.is_dir(), reason="shared llff_fern data absent")
@@ -49,6 +55,86 @@ def points_in_view_fraction(scene) -> float:
     inside = (z > 0) & (uv[..., 0] >= 0) & (uv[..., 0] <= scene.width) & (uv[..., 1] >= 0) & (uv[..., 1] <= scene.height)
     return float(inside.double().mean())
 
+
+# ----------------------------------------------------------------------------- synthetic rooms
+
+def synth_rig(seed: int, views: int, step: float, width: int, height: int):
+    """A synthetic room seen by ``views`` cameras in a sideways row ``step`` m apart, all looking at one
+    point 3 m ahead of the room's mid-clip camera (a converging rig: good geometry for SfM)."""
+    sc = random_scene(seed, frames=24, width=width, height=height)
+    mid = Cameras(sc.K, sc.w2c, width, height).c2w[12]
+    target = mid[:3, 3] + 3.0 * mid[:3, 2]
+    up = torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64)  # synthetic worlds are y-up
+    c2w = torch.eye(4, dtype=torch.float64).repeat(views, 1, 1)
+    for k in range(views):
+        c2w[k, :3, 3] = mid[:3, 3] + (k - (views - 1) / 2) * step * mid[:3, 0]
+        c2w[k, :3, :3] = look_rotation((target - c2w[k, :3, 3]) / (target - c2w[k, :3, 3]).norm(), up)
+    return dataclasses.replace(sc, K=sc.K[:views], w2c=torch.linalg.inv(c2w))
+
+
+@pytest.fixture(scope="module")
+def synth_folder(tmp_path_factory):
+    """A bare folder of PNG frames of one synthetic room, and the exact cameras that took them."""
+    sc = synth_rig(seed=2, views=5, step=0.25, width=256, height=192)
+    root = tmp_path_factory.mktemp("synth_sfm")
+    for i in range(len(sc.K)):
+        rgb, _ = render_frame(sc, i, spp=1)
+        Image.fromarray((rgb.numpy() * 255).round().astype(np.uint8)).save(root / f"{i:02d}.png")
+    return root, Cameras(sc.K, sc.w2c, sc.width, sc.height)
+
+
+def similarity_align(src: torch.Tensor, dst: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor]:
+    """(s, R, t) minimising |s R src + t - dst|^2 over points (N,3) (Umeyama 1991)."""
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    xs, xd = src - mu_s, dst - mu_d
+    U, S, Vt = torch.linalg.svd(xd.T @ xs / len(src))
+    D = torch.eye(3, dtype=src.dtype)
+    if torch.det(U @ Vt) < 0:
+        D[2, 2] = -1
+    R = U @ D @ Vt
+    s = float((S * D.diagonal()).sum() / xs.pow(2).sum(1).mean())
+    return s, R, mu_d - s * R @ mu_s
+
+
+def assert_matches_up_to_similarity(scene, truth: Cameras, centre_tol: float, angle_tol_deg: float) -> None:
+    """Camera centres agree after the best similarity transform (error relative to the spread of the
+    true centres), and so do the cameras' rotations relative to the first posed one (invariant to the
+    similarity; a row of centres alone would leave the rotation about the row undetermined)."""
+    keep = [int(Path(p).stem) for p in scene.paths]
+    gt = truth.centers.double()[keep]
+    est = scene.cameras.centers.double()
+    s, R, t = similarity_align(est, gt)
+    spread = float((gt - gt.mean(0)).norm(dim=1).max())
+    err = float((s * est @ R.T + t - gt).norm(dim=1).max())
+    assert err < centre_tol * spread, (err, spread)
+    r_est = scene.cameras.c2w[:, :3, :3].double()
+    r_gt = truth.c2w[keep, :3, :3].double()
+    for k in range(1, len(keep)):
+        d = (r_est[0].T @ r_est[k]) @ (r_gt[0].T @ r_gt[k]).T
+        angle = float(torch.rad2deg(torch.arccos(((d.trace() - 1) / 2).clamp(-1, 1))))
+        assert angle < angle_tol_deg, (keep[k], angle)
+
+
+def test_sfm_recovers_synthetic_cameras_up_to_similarity(synth_folder):
+    root, truth = synth_folder
+    assert detect_format(root) == "folder"
+    s = load_scene(root, progress=False)
+    assert s.extras["num_registered"] == 5 and s.extras["fallback"] is None and not s.extras["dropped"]
+    assert s.extras["reprojection_error"] < 1.0
+    assert_matches_up_to_similarity(s, truth, centre_tol=0.05, angle_tol_deg=1.0)
+    assert points_in_view_fraction(s) > 0.9
+
+
+def test_two_view_strategy_recovers_synthetic_cameras(synth_folder):
+    root, truth = synth_folder
+    # two-view poses keep the focal they are given (here the true one; COLMAP's size prior is ~40% off)
+    s = load_scene(root, progress=False, strategy="two_view", views=[0, 2, 4], focal=float(truth.K[0, 0, 0]))
+    assert s.extras["fallback"] == "two_view" and s.extras["num_registered"] == 3 and not s.extras["dropped"]
+    assert torch.allclose(s.cameras.K.double(), truth.K[[0, 2, 4]].double(), atol=1e-6)
+    assert_matches_up_to_similarity(s, truth, centre_tol=0.05, angle_tol_deg=1.0)
+
+
+# ----------------------------------------------------------------------------- real frames (shared data)
 
 @pytest.fixture(scope="module")
 def fern_pair(tmp_path_factory):
@@ -173,7 +259,7 @@ def test_dlt_triangulation_recovers_points():
         x = X @ P[:, :3].T + P[:, 3]
         return x[:, :2] / x[:, 2:]
 
-    np.testing.assert_allclose(folder_mod._triangulate(P1, P2, proj(P1), proj(P2)), X, atol=1e-9)
+    np.testing.assert_allclose(triangulate_dlt(P1, P2, proj(P1), proj(P2)), X, atol=1e-9)
 
 
 @needs_fern

@@ -12,19 +12,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from diff3r_cli.geometry import pixel_centres
+
 
 def inverse_depth_planes(near: torch.Tensor, far: torch.Tensor, num: int) -> torch.Tensor:
     """(B,) near/far -> (B,num) inverse depths, uniformly spaced from 1/near (index 0) to 1/far."""
     t = torch.linspace(0.0, 1.0, num, device=near.device, dtype=near.dtype)
     inv_near, inv_far = 1.0 / near, 1.0 / far
     return inv_near[:, None] + t[None, :] * (inv_far - inv_near)[:, None]
-
-
-def pixel_grid(h: int, w: int, device=None, dtype=torch.float32) -> torch.Tensor:
-    """(3, h*w) homogeneous pixel centres (x+0.5, y+0.5, 1), row-major."""
-    ys, xs = torch.meshgrid(torch.arange(h, device=device, dtype=dtype) + 0.5,
-                            torch.arange(w, device=device, dtype=dtype) + 0.5, indexing="ij")
-    return torch.stack([xs.reshape(-1), ys.reshape(-1), torch.ones(h * w, device=device, dtype=dtype)])
 
 
 def project_planes(K_ref: torch.Tensor, w2c_ref: torch.Tensor, K_src: torch.Tensor, w2c_src: torch.Tensor,
@@ -35,7 +30,7 @@ def project_planes(K_ref: torch.Tensor, w2c_ref: torch.Tensor, K_src: torch.Tens
     Returns uv (N,D,h*w,2) source pixel coordinates and valid (N,D,h*w) (in front of the
     source camera).
     """
-    p = pixel_grid(h, w, K_ref.device, K_ref.dtype)  # (3,P)
+    p = pixel_centres(h, w, K_ref.device, K_ref.dtype)  # (3,P)
     rel = w2c_src @ torch.linalg.inv(w2c_ref)          # ref camera -> src camera
     R, t = rel[:, :3, :3], rel[:, :3, 3]
     # uv_hom(d) = d * (K_s R K_r^-1 p) + K_s t : linear in d, so one matmul serves all planes.
@@ -95,4 +90,4 @@ def plane_sweep_cost(feat: torch.Tensor, K: torch.Tensor, w2c: torch.Tensor, inv
     return torch.stack(per_view, dim=1)
 
 
-__all__ = ["inverse_depth_planes", "pixel_grid", "project_planes", "warp_features", "plane_sweep_cost"]
+__all__ = ["inverse_depth_planes", "project_planes", "warp_features", "plane_sweep_cost"]

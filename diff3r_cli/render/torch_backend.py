@@ -30,7 +30,8 @@ import math
 
 import torch
 
-from diff3r_cli.gaussians import Gaussians, quat_to_rotmat
+from diff3r_cli.gaussians import Gaussians
+from diff3r_cli.geometry import quat_to_rotmat
 from diff3r_cli.render import RenderOutput
 from diff3r_cli.render.sh import eval_sh
 from diff3r_cli.render.stages import PixelPairs, ProjectedGaussians

@@ -95,10 +95,7 @@ def load_scene(path: str | Path, resolution: tuple[int, int] | None = None, view
         from diff3r_cli.scene_io.folder import load_folder_scene
         scene = load_folder_scene(path, resolution=resolution, views=views, **kw)
     elif fmt == "re10k":
-        try:
-            from diff3r_cli.scene_io.re10k import load_re10k_scene
-        except ImportError:
-            raise UserError("RE10K reading is not available in this build", path, "use another scene format") from None
+        from diff3r_cli.scene_io.re10k import load_re10k_scene
         mode = kw.pop("mode", "resize_crop")
         scene = load_re10k_scene(path, key=kw.pop("key", None), frames=views, **kw)
         if resolution is not None:

@@ -31,9 +31,3 @@ class Scene:
     @property
     def height(self) -> int:
         return self.cameras.height
-
-    def select(self, idx: list[int]) -> "Scene":
-        """Sub-scene with the given view indices (order kept)."""
-        t = torch.as_tensor(idx, dtype=torch.long)
-        return Scene(self.images[t], Cameras(self.cameras.K[t], self.cameras.w2c[t], self.width, self.height),
-                     [self.paths[i] for i in idx], self.format, self.root, dict(self.extras))

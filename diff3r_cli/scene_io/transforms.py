@@ -16,7 +16,8 @@ import torch
 
 from diff3r_cli.cameras import Cameras
 from diff3r_cli.errors import UserError
-from diff3r_cli.scene_io.images import IMAGE_EXTENSIONS, image_size, load_image, stack_posed_views
+from diff3r_cli.geometry import scale_intrinsics
+from diff3r_cli.scene_io.images import IMAGE_EXTENSIONS, load_image, stack_posed_views
 from diff3r_cli.scene_io.scene import Scene
 from diff3r_cli.scene_io.undistort import opencv_camera, undistort_image
 
@@ -96,9 +97,7 @@ def frame_intrinsics(meta: dict, frame: dict, img_w: int, img_h: int, json_path:
         if abs(sx - sy) > 0.01 * max(sx, sy):
             raise UserError(f"image is {img_w}x{img_h} but the transforms file says {w:g}x{h:g}", json_path,
                             "fix w/h or use the images the poses were made for")
-        K[0] *= sx  # pixel-edge convention: scaling is exact for fx and cx alike
-        K[1] *= sy
-        K[2] = torch.tensor([0, 0, 1.0], dtype=torch.float64)
+        K = scale_intrinsics(K, sx, sy)
     dist = {k: _num(get(k, 0.0), k, json_path) for k in DISTORTION_KEYS}
     fisheye = str(get("camera_model", "OPENCV")).upper() == "OPENCV_FISHEYE"
     return K, dist, fisheye

@@ -28,7 +28,7 @@ def triangulate_known_cameras(images: torch.Tensor, cameras: Cameras,
     """
     import pycolmap
 
-    from diff3r_cli.scene_io.folder import _quiet_colmap
+    from diff3r_cli.scene_io.colmap_run import quiet_colmap
 
     t0 = time.perf_counter()
     n = len(cameras)
@@ -37,7 +37,7 @@ def triangulate_known_cameras(images: torch.Tensor, cameras: Cameras,
     K = cameras.K.to(torch.float64).cpu().numpy()
     w2c = cameras.w2c.to(torch.float64).cpu().numpy()
     names = [f"{i:04d}.png" for i in range(n)]
-    with tempfile.TemporaryDirectory(prefix="diff3r_tri_", dir=workdir) as tmp, _quiet_colmap():
+    with tempfile.TemporaryDirectory(prefix="diff3r_tri_", dir=workdir) as tmp, quiet_colmap():
         tmp = Path(tmp)
         (tmp / "images").mkdir()
         for im, name in zip(images, names):
