@@ -29,7 +29,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from diff3r_cli.data.re10k import RE10KDataset, ViewSamplerConfig, sample_views_real
+from diff3r_cli.data.re10k import RE10KDataset, ViewSamplerConfig
+from diff3r_cli.data.view_sampler import sample_views_real
 from diff3r_cli.evaluate import _depth_range, evaluate_views, markdown_table, plan_runs, print_summary, summarize
 from diff3r_cli.fsio import atomic_write_json
 from diff3r_cli.model.io import load_model
