@@ -46,6 +46,7 @@ class CheckpointFiles(NamedTuple):
 
 
 def capture_rng() -> dict:
+    """Every random generator's state (torch, numpy, python, and CUDA when present)."""
     st = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
     if torch.cuda.is_available():
         st["cuda"] = torch.cuda.get_rng_state_all()
@@ -53,6 +54,7 @@ def capture_rng() -> dict:
 
 
 def restore_rng(st: dict) -> None:
+    """Put back what `capture_rng` took (CUDA only where a GPU is present)."""
     torch.set_rng_state(st["torch"])
     np.random.set_state(st["numpy"])
     random.setstate(st["python"])

@@ -43,7 +43,7 @@ class DataConfig:
     """Where the examples come from and how each is drawn."""
 
     kind: str = _opt("re10k", "data", KEEP)                    # "re10k" | "synthetic"
-    root: Optional[str] = _opt(None, "data_root", FILL)       # synthetic without a root: generated
+    root: Union[str, Path, None] = _opt(None, "data_root", FILL)       # synthetic without a root: generated
     resolution: int = _opt(256, "resolution", KEEP)           # short side; native aspect, batches by size
     batch: int = _opt(4, "batch", KEEP)                       # examples per step and process
     outliers: float = _opt(0.0, "outliers", KEEP)             # P(context views corrupted); targets clean
@@ -60,7 +60,7 @@ class ModelConfig:
 
     size: str = _opt("small", "model_size")
     overrides: Optional[dict] = _opt(None, "model_overrides")  # PredictorConfig fields (tests: tiny models)
-    init: Optional[str] = _opt(None, "init")                   # weights to start from (.safetensors, run dir)
+    init: Union[str, Path, None] = _opt(None, "init")                 # weights to start from (.safetensors, run dir)
 
 
 @dataclass
@@ -107,18 +107,22 @@ class EvalConfig:
 
     every: int = _opt(0, "eval_every")                           # 0: never
     scenes: int = _opt(8, "eval_scenes")
-    root: Optional[str] = _opt(None, "eval_root")                # None: the training data root
+    root: Union[str, Path, None] = _opt(None, "eval_root")              # None: the training data root
     tto_steps: Optional[int] = _opt(None, "eval_tto_steps")      # None: inner steps in stage diff3r, else 0
 
 
 @dataclass
 class LoggingConfig:
+    """How often a log line is written; the progress bar."""
+
     log_every: int = _opt(10, "log_every")
     progress: bool = _opt(True, "progress")
 
 
 @dataclass
 class RuntimeConfig:
+    """Where and how the computation runs (no effect on the numbers, except the render backend)."""
+
     device: Optional[str] = _opt(None, "device")                 # None/"auto": cuda when available
     threads: Optional[int] = _opt(None, "threads")               # None: split the cores between processes
     render_backend: str = _opt("auto", "render_backend")

@@ -112,6 +112,7 @@ def gather_objects(obj: Any, dist: Dist) -> list:
 
 
 def barrier(dist: Dist) -> None:
+    """Wait for every rank (no-op in a single process)."""
     if dist.enabled:
         torch.distributed.barrier()
 
