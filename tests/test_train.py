@@ -13,8 +13,8 @@ from diff3r_cli.model.io import load_model
 
 TINY = dict(enc_channels=(4, 8), feat_dim=8, num_planes=4, refine_channels=8, head_channels=8, attn_heads=2,
             attn_layers=1)
-COMMON = dict(data="synthetic", stage="ff", batch=1, resolution=16, progress=False, log_every=1, min_gap=2, max_gap=4, target_views=1,
-              model_overrides=TINY, threads=1, lr=1e-3, warmup=2)
+COMMON = dict(data="synthetic", stage="ff", batch=1, resolution=16, progress=False, log_every=1, min_gap=2, max_gap=4,
+              target_views=1, model_overrides=TINY, threads=1, lr=1e-3, warmup=2)
 
 
 @pytest.fixture(scope="module")
@@ -235,7 +235,8 @@ def test_resume_rule_keeps_the_runs_settings():
              "inner_steps": 4, "inner_optimizer": "adam", "warmup": 7, "lr": 0.5}
     r = cli.resumed(saved)
     # what defines the experiment comes from the saved run ...
-    assert (r.data.kind, r.stage, r.data.batch, r.seed, r.inner.steps, r.schedule.warmup) == ("re10k", "diff3r", 2, 0, 4, 7)
+    kept = (r.data.kind, r.stage, r.data.batch, r.seed, r.inner.steps, r.schedule.warmup)
+    assert kept == ("re10k", "diff3r", 2, 0, 4, 7)
     assert r.data.root == "/data/x"  # filled in: the command line gave none
     assert r.data.view_sampler == "gap"  # saved before the angle sampler existed
     # ... the rest from the command line (steps may extend the run)

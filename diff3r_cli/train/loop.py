@@ -151,7 +151,8 @@ def _summary(s: Session, prog: _Progress, flag: StopFlag, return_model: bool) ->
     if prog.status == "interrupted":
         summary["signal"] = flag.signum
     if prog.last_eval:
-        summary.update({"eval_psnr": prog.last_eval["psnr"], "eval_psnr_mean_colour": prog.last_eval["psnr_mean_colour"]})
+        ev = prog.last_eval
+        summary.update({"eval_psnr": ev["psnr"], "eval_psnr_mean_colour": ev["psnr_mean_colour"]})
     if return_model:
         summary.update({"model": s.model, "rank": s.dist.rank, "last": last})
     elif not s.dist.main:

@@ -165,7 +165,8 @@ def _inner_solve(g0: Gaussians, lam: torch.Tensor, batch: Batch, k: int, cfg: Tr
 def _diff3r_loss(g0: Gaussians, g_star: Gaussians, batch: Batch, k: int, cfg: TrainConfig, timer: Timer,
                  result: StepResult) -> torch.Tensor:
     """Loss of θ* (+ α · loss of θ0) for example k; records both MSEs."""
-    cams, tgt, backend, sw = batch.target_cameras(k), batch.target_images[k], cfg.runtime.render_backend, cfg.loss.ssim_weight
+    cams, tgt = batch.target_cameras(k), batch.target_images[k]
+    backend, sw = cfg.runtime.render_backend, cfg.loss.ssim_weight
     with timer("render"):
         pred = _render(g_star, cams, backend)
     loss, m = image_loss(pred, tgt, sw)
