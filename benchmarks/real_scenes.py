@@ -31,7 +31,7 @@ from PIL import Image, ImageDraw
 
 from diff3r_cli.data.re10k import RE10KDataset, ViewSamplerConfig
 from diff3r_cli.data.view_sampler import sample_views_real
-from diff3r_cli.evaluate import _depth_range, evaluate_views, markdown_table, plan_runs, print_summary, summarize
+from diff3r_cli.evaluate import depth_range_for, evaluate_views, markdown_table, plan_runs, print_summary, summarize
 from diff3r_cli.fsio import atomic_write_json
 from diff3r_cli.model.io import load_model
 from diff3r_cli.pipeline import estimate_depth_range
@@ -56,7 +56,7 @@ def real_split_tuples(short: int):
     ds = RE10KDataset(root, "test", resolution=short, evaluation_index=root / "evaluation_index.json",
                       full_context=True)  # near/far triangulated at the stored size, as `diff3r eval` does
     for s in ds:
-        near, far, src = _depth_range(s, "auto")
+        near, far, src = depth_range_for(s, "auto")
         yield "real test split", s["key"], s, near, far, src
 
 

@@ -527,9 +527,13 @@ def eval_cmd(
     if json_out is not None:
         _check_output_file(json_out)
     fn = _engine("eval", "diff3r_cli.evaluate", "evaluate_main")
-    fn(data_root=data_root, data=data.value, model=model, ff_model=ff_model, tto_steps=steps,
-       outliers=outliers, limit=limit, device=device.value, resolution=resolution, optimizer=optimizer.value,
-       json_out=json_out)
+    result = fn(data_root=data_root, data=data.value, model=model, ff_model=ff_model, tto_steps=steps,
+                outliers=outliers, limit=limit, device=device.value, resolution=resolution,
+                optimizer=optimizer.value, json_out=json_out)
+    if isinstance(result, dict) and "summary" in result:
+        from diff3r_cli.evaluate.report import print_summary
+
+        print_summary(result)
 
 
 # --- data synth ----------------------------------------------------------------------------

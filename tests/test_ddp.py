@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,27 +19,38 @@ import torch
 WORKER = textwrap.dedent("""
     import json, sys
     import torch
-    import diff3r_cli.train as tr
+    from diff3r_cli.train import steps, train_main
+    from diff3r_cli.train.stream import DataStream
 
     root, out, dump = sys.argv[1], sys.argv[2], sys.argv[3]
-    seen = []
-    real_next = tr.DataStream.next_batch
+    seen, initial = [], {}
+    real_next, real_step = DataStream.next_batch, steps.train_step
 
     def next_batch(self):
         b = real_next(self)
         seen.extend(b["key"])
         return b
 
-    tr.DataStream.next_batch = next_batch
+    def train_step(model, *a, **k):
+        if not initial:  # the weights every rank starts from (after rank 0's broadcast)
+            initial.update({n: v.detach().clone().contiguous() for n, v in model.state_dict().items()})
+        return real_step(model, *a, **k)
+
+    DataStream.next_batch = next_batch
+    steps.train_step = train_step
     tiny = dict(enc_channels=(4, 8), feat_dim=8, num_planes=4, refine_channels=8, head_channels=8, attn_heads=2)
-    r = tr.train_main(data="synthetic", data_root=root, resolution=16, steps=3, out=out, progress=False,
-                      log_every=1, min_gap=2, max_gap=4, target_views=1, model_overrides=tiny, threads=1,
-                      lr=1e-2, warmup=1, device="cpu", return_model=True)
+    r = train_main(data="synthetic", stage="ff", batch=1, data_root=root, resolution=16, steps=3, out=out,
+                   progress=False, log_every=1, min_gap=2, max_gap=4, target_views=1, model_overrides=tiny,
+                   threads=1, lr=1e-2, warmup=1, device="cpu", return_model=True)
     from safetensors.torch import save_file
     save_file({k: v.detach().contiguous() for k, v in r["model"].state_dict().items()}, dump)
+    save_file(initial, dump + ".initial")
     with open(dump + ".json", "w") as f:
         json.dump({"rank": r["rank"], "world": r["world_size"], "keys": seen, "step": r["step"]}, f)
 """)
+
+
+REPO = str(Path(__file__).resolve().parents[1])
 
 
 def _free_port() -> int:
@@ -64,8 +76,10 @@ def test_two_process_gloo_training_keeps_ranks_identical(synth_root, tmp_path):
     port = _free_port()
     procs = []
     for rank in range(2):
-        env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                   MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+        # the worker script lives in tmp_path: put this checkout first so it trains the code under test
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]), RANK=str(rank),
+                   WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                   OMP_NUM_THREADS="1")
         procs.append(subprocess.Popen([sys.executable, str(script), str(synth_root), str(tmp_path / "run"),
                                        str(tmp_path / f"rank{rank}.safetensors")], env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
@@ -85,12 +99,24 @@ def test_two_process_gloo_training_keeps_ranks_identical(synth_root, tmp_path):
     assert w0.keys() == w1.keys()
     for k in w0:
         assert torch.equal(w0[k], w1[k]), k
+    # both ranks started from the same weights, and training moved them: with lr 1e-2 (warm-up 1)
+    # Adam moves an entry with a gradient by about lr per step. Measured after 3 steps: largest
+    # change 0.026, 59 % of the floating-point entries (buffers included) moved by more than 1e-3.
+    i0 = load_file(str(tmp_path / "rank0.safetensors.initial"))
+    i1 = load_file(str(tmp_path / "rank1.safetensors.initial"))
+    assert i0.keys() == w0.keys()
+    for k in i0:
+        assert torch.equal(i0[k], i1[k]), k
+    floats = [k for k in w0 if w0[k].is_floating_point()]
+    delta = torch.cat([(w0[k] - i0[k]).reshape(-1) for k in floats])
+    assert float(delta.abs().max()) > 1e-2, float(delta.abs().max())
+    assert float((delta.abs() > 1e-3).float().mean()) > 0.3, float((delta.abs() > 1e-3).float().mean())
     info = [json.loads((tmp_path / f"rank{r}.safetensors.json").read_text()) for r in range(2)]
     assert [i["rank"] for i in info] == [0, 1] and all(i["world"] == 2 and i["step"] == 3 for i in info)
     # each rank trained on its own shard of the data: in the first epoch (2 chunks of 2
     # scenes, one chunk per rank) the two ranks never see the same scene
     assert set(info[0]["keys"][:2]).isdisjoint(info[1]["keys"][:2])
-    # only rank 0 wrote the run directory's checkpoint and log; training moved the weights
+    # only rank 0 wrote the run directory's checkpoint and log
     run = tmp_path / "run"
     assert (run / "latest.json").exists() and (run / "model.safetensors").exists()
     steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]

@@ -168,9 +168,9 @@ def test_interrupted_train_exits_nonzero(tmp_path, monkeypatch):
 
 
 def test_train_stop_flag_records_the_signal():
-    from diff3r_cli.train import _StopFlag
+    from diff3r_cli.train import StopFlag
 
-    f = _StopFlag()
+    f = StopFlag()
     f._handler(signal.SIGTERM, None)
     assert f.requested and f.signum == signal.SIGTERM
 

@@ -1,0 +1,179 @@
+"""The one evaluation path: predict from context views, optionally TTO, render targets, PSNR/SSIM.
+
+`diff3r eval`, training-time evaluation (diff3r_cli.train.evaluation) and
+benchmarks/real_scenes.py all score a tuple of views here, so their numbers mean the same.
+
+A configuration ("run") is (method name, model key, use the predicted Λ?, TTO steps). Each model
+predicts once from the context views; each (model, Λ or not) pair runs TTO once, up to its
+largest budget, keeping the iterates at the smaller budgets (Adam's path does not depend on the
+budget, so this equals separate runs); every configuration's Gaussians then render the target
+views, scored one view at a time on the CPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from diff3r_cli.cameras import Cameras
+from diff3r_cli.errors import NumericalError
+from diff3r_cli.gaussians import Gaussians
+from diff3r_cli.metrics import SSIM_WINDOW, psnr, ssim
+
+Run = tuple[str, str, bool, int]  # (method, model key, use the predicted Λ, TTO steps)
+RENDER_CHUNK = 4  # cameras rendered at once: bounds memory on large target sets
+
+
+@dataclass
+class EvalViews:
+    """One evaluation tuple: context views to predict (and refine) from, target views to score."""
+
+    context_images: torch.Tensor  # (V,H,W,3) in [0,1]
+    context_K: torch.Tensor       # (V,3,3) pixels
+    context_w2c: torch.Tensor     # (V,4,4)
+    target_images: torch.Tensor   # (T,H,W,3) in [0,1], same size as the context views
+    target_K: torch.Tensor        # (T,3,3)
+    target_w2c: torch.Tensor      # (T,4,4)
+    near: float
+    far: float
+
+    @classmethod
+    def from_sample(cls, sample: dict, near: Optional[float] = None, far: Optional[float] = None) -> "EvalViews":
+        """From an RE10KDataset example; near/far default to the example's own."""
+        return cls(sample["context_images"], sample["context_K"], sample["context_w2c"], sample["target_images"],
+                   sample["target_K"], sample["target_w2c"], float(sample["near"] if near is None else near),
+                   float(sample["far"] if far is None else far))
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of every view."""
+        h, w = self.context_images.shape[1:3]
+        return int(w), int(h)
+
+
+@dataclass
+class ViewScores:
+    """One configuration's scores on one tuple."""
+
+    psnr: list[float]              # per target view
+    ssim: list[float]              # per target view; empty for images smaller than the SSIM window
+    context_psnr: Optional[float]  # mean over the context views re-rendered (None when not asked)
+    renders: torch.Tensor          # (T,H,W,3) target renders on the CPU, clamped to [0,1]
+
+    def means(self) -> dict:
+        """{"psnr", "ssim", "context_psnr"}: means over the views (the per-scene row of `diff3r eval`)."""
+        return {"psnr": sum(self.psnr) / len(self.psnr),
+                "ssim": sum(self.ssim) / len(self.ssim) if self.ssim else None, "context_psnr": self.context_psnr}
+
+
+def predict(model: torch.nn.Module, views: EvalViews, device: torch.device) -> tuple[Gaussians, torch.Tensor]:
+    """θ0 and Λ (N,5) of one model from the context views, without gradients."""
+    dev = torch.device(device)
+    with torch.no_grad():
+        out = model(views.context_images.to(dev)[None], views.context_K.to(dev)[None],
+                    views.context_w2c.to(dev)[None], torch.tensor([views.near], device=dev),
+                    torch.tensor([views.far], device=dev))
+    return out.gaussians[0].detach(), out.lam[0].detach()
+
+
+def tto_states(g0: Gaussians, lam: Optional[torch.Tensor], cameras: Cameras, images: torch.Tensor,
+               budgets: list[int], optimizer: str = "adam", backend: str = "auto") -> dict[int, Gaussians]:
+    """Gaussians after each budget of TTO steps (0: θ0 itself). NumericalError propagates."""
+    from diff3r_cli.optim.tto import optimize
+
+    states: dict[int, Gaussians] = {0: g0}
+    positive = sorted({s for s in budgets if s > 0})
+    if not positive:
+        return states
+    if optimizer == "adam":
+        g, hist = optimize(g0, lam, cameras, images, positive[-1], optimizer="adam", snapshots=set(positive),
+                           backend=backend)
+        for s in positive:
+            states[s] = g0.unflatten(hist[s]["theta"]) if s < len(hist) else g
+        states[positive[-1]] = g
+    else:  # LM's iterates depend on the budget (its stopping rule): one run per budget
+        for s in positive:
+            states[s], _ = optimize(g0, lam, cameras, images, s, optimizer=optimizer, backend=backend)
+    return states
+
+
+def render_clamped(g: Gaussians, cameras: Cameras, backend: str = "auto") -> torch.Tensor:
+    """(C,H,W,3) renders on the CPU, clamped to [0,1], a few cameras at a time."""
+    from diff3r_cli.render import render
+
+    cams = cameras.to(g.device, g.dtype)
+    with torch.no_grad():
+        return torch.cat([render(g, cams[i:i + RENDER_CHUNK], backend=backend).rgb.clamp(0, 1).cpu()
+                          for i in range(0, len(cams), RENDER_CHUNK)])
+
+
+def psnr_per_view(pred: torch.Tensor, gt: torch.Tensor) -> list[float]:
+    """PSNR (dB) of each view of a (C,H,W,3) stack."""
+    return [float(psnr(pred[i], gt[i])) for i in range(len(gt))]
+
+
+def score(g: Gaussians, views: EvalViews, backend: str = "auto", context: bool = True) -> ViewScores:
+    """Render the target views from g and score them (and the context views when ``context``)."""
+    w, h = views.size
+    pred = render_clamped(g, Cameras(views.target_K, views.target_w2c, w, h), backend)
+    gt = views.target_images.float().cpu()
+    ss = [float(ssim(pred[i], gt[i])) for i in range(len(gt))] if min(w, h) >= SSIM_WINDOW else []
+    ctx = None
+    if context:
+        ctx_pred = render_clamped(g, Cameras(views.context_K, views.context_w2c, w, h), backend)
+        ctx_psnr = psnr_per_view(ctx_pred, views.context_images.float().cpu())
+        ctx = sum(ctx_psnr) / len(ctx_psnr)
+    return ViewScores(psnr_per_view(pred, gt), ss, ctx, pred)
+
+
+def score_runs(models: dict[str, torch.nn.Module], runs: list[Run], views: EvalViews, device: torch.device,
+               optimizer: str = "adam", backend: str = "auto",
+               context: bool = True) -> tuple[dict[str, Optional[ViewScores]], int]:
+    """Every configuration of ``runs`` on one tuple: ({"<method>@<steps>": scores}, numerical failures).
+
+    A TTO run that fails numerically counts once and leaves None for its configurations with
+    steps > 0 (θ0 is still scored).
+    """
+    dev = torch.device(device)
+    w, h = views.size
+    ctx_images = views.context_images.to(dev)
+    ctx_cams = Cameras(views.context_K.to(dev), views.context_w2c.to(dev), w, h)
+    preds = {name: predict(net, views, dev) for name, net in models.items()}
+    groups: dict[tuple[str, bool], list[tuple[str, int]]] = {}
+    for method, mname, unc, s in runs:
+        groups.setdefault((mname, unc), []).append((method, s))
+    out: dict[str, Optional[ViewScores]] = {}
+    failures = 0
+    for (mname, unc), items in groups.items():
+        g0, lam = preds[mname]
+        try:
+            states = tto_states(g0, lam if unc else None, ctx_cams, ctx_images, [s for _, s in items], optimizer,
+                                backend)
+        except NumericalError:
+            failures += 1
+            states = {0: g0}
+        for method, s in items:
+            out[f"{method}@{s}"] = score(states[s], views, backend, context) if s in states else None
+    return out, failures
+
+
+def evaluate_views(models: dict, runs: list[Run], ctx_images: torch.Tensor, ctx_K: torch.Tensor,
+                   ctx_w2c: torch.Tensor, tgt_images: torch.Tensor, tgt_K: torch.Tensor, tgt_w2c: torch.Tensor,
+                   near: float, far: float, device: torch.device, optimizer: str = "adam",
+                   renders: Optional[dict] = None) -> tuple[dict, int]:
+    """`score_runs` with the per-scene means of `diff3r eval`: ({"<method>@<steps>": {"psnr", "ssim",
+    "context_psnr"} or None}, failures). context_psnr: the context views re-rendered from the same
+    Gaussians (high with a low target PSNR = overfitting). renders: when a dict is given, the target
+    renders (T,H,W,3) are stored in it under "<method>@<steps>".
+    """
+    views = EvalViews(ctx_images, ctx_K, ctx_w2c, tgt_images, tgt_K, tgt_w2c, float(near), float(far))
+    scores, failures = score_runs(models, runs, views, device, optimizer)
+    if renders is not None:
+        renders.update({k: v.renders for k, v in scores.items() if v is not None})
+    return {k: None if v is None else v.means() for k, v in scores.items()}, failures
+
+
+__all__ = ["EvalViews", "ViewScores", "Run", "predict", "tto_states", "render_clamped", "psnr_per_view", "score",
+           "score_runs", "evaluate_views"]

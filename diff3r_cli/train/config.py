@@ -1,0 +1,261 @@
+"""The training configuration: one typed tree, one set of defaults, one rule for resuming.
+
+Every field has a flat name: the keyword argument of `train_main` and the `diff3r train` option
+(``--inner-steps`` = ``inner_steps`` = ``TrainConfig().inner.steps``). `TrainConfig.from_options`
+builds the tree from flat names; the defaults below are the only ones (the CLI reads them).
+
+Resume rule (`TrainConfig.resumed`): a resumed run is the same experiment continued.
+  KEEP  what defines the data stream, the objective and the schedule's shape (data, data_root
+        unless given, resolution, batch, seed, views, outliers, stage, loss weights, inner steps,
+        warm-up) comes from the saved options whatever the command line says;
+  FILL  data_root: the command line's when given (the data may have moved), else the saved one;
+  all other fields (steps, which may extend the run, cadences, evaluation, device, threads, the
+        inner optimizer, PCG cap, gradient clip) come from the command line. The optimizer's
+        hyper-parameters (lr, lam_lr, weight decay) return with its saved state regardless.
+A saved run without ``view_sampler`` predates the angle sampler and keeps the gap sampler.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from diff3r_cli.errors import UserError
+
+STAGES = ("ff", "diff3r")
+DATA_KINDS = ("re10k", "synthetic")
+VIEW_SAMPLERS = ("angle", "gap")
+KEEP = "keep"  # resume: the saved value wins
+FILL = "fill"  # resume: the command line's value wins, the saved one fills in when it gives none
+
+
+def _opt(default: Any, flat: str, resume: Optional[str] = None, legacy: Any = None, factory=None):
+    """A config field with its flat name, resume policy and the value of runs saved before it existed."""
+    meta = {"flat": flat, "resume": resume, "legacy": legacy}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class DataConfig:
+    """Where the examples come from and how each is drawn."""
+
+    kind: str = _opt("re10k", "data", KEEP)                    # "re10k" | "synthetic"
+    root: Union[str, Path, None] = _opt(None, "data_root", FILL)       # synthetic without a root: generated
+    resolution: int = _opt(256, "resolution", KEEP)           # short side; native aspect, batches by size
+    batch: int = _opt(4, "batch", KEEP)                       # examples per step and process
+    outliers: float = _opt(0.0, "outliers", KEEP)             # P(context views corrupted); targets clean
+    context_views: int = _opt(2, "context_views", KEEP)
+    target_views: int = _opt(2, "target_views", KEEP)
+    min_gap: Optional[int] = _opt(None, "min_gap", KEEP)      # None: the view sampler's default
+    max_gap: Optional[int] = _opt(None, "max_gap", KEEP)
+    view_sampler: Optional[str] = _opt(None, "view_sampler", KEEP, legacy="gap")  # None: angle for re10k
+
+
+@dataclass
+class ModelConfig:
+    """The predictor to train."""
+
+    size: str = _opt("small", "model_size")
+    overrides: Optional[dict] = _opt(None, "model_overrides")  # PredictorConfig fields (tests: tiny models)
+    init: Union[str, Path, None] = _opt(None, "init")                 # weights to start from (.safetensors, run dir)
+
+
+@dataclass
+class OptimConfig:
+    """AdamW on the network; Λ's per-group log-scale has its own rate."""
+
+    lr: float = _opt(2e-4, "lr")
+    lam_lr: float = _opt(1e-2, "lam_lr")
+    weight_decay: float = _opt(0.0, "weight_decay")
+    grad_clip: float = _opt(1.0, "grad_clip")  # 0: no clipping
+
+
+@dataclass
+class LossConfig:
+    """ℓ = MSE + ssim_weight·(1 − SSIM); stage diff3r adds ff_weight·ℓ(θ0)."""
+
+    ssim_weight: float = _opt(0.05, "ssim_weight", KEEP)
+    ff_weight: float = _opt(0.0, "ff_weight", KEEP)
+
+
+@dataclass
+class InnerConfig:
+    """The inner problem of stage diff3r: TTO forward, IFT backward."""
+
+    steps: int = _opt(5, "inner_steps", KEEP)
+    optimizer: str = _opt("adam", "inner_optimizer")
+    pcg_max_iter: int = _opt(50, "pcg_max_iter")
+
+
+@dataclass
+class ScheduleConfig:
+    """How long the run is and when it pauses to write a checkpoint."""
+
+    steps: int = _opt(20000, "steps")                            # total optimizer steps of the run
+    warmup: Optional[int] = _opt(None, "warmup", KEEP)           # None: min(200, steps // 20)
+    ckpt_every: int = _opt(200, "ckpt_every")
+    stop_after: Optional[int] = _opt(None, "stop_after")         # steps this process; schedule unchanged
+    time_limit: Optional[float] = _opt(None, "time_limit")       # seconds of wall time, likewise
+
+
+@dataclass
+class EvalConfig:
+    """Target-view PSNR on the test split during training (see train.evaluation)."""
+
+    every: int = _opt(0, "eval_every")                           # 0: never
+    scenes: int = _opt(8, "eval_scenes")
+    root: Union[str, Path, None] = _opt(None, "eval_root")              # None: the training data root
+    tto_steps: Optional[int] = _opt(None, "eval_tto_steps")      # None: inner steps in stage diff3r, else 0
+
+
+@dataclass
+class LoggingConfig:
+    """How often a log line is written; the progress bar."""
+
+    log_every: int = _opt(10, "log_every")
+    progress: bool = _opt(True, "progress")
+
+
+@dataclass
+class RuntimeConfig:
+    """Where and how the computation runs (no effect on the numbers, except the render backend)."""
+
+    device: Optional[str] = _opt(None, "device")                 # None/"auto": cuda when available
+    threads: Optional[int] = _opt(None, "threads")               # None: split the cores between processes
+    render_backend: str = _opt("auto", "render_backend")
+
+
+@dataclass
+class TrainConfig:
+    """Everything `train_main` needs; `TrainConfig()` holds the defaults of the library and the CLI."""
+
+    stage: str = _opt("diff3r", "stage", KEEP)                   # "ff" | "diff3r"
+    seed: int = _opt(0, "seed", KEEP)
+    out: Path = _opt(Path("runs/train"), "out")
+    resume: Union[str, bool, None] = _opt(None, "resume")       # True: this run dir; or a run dir / ckpt
+    data: DataConfig = _opt(None, "", factory=DataConfig)
+    model: ModelConfig = _opt(None, "", factory=ModelConfig)
+    optim: OptimConfig = _opt(None, "", factory=OptimConfig)
+    loss: LossConfig = _opt(None, "", factory=LossConfig)
+    inner: InnerConfig = _opt(None, "", factory=InnerConfig)
+    schedule: ScheduleConfig = _opt(None, "", factory=ScheduleConfig)
+    eval: EvalConfig = _opt(None, "", factory=EvalConfig)
+    logging: LoggingConfig = _opt(None, "", factory=LoggingConfig)
+    runtime: RuntimeConfig = _opt(None, "", factory=RuntimeConfig)
+
+    @classmethod
+    def from_options(cls, **options: Any) -> "TrainConfig":
+        """Build from flat names (train_main's keyword arguments); unknown names are a TypeError."""
+        known = flat_fields()
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise TypeError(f"unknown training option(s): {', '.join(unknown)}")
+        cfg = cls()
+        for name, value in options.items():
+            cfg = _with_value(cfg, known[name], value)
+        out = cfg.out if isinstance(cfg.out, Path) else Path(cfg.out)
+        return replace(cfg, out=out)
+
+    def flat(self) -> dict[str, Any]:
+        """Flat name -> value of every field."""
+        return {name: _get(self, path) for name, path in flat_fields().items()}
+
+    def resumed(self, saved: dict) -> "TrainConfig":
+        """This command line's config continued from a run's saved options (the rule in the module doc)."""
+        cfg = self
+        for name, path in flat_fields().items():
+            f = _field_at(path)
+            policy, current = f.metadata["resume"], _get(self, path)
+            if policy == KEEP and (name in saved or f.metadata["legacy"] is not None):
+                cfg = _with_value(cfg, path, saved.get(name, f.metadata["legacy"]))
+            elif policy == FILL and not current and saved.get(name):
+                cfg = _with_value(cfg, path, saved[name])
+        return cfg
+
+    def validate(self) -> None:
+        """UserError for settings a user must change (checked before anything is written)."""
+        d = self.data
+        if self.stage not in STAGES:
+            raise UserError(f"unknown --stage {self.stage!r}", fix=f"use one of {', '.join(STAGES)}")
+        if self.schedule.steps < 1 or d.batch < 1 or d.resolution < 16:
+            raise UserError(f"invalid settings (steps={self.schedule.steps}, batch={d.batch}, "
+                            f"resolution={d.resolution})", fix="use steps >= 1, batch >= 1, resolution >= 16")
+        if not 0.0 <= d.outliers <= 1.0:
+            raise UserError(f"--outliers must be a probability in [0, 1], got {d.outliers}", fix="e.g. --outliers 0.5")
+        if d.context_views < 2:
+            raise UserError("the predictor needs at least 2 context views", fix="use --context-views 2 or more")
+
+    def with_defaults_resolved(self) -> "TrainConfig":
+        """Fill the defaults that depend on other fields (after `resumed`): view sampler, gaps,
+        warm-up, evaluation TTO steps."""
+        from diff3r_cli.data.re10k import ViewSamplerConfig
+
+        d, sched = self.data, self.schedule
+        sampler = d.view_sampler or ("angle" if d.kind == "re10k" else "gap")
+        if sampler not in VIEW_SAMPLERS:
+            raise UserError(f"unknown view sampler {sampler!r}", fix="use angle or gap")
+        defaults = ViewSamplerConfig()
+        data = replace(d, view_sampler=sampler, min_gap=defaults.min_gap if d.min_gap is None else d.min_gap,
+                       max_gap=defaults.max_gap if d.max_gap is None else d.max_gap)
+        warmup = sched.warmup if sched.warmup is not None else min(200, max(1, sched.steps // 20))
+        tto = self.eval.tto_steps
+        if tto is None:
+            tto = self.inner.steps if self.stage == "diff3r" else 0
+        return replace(self, data=data, schedule=replace(sched, warmup=warmup),
+                       eval=replace(self.eval, tto_steps=tto))
+
+
+def flat_fields() -> dict[str, tuple[str, ...]]:
+    """Flat name -> attribute path in the tree, e.g. "inner_steps" -> ("inner", "steps")."""
+    table: dict[str, tuple[str, ...]] = {}
+    for f in fields(TrainConfig):
+        section = f.default_factory() if callable(f.default_factory) else None
+        if is_dataclass(section):
+            table.update({g.metadata["flat"]: (f.name, g.name) for g in fields(section)})
+        else:
+            table[f.metadata["flat"]] = (f.name,)
+    return table
+
+
+def _field_at(path: tuple[str, ...]):
+    cls = TrainConfig
+    for name in path[:-1]:
+        cls = {f.name: f for f in fields(cls)}[name].default_factory
+    return {f.name: f for f in fields(cls)}[path[-1]]
+
+
+def _get(cfg: TrainConfig, path: tuple[str, ...]) -> Any:
+    obj: Any = cfg
+    for name in path:
+        obj = getattr(obj, name)
+    return obj
+
+
+def _with_value(cfg: TrainConfig, path: tuple[str, ...], value: Any) -> TrainConfig:
+    if len(path) == 1:
+        return replace(cfg, **{path[0]: value})
+    section = getattr(cfg, path[0])
+    return replace(cfg, **{path[0]: replace(section, **{path[1]: value})})
+
+
+def saved_options(cfg: TrainConfig, data_root: Path, model_size: str, world_size: int) -> dict:
+    """The flat record of a run (config.json, and "options" in every checkpoint's meta).
+
+    ``cfg`` has its defaults resolved; the key order is the on-disk format of existing runs.
+    """
+    d, o, sched = cfg.data, cfg.optim, cfg.schedule
+    return dict(data=d.kind, data_root=str(data_root), stage=cfg.stage, steps=sched.steps,
+                resolution=d.resolution, batch=d.batch, outliers=d.outliers, lr=o.lr, lam_lr=o.lam_lr,
+                inner_steps=cfg.inner.steps, inner_optimizer=cfg.inner.optimizer, model_size=model_size,
+                seed=cfg.seed, context_views=d.context_views, target_views=d.target_views, min_gap=d.min_gap,
+                max_gap=d.max_gap, view_sampler=d.view_sampler, ssim_weight=cfg.loss.ssim_weight,
+                ff_weight=cfg.loss.ff_weight, grad_clip=o.grad_clip, warmup=sched.warmup, world_size=world_size,
+                init=str(cfg.model.init) if cfg.model.init else None)
+
+
+__all__ = ["TrainConfig", "DataConfig", "ModelConfig", "OptimConfig", "LossConfig", "InnerConfig", "ScheduleConfig",
+           "EvalConfig", "LoggingConfig", "RuntimeConfig", "STAGES", "DATA_KINDS", "KEEP", "FILL", "flat_fields",
+           "saved_options"]
