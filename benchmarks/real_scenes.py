@@ -32,7 +32,7 @@ from PIL import Image, ImageDraw
 from diff3r_cli.data.re10k import RE10KDataset, ViewSamplerConfig, sample_views_real
 from diff3r_cli.evaluate import _depth_range, evaluate_views, markdown_table, plan_runs, print_summary, summarize
 from diff3r_cli.model.io import load_model
-from diff3r_cli.pipeline import estimate_depth_range
+from diff3r_cli.engines.policy import estimate_depth_range
 from diff3r_cli.scene_io import load_scene
 from diff3r_cli.scene_io.images import native_size, resize_scene
 

@@ -63,7 +63,7 @@ def evaluate_views(models: dict, runs: list[tuple[str, str, bool, int]], ctx_ima
     given, the target renders (T,H,W,3) are stored in it under "<method>@<steps>".
     """
     from diff3r_cli.optim.tto import optimize
-    from diff3r_cli.pipeline import render_views
+    from diff3r_cli.engines.outputs import render_views
 
     dev = device
     ci = ctx_images.to(dev)
@@ -118,7 +118,7 @@ def evaluate_views(models: dict, runs: list[tuple[str, str, bool, int]], ctx_ima
 def _context_psnr(g, ctx_cams: Cameras, ctx_images: torch.Tensor) -> float:
     """Mean PSNR of the context views re-rendered from Gaussians g."""
     from diff3r_cli.metrics import psnr
-    from diff3r_cli.pipeline import render_views
+    from diff3r_cli.engines.outputs import render_views
 
     pred = render_views(g, ctx_cams)
     gt = ctx_images.float().cpu()
@@ -155,7 +155,7 @@ def evaluate_main(data_root: Path, data: str = "re10k", model: str = "diff3r-sma
     """
     from diff3r_cli.data.re10k import RE10KDataset
     from diff3r_cli.model.io import load_model, resolve_model_path
-    from diff3r_cli.pipeline import pick_device
+    from diff3r_cli.engines.policy import pick_device
 
     root = Path(data_root)
     index = root / "evaluation_index.json"
@@ -236,7 +236,7 @@ def _depth_range(sample: dict, mode: str) -> tuple[float, float, str]:
     """near, far, source for one dataset sample (see evaluate_main's depth_range)."""
     near, far, src = float(sample["near"]), float(sample["far"]), sample.get("depth_range_from", "default")
     if mode == "auto" and src == "default":
-        from diff3r_cli.pipeline import _range_from_points
+        from diff3r_cli.engines.policy import range_from_points as _range_from_points
         from diff3r_cli.scene_io.triangulate import triangulate_known_cameras
 
         # at the stored size where the dataset gives it: a 128-px crop holds few features

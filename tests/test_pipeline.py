@@ -119,7 +119,7 @@ def test_split_unseen_between_and_near_vs_far():
     """Cameras on a line looking +z: context at x=0 and x=1. x=0.5 (between) and x=-0.5, 1.6
     (within 3/4 of the baseline) interpolate; x=3 (far) and a camera turned 90° extrapolate."""
     from diff3r_cli.cameras import Cameras
-    from diff3r_cli.pipeline import split_unseen
+    from diff3r_cli.engines.policy import split_unseen
 
     xs = [0.0, 1.0, 0.5, -0.5, 1.6, 3.0, 0.4]
     w2c = torch.eye(4, dtype=torch.float64).repeat(len(xs), 1, 1)
