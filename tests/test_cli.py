@@ -470,3 +470,67 @@ def test_reconstruct_refuses_a_ply_as_input(tmp_path, fake_engines):
     p = small_ply(tmp_path / "s.ply")
     assert_one_line_error(run("reconstruct", p, "--out", tmp_path / "o.ply"), str(p), "refine")
     assert not fake_engines["reconstruct_scene"].calls
+
+
+def test_openmp_policy_is_set_by_the_cli_entry_not_by_importing_the_package():
+    """Importing diff3r_cli (or its CLI package) changes nothing in the process; the CLI entry sets
+    OMP_WAIT_POLICY=PASSIVE before torch is imported, and a user's own value wins."""
+    code = ("import os, sys\n"
+            "import diff3r_cli, diff3r_cli.cli\n"
+            "print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)\n"
+            "seen = []\n"
+            "import builtins\n"
+            "real = builtins.__import__\n"
+            "def spy(name, *a, **k):\n"
+            "    if name == 'torch' and not seen:\n"
+            "        seen.append(os.environ.get('OMP_WAIT_POLICY'))\n"
+            "    return real(name, *a, **k)\n"
+            "builtins.__import__ = spy\n"
+            "try:\n"
+            "    diff3r_cli.cli.main(['--version'])\n"
+            "except SystemExit:\n"
+            "    pass\n"
+            "print(seen[0], os.environ.get('OMP_WAIT_POLICY'))\n")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert lines[0] == "None False"         # no side effect, no torch on import
+    assert lines[-1] == "PASSIVE PASSIVE"   # set before the first `import torch`
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert out.stdout.strip().splitlines()[-1] == "ACTIVE ACTIVE"
+
+
+def test_rich_progress_adapter_shows_steps_and_the_optimiser(capsys):
+    from diff3r_cli.cli.progress import RichProgress
+    from diff3r_cli.engines.progress import ProgressEvent as E
+
+    with RichProgress() as p:
+        p(E("begin", "load model"))
+        p(E("end", "load model"))
+        p(E("begin", "render views", 4))
+        p(E("advance", "render views", 4, 4))
+        p(E("end", "render views", 4))
+        p(E("optimize", "refine (adam)", 5))
+        for k in range(6):
+            p(E("iterate", n=k, energy=1.0 / (k + 1)))
+        p(E("optimized", "refine (adam)", 5))
+        p(E("begin", "write"))
+        p(E("end", "write"))
+    err = capsys.readouterr().err
+    assert "load model" in err and "render views" in err and "4/4" in err and "write" in err
+    assert "refine (adam)" in err and "5/5" in err and "E=0.16667" in err  # capped at the total
+    assert p.steps is None and p.opt is None  # every display closed
+
+    with pytest.raises(RuntimeError):
+        with RichProgress() as p:
+            p(E("begin", "predict"))
+            raise RuntimeError("boom")
+    assert "predict" not in capsys.readouterr().err  # an error leaves only its own one-line message
+    with pytest.raises(KeyboardInterrupt):
+        with RichProgress() as p:
+            p(E("optimize", "refine (lm)", 9))
+            p(E("iterate", n=3, energy=0.5))
+            raise KeyboardInterrupt
+    assert "3/9" in capsys.readouterr().err  # an interrupt keeps the bar: how far it got
