@@ -163,8 +163,11 @@ def test_help_lists_declared_options():
 
 
 def test_version():
+    from diff3r_cli import __version__
+
     res = run("--version")
-    assert res.exit_code == 0 and res.stdout.startswith("diff3r ")
+    assert res.exit_code == 0 and res.stdout == f"diff3r {__version__}\n"
+    assert f'version = "{__version__}"' in (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
 
 
 # --- inspect -------------------------------------------------------------------------------
