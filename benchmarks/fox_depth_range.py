@@ -16,9 +16,10 @@ from pathlib import Path
 
 import torch
 
+from diff3r_cli.engines.outputs import mean_psnr, render_views
+from diff3r_cli.engines.policy import DEFAULT_MODEL, choose_context, default_resolution, estimate_depth_range
+from diff3r_cli.model.inference import predict_gaussians
 from diff3r_cli.model.io import load_model, resolve_model_path
-from diff3r_cli.pipeline import (DEFAULT_MODEL, choose_context, default_resolution, estimate_depth_range, mean_psnr,
-                                 predict, render_views)
 from diff3r_cli.scene_io import load_scene
 from diff3r_cli.scene_io.images import resize_scene
 
@@ -43,7 +44,7 @@ def main() -> None:
         t0 = time.perf_counter()
         near, far, src = estimate_depth_range(scene, ctx, triangulate=triangulate)
         t_range = time.perf_counter() - t0
-        g, _ = predict(net, scene.images[ctx], scene.cameras[ctx], near, far, torch.device("cpu"))
+        g, _ = predict_gaussians(net, scene.images[ctx], scene.cameras[ctx], near, far, torch.device("cpu"))
         run = {"near": near, "far": far, "depth_range_from": src, "range_seconds": round(t_range, 2),
                "context_psnr": mean_psnr(render_views(g, scene.cameras[ctx]), scene.images[ctx]),
                "heldout_psnr": mean_psnr(render_views(g, scene.cameras[held]), scene.images[held])}

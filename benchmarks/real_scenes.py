@@ -34,7 +34,7 @@ from diff3r_cli.data.view_sampler import sample_views_real
 from diff3r_cli.evaluate import depth_range_for, evaluate_views, markdown_table, plan_runs, print_summary, summarize
 from diff3r_cli.fsio import atomic_write_json
 from diff3r_cli.model.io import load_model
-from diff3r_cli.pipeline import estimate_depth_range
+from diff3r_cli.engines.policy import estimate_depth_range
 from diff3r_cli.scene_io import load_scene
 from diff3r_cli.scene_io.images import native_size, resize_scene
 

@@ -27,9 +27,5 @@ class UserError(Exception):
         return "".join(parts).replace("\n", " ")
 
 
-class NotBuiltError(UserError):
-    """A subcommand whose engine does not exist yet (exit 2, never pretend)."""
-
-
 class NumericalError(RuntimeError):
     """NaN/inf met in an optimisation or a solve; the CLI reports it as a one-line error."""

@@ -26,7 +26,7 @@ import sys
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator
 
 GRACE_S = 2.0
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -35,7 +35,6 @@ _temps: set[str] = set()
 _lock = threading.Lock()
 _installed = False
 _handled = threading.Event()     # the Python handler ran (main thread is in Python code)
-_received: list[int] = []        # signals seen by the handler, in order
 
 
 class Interrupted(KeyboardInterrupt):
@@ -97,7 +96,6 @@ def remove_temps() -> None:
 # --- handlers -------------------------------------------------------------------------------
 
 def _handler(signum: int, frame) -> None:
-    _received.append(signum)
     if _handled.is_set():
         # a second signal while the first one's clean-up runs: the user insists, stop now
         _hard_exit(signum)
@@ -160,10 +158,5 @@ def install() -> None:
     _installed = True
 
 
-def received() -> Optional[int]:
-    """The first signal received so far (None when none)."""
-    return _received[0] if _received else None
-
-
 __all__ = ["Interrupted", "install", "reclaim", "register_temp", "unregister_temp", "temp_path",
-           "remove_temps", "exit_code", "signal_name", "received"]
+           "remove_temps", "exit_code", "signal_name"]

@@ -17,9 +17,8 @@ import numpy as np
 import torch
 
 from diff3r_cli.errors import UserError
-from diff3r_cli.gaussians import GROUPS
+from diff3r_cli.gaussians import GROUPS, SH_C0
 
-SH_C0 = 0.28209479177387814
 RGB_MODE = "photo colours"
 MAX_FRUSTUM_IMAGE = 256  # long side of the images shown in the frustums (keeps the page light)
 
@@ -122,11 +121,9 @@ def load_view_scene(ply: Path) -> dict:
             "images": images, "context": context}
 
 
-def _populate(server, ply: Path, data: dict) -> dict:
-    """Add the splats, the camera frustums and the GUI (colour by Λ, save view) to a viser server.
-
-    Returns the live handles: {"splats": current splat node, "colour": dropdown, "cameras": checkbox,
-    "save": button, "frustums": [...]} (the splat node is replaced when the colouring changes)."""
+def _display_splats(data: dict) -> tuple[dict, float]:
+    """The splat arrays as the browser gets them: blurred to the input pixel footprint and scaled
+    so float16 covariances stay representable; returns (arrays, display scale)."""
     sp = dict(data["splats"])
     cams = data["cameras"]
     if cams is not None and len(cams):
@@ -137,42 +134,71 @@ def _populate(server, ply: Path, data: dict) -> dict:
     k = display_scale(sp["covariances"])
     sp["centers"] = sp["centers"] * k
     sp["covariances"] = sp["covariances"] * (k * k)
-    if cams is not None and len(cams):
-        # OpenCV cameras: world "up" is the cameras' mean -y axis
-        c2w = cams.c2w.to(torch.float64).numpy()
-        c2w[:, :3, 3] *= k
-        up = -c2w[:, :3, 1].mean(0)
-        server.scene.set_up_direction(tuple(float(v) for v in up / max(np.linalg.norm(up), 1e-12)))
-        ctx = data["context"] or [0]
-        centre = c2w[ctx, :3, 3].mean(0)
-        axis = c2w[ctx, :3, 2].mean(0)
-        axis /= max(np.linalg.norm(axis), 1e-12)
-        depth = float(np.median(np.linalg.norm(sp["centers"] - centre, axis=1)))
-        # start a little behind the context cameras, looking where they look: splats and frustums in view
-        server.initial_camera.position = tuple(float(v) for v in centre - 0.25 * depth * axis)
-        server.initial_camera.look_at = tuple(float(v) for v in centre + depth * axis)
-        fy = float(cams.K[ctx[0], 1, 1])
-        server.initial_camera.fov = 2 * math.atan(cams.height / (2 * fy))
-    splats = server.scene.add_gaussian_splats("/splats", centers=sp["centers"], covariances=sp["covariances"],
-                                              rgbs=sp["rgbs"], opacities=sp["opacities"])
-    state = {"splats": splats}
+    return sp, k
 
+
+def _place_initial_camera(server, data: dict, sp: dict, k: float) -> None:
+    """Start a little behind the context cameras, looking where they look: splats and frustums in view."""
+    cams = data["cameras"]
+    if cams is None or not len(cams):
+        return
+    # OpenCV cameras: world "up" is the cameras' mean -y axis
+    c2w = cams.c2w.to(torch.float64).numpy()
+    c2w[:, :3, 3] *= k
+    up = -c2w[:, :3, 1].mean(0)
+    server.scene.set_up_direction(tuple(float(v) for v in up / max(np.linalg.norm(up), 1e-12)))
+    ctx = data["context"] or [0]
+    centre = c2w[ctx, :3, 3].mean(0)
+    axis = c2w[ctx, :3, 2].mean(0)
+    axis /= max(np.linalg.norm(axis), 1e-12)
+    depth = float(np.median(np.linalg.norm(sp["centers"] - centre, axis=1)))
+    server.initial_camera.position = tuple(float(v) for v in centre - 0.25 * depth * axis)
+    server.initial_camera.look_at = tuple(float(v) for v in centre + depth * axis)
+    fy = float(cams.K[ctx[0], 1, 1])
+    server.initial_camera.fov = 2 * math.atan(cams.height / (2 * fy))
+
+
+def _add_frustums(server, data: dict, k: float) -> list:
+    """One frustum per input camera (context views orange, with their images), at the display scale k."""
+    cams = data["cameras"]
+    if cams is None:
+        return []
+    c2w = cams.c2w.to(torch.float64).numpy()
+    c2w[:, :3, 3] *= k  # the same display scale as the splats
+    extent = float(np.linalg.norm(c2w[:, :3, 3].max(0) - c2w[:, :3, 3].min(0))) if len(cams) > 1 else 1.0
     frustums = []
-    if cams is not None:
-        c2w = cams.c2w.to(torch.float64).numpy()
-        c2w[:, :3, 3] *= k  # the same display scale as the splats
-        extent = float(np.linalg.norm(c2w[:, :3, 3].max(0) - c2w[:, :3, 3].min(0))) if len(cams) > 1 else 1.0
-        for i in range(len(cams)):
-            img_path = data["images"][i] if i < len(data["images"]) else None
-            fy = float(cams.K[i, 1, 1])
-            is_ctx = i in data["context"]
-            frustums.append(server.scene.add_camera_frustum(
-                f"/cameras/{'context' if is_ctx else 'input'}_{i:03d}", fov=2 * math.atan(cams.height / (2 * fy)),
-                aspect=cams.width / cams.height, scale=max(extent, 1e-3) * 0.08,
-                color=(230, 120, 20) if is_ctx else (60, 60, 60),
-                image=_frustum_image(img_path) if img_path is not None else None,
-                wxyz=_c2w_wxyz(c2w[i]), position=c2w[i, :3, 3]))
+    for i in range(len(cams)):
+        img_path = data["images"][i] if i < len(data["images"]) else None
+        fy = float(cams.K[i, 1, 1])
+        is_ctx = i in data["context"]
+        frustums.append(server.scene.add_camera_frustum(
+            f"/cameras/{'context' if is_ctx else 'input'}_{i:03d}", fov=2 * math.atan(cams.height / (2 * fy)),
+            aspect=cams.width / cams.height, scale=max(extent, 1e-3) * 0.08,
+            color=(230, 120, 20) if is_ctx else (60, 60, 60),
+            image=_frustum_image(img_path) if img_path is not None else None,
+            wxyz=_c2w_wxyz(c2w[i]), position=c2w[i, :3, 3]))
+    return frustums
 
+
+def _save_view(event, ply: Path, note) -> None:
+    """The "save view" button: the browser renders the current view, saved next to the .ply."""
+    client = event.client
+    if client is None:
+        return
+    note.content = "rendering the view ..."
+    try:
+        img = client.get_render(height=720, width=1280, transport_format="png", timeout=60.0)
+        dest = next_snapshot_path(ply)
+        save_snapshot(dest, img)
+    except Exception as e:  # a closed tab or a slow browser must not take the server down
+        note.content = f"could not save the view: {e}"
+        return
+    note.content = f"saved `{dest}`"
+    print(f"saved {dest}", flush=True)
+
+
+def _add_gui(server, ply: Path, data: dict, sp: dict, state: dict) -> None:
+    """The diff3r panel: colour by Λ of a group, show/hide the input cameras, save the view."""
     with server.gui.add_folder("diff3r"):
         server.gui.add_markdown(f"**{ply.name}**: {len(sp['centers']):,} Gaussians"
                                 + ("" if data["lam"] is not None else " (no uncertainty stored)"))
@@ -193,28 +219,26 @@ def _populate(server, ply: Path, data: dict) -> dict:
 
     @show_cams.on_update
     def _(_event) -> None:
-        for f in frustums:
+        for f in state["frustums"]:
             f.visible = show_cams.value
 
-    @save.on_click
-    def _(event) -> None:
-        client = event.client
-        if client is None:
-            return
-        saved_note.content = "rendering the view ..."
-        try:
-            img = client.get_render(height=720, width=1280, transport_format="png", timeout=60.0)
-            dest = next_snapshot_path(ply)
-            save_snapshot(dest, img)
-        except Exception as e:  # a closed tab or a slow browser must not take the server down
-            saved_note.content = f"could not save the view: {e}"
-            return
-        saved_note.content = f"saved `{dest}`"
-        print(f"saved {dest}", flush=True)
+    save.on_click(lambda event: _save_view(event, ply, saved_note))
+    state.update(colour=colour, cameras=show_cams, save=save)
 
-    state.update(colour=colour, cameras=show_cams, save=save, frustums=frustums)
+
+def _populate(server, ply: Path, data: dict) -> dict:
+    """Add the splats, the camera frustums and the GUI (colour by Λ, save view) to a viser server.
+
+    Returns the live handles: {"splats": current splat node, "colour": dropdown, "cameras": checkbox,
+    "save": button, "frustums": [...]} (the splat node is replaced when the colouring changes)."""
+    sp, k = _display_splats(data)
+    _place_initial_camera(server, data, sp, k)
+    state = {"splats": server.scene.add_gaussian_splats("/splats", centers=sp["centers"],
+                                                        covariances=sp["covariances"], rgbs=sp["rgbs"],
+                                                        opacities=sp["opacities"])}
+    state["frustums"] = _add_frustums(server, data, k)
+    _add_gui(server, ply, data, sp, state)
     return state
-
 
 
 def start_viewer(ply: str | Path, host: str = "127.0.0.1", port: int = 8080, verbose: bool = False):
@@ -255,12 +279,8 @@ def save_snapshot(dest: Path, img: np.ndarray) -> None:
         Image.fromarray(arr).save(f, format="PNG")
 
 
-def view_command(ply: Path, host: str = "127.0.0.1", port: int = 8080) -> None:
-    """Serve the viewer until Ctrl-C/SIGTERM (which the CLI reports as an interrupt)."""
-    server, url = start_viewer(ply, host=host, port=port)
-    print(f"diff3r viewer for {ply}: open {url} in a browser (Ctrl-C stops it)", flush=True)
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"note: listening on {host}; anyone who can reach this machine can see the scene", flush=True)
+def serve_until_interrupted(server) -> None:
+    """Keep serving until Ctrl-C/SIGTERM (which the CLI reports as an interrupt), then stop the server."""
     try:
         while True:
             time.sleep(0.5)
@@ -268,4 +288,4 @@ def view_command(ply: Path, host: str = "127.0.0.1", port: int = 8080) -> None:
         server.stop()
 
 
-__all__ = ["start_viewer", "view_command", "splat_arrays", "uncertainty_colours", "load_view_scene"]
+__all__ = ["start_viewer", "serve_until_interrupted", "splat_arrays", "uncertainty_colours", "load_view_scene"]

@@ -1,7 +1,7 @@
 """CLI tests: help texts, `inspect`, dispatch to engines, and bad input (one line, exit 2).
 
-Engines are replaced by a fake module where the test is about the CLI layer itself (parsing,
-error wrapper), so these tests do not depend on the state of the engines.
+Engines are replaced by fakes where the test is about the CLI layer itself (parsing, error
+wrapper, presentation), so these tests do not depend on what the engines compute.
 """
 
 from __future__ import annotations
@@ -21,7 +21,10 @@ from typer.testing import CliRunner
 
 from diff3r_cli import cli
 from diff3r_cli.cli import app
-from diff3r_cli.errors import NotBuiltError, NumericalError, UserError
+from diff3r_cli.engines.outputs import RenderFolder
+from diff3r_cli.engines.reconstruct import ReconstructResult
+from diff3r_cli.engines.refine import RefineResult
+from diff3r_cli.errors import NumericalError, UserError
 from diff3r_cli.gaussians import Gaussians
 from diff3r_cli.ply import write_ply
 
@@ -81,17 +84,6 @@ def make_transforms(folder: Path, n_views: int = 3, w: int = 24, h: int = 16) ->
     return np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1]]), w2cs
 
 
-def have_scene_io() -> bool:
-    try:
-        from diff3r_cli.scene_io import detect_format, load_scene  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-needs_scene_io = pytest.mark.skipif(not have_scene_io(), reason="diff3r_cli.scene_io not built yet")
-
-
 class FakeEngine:
     """Stands in for an engine module: records the keyword arguments it was called with."""
 
@@ -106,21 +98,40 @@ class FakeEngine:
         return self.result
 
 
+RENDERS = RenderFolder(Path("r"), frames=6, video=Path("r/path.mp4"), psnr={"context": 21.234567},
+                       views={"context": [0, 2]})
+RECONSTRUCTED = ReconstructResult(Path("x.ply"), 123, [0, 2], [1], [3, 4], 64, 48, 0.51234, 12.5, "scene", "cpu",
+                                  0.123, 4.5678, 0.0, 7.891, RENDERS)
+REFINED = RefineResult(Path("s.refined.ply"), 7, (0.0123456, 0.0045678), (0.01, 0.001), 3.14159)
+
+
 @pytest.fixture
 def fake_engines(monkeypatch):
-    """Install fake pipeline/train/evaluate/synth modules; returns name -> FakeEngine."""
-    engines = {n: FakeEngine({"ok": 1}) for n in
-               ("reconstruct_command", "refine_command", "render_command", "train_main", "evaluate_main",
-                "generate_dataset")}
-    mods = {"diff3r_cli.pipeline": ["reconstruct_command", "refine_command", "render_command"],
-            "diff3r_cli.train": ["train_main"], "diff3r_cli.evaluate": ["evaluate_main"],
-            "diff3r_cli.data.synth": ["generate_dataset"]}
-    for mod, names in mods.items():
+    """Replace the engines the commands call by recording fakes; returns name -> FakeEngine.
+
+    reconstruct/refine/render are patched where the commands import them from; train, eval and
+    synth are fake modules (their packages are restructured elsewhere)."""
+    engines = {"reconstruct_scene": FakeEngine(RECONSTRUCTED), "refine_splat": FakeEngine(REFINED),
+               "render_splat": FakeEngine(RenderFolder(Path("r"), frames=3)), "train_main": FakeEngine({"ok": 1}),
+               "evaluate_main": FakeEngine({"ok": 1}), "generate_dataset": FakeEngine({"ok": 1})}
+    for mod, name in (("diff3r_cli.engines.reconstruct", "reconstruct_scene"),
+                      ("diff3r_cli.engines.refine", "refine_splat"),
+                      ("diff3r_cli.engines.render_path", "render_splat")):
+        monkeypatch.setattr(f"{mod}.{name}", engines[name])
+    for mod, name in (("diff3r_cli.train", "train_main"), ("diff3r_cli.evaluate", "evaluate_main"),
+                      ("diff3r_cli.data.synth", "generate_dataset")):
         m = types.ModuleType(mod)
-        for n in names:
-            setattr(m, n, engines[n])
+        setattr(m, name, engines[name])
         monkeypatch.setitem(sys.modules, mod, m)
     return engines
+
+
+def without_progress(kw: dict) -> dict:
+    """The keyword arguments an engine got, less the progress callback (checked on its own)."""
+    from diff3r_cli.cli.progress import RichProgress
+
+    assert isinstance(kw.pop("progress"), RichProgress)
+    return kw
 
 
 # --- help ----------------------------------------------------------------------------------
@@ -152,8 +163,11 @@ def test_help_lists_declared_options():
 
 
 def test_version():
+    from diff3r_cli import __version__
+
     res = run("--version")
-    assert res.exit_code == 0 and res.stdout.startswith("diff3r ")
+    assert res.exit_code == 0 and res.stdout == f"diff3r {__version__}\n"
+    assert f'version = "{__version__}"' in (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
 
 
 # --- inspect -------------------------------------------------------------------------------
@@ -175,14 +189,37 @@ def test_inspect_ply_json_shape(tmp_path):
     assert info["bounds"]["min"] == g.means.min(0).values.tolist()
 
 
+def table_rows(text: str) -> dict[str, str]:
+    """A rich table printed as text -> {first cell: second cell} (box characters stripped)."""
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("│┃").split("│")]
+        if len(cells) == 2 and cells[0]:
+            rows[cells[0]] = cells[1]
+    return rows
+
+
 def test_inspect_ply_table(tmp_path):
-    p = small_ply(tmp_path / "s.ply", n=7)
-    res = run("inspect", p)
-    assert res.exit_code == 0
-    assert "7" in res.stdout and "SH degree" in res.stdout and "uncertainty" in res.stdout
+    gen = torch.Generator().manual_seed(3)
+    means = torch.tensor([[-1.5, 0.25, 2.0], [0.5, -0.75, 3.0], [1.0, 0.5, 4.5]] + [[0.0, 0.0, 3.0]] * 4)
+    g = Gaussians(means, torch.full((7, 3), -2.0), torch.randn(7, 4, generator=gen), torch.zeros(7),
+                  torch.randn(7, 4, 3, generator=gen))
+    lam = torch.tensor([[1.0, 2.0, 3.0, 4.0, 5.0]]).repeat(7, 1) * torch.arange(1, 8.0)[:, None]
+    p = write_ply(tmp_path / "s.ply", g, lam)
+    res = CliRunner().invoke(app, ["inspect", str(p)], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    rows = table_rows(res.stdout)
+    assert rows["gaussians"] == "7" and rows["SH degree"] == "1"
+    assert rows["bounds min"] == "(-1.5, -0.75, 2)" and rows["bounds max"] == "(1, 0.5, 4.5)"
+    assert rows["median size"] == f"{math.exp(-2.0):.3g}" and rows["mean opacity"] == "0.500"
+    # mean λ per group: (1..7).mean() = 4 times 1..5
+    assert rows["uncertainty"] == "yes (mean λ mean 4, scale 8, rotation 12, opacity 16, color 20)"
+    assert rows["sidecar"] == "none"
+    p0 = write_ply(tmp_path / "t.ply", g)  # no Λ stored
+    rows0 = table_rows(CliRunner().invoke(app, ["inspect", str(p0)], env={"COLUMNS": "200"}).stdout)
+    assert rows0["uncertainty"] == "no" and rows0["gaussians"] == "7"
 
 
-@needs_scene_io
 def test_inspect_transforms_json_matches_hand_computed_cameras(tmp_path):
     K, w2cs = make_transforms(tmp_path / "scene", n_views=3)
     res = run("inspect", tmp_path / "scene", "--json")
@@ -200,7 +237,6 @@ def test_inspect_transforms_json_matches_hand_computed_cameras(tmp_path):
     assert table.exit_code == 0 and "transforms" in table.stdout and "v2.png" in table.stdout
 
 
-@needs_scene_io
 def test_inspect_bare_folder_lists_without_sfm(tmp_path, monkeypatch):
     import diff3r_cli.scene_io as sio
 
@@ -228,32 +264,32 @@ def test_reconstruct_dispatch_parses_options(tmp_path, fake_engines):
     res = run("reconstruct", tmp_path / "scene", "--out", out, "--views", "0,1", "--resolution", "320x240",
               "--device", "cpu", "--refine-steps", "5", "--no-uncertainty", "--no-render")
     assert res.exit_code == 0, res.stderr
-    (_, kw), = fake_engines["reconstruct_command"].calls
-    assert kw == {"path": tmp_path / "scene", "out": out, "model": None, "views": [0, 1],
-                  "resolution": (320, 240), "device": "cpu", "refine_steps": 5, "uncertainty": False,
-                  "render": False, "eval_all": False, "video": "mp4"}
-    assert "ok" in res.stdout
+    (_, kw), = fake_engines["reconstruct_scene"].calls
+    assert without_progress(kw) == {"path": tmp_path / "scene", "out": out, "model": None, "views": [0, 1],
+                                    "resolution": (320, 240), "device": "cpu", "refine_steps": 5,
+                                    "uncertainty": False, "render": False, "eval_all": False, "video": "mp4"}
     assert run("reconstruct", tmp_path / "scene", "--out", out, "--eval-all", "--gif", "--compact-ply").exit_code == 0
-    kw = fake_engines["reconstruct_command"].calls[-1][1]
+    kw = fake_engines["reconstruct_scene"].calls[-1][1]
     assert kw["eval_all"] is True and kw["video"] == "gif" and kw["ply_layout"] == "compact"
 
 
 def test_refine_render_train_eval_synth_dispatch(tmp_path, fake_engines):
     p = small_ply(tmp_path / "s.ply")
     assert run("refine", p, "--steps", "7", "--optimizer", "lm").exit_code == 0
-    (_, kw), = fake_engines["refine_command"].calls
+    (_, kw), = fake_engines["refine_splat"].calls
     assert kw["out"] == tmp_path / "s.refined.ply" and kw["steps"] == 7 and kw["optimizer"] == "lm"
     assert kw["uncertainty"] is True
     assert run("refine", p, "--in-place").exit_code == 0
-    assert fake_engines["refine_command"].calls[-1][1]["out"] == p
+    assert fake_engines["refine_splat"].calls[-1][1]["out"] == p
 
     assert run("render", p, "--path", "orbit", "--frames", "3").exit_code == 0
-    (_, kw), = fake_engines["render_command"].calls
-    assert kw == {"ply": p, "out": tmp_path / "s_renders", "path": "orbit", "frames": 3, "video": False}
+    (_, kw), = fake_engines["render_splat"].calls
+    assert without_progress(kw) == {"ply": p, "out": tmp_path / "s_renders", "path": "orbit", "frames": 3,
+                                    "video": False}
     assert run("render", p, "--video").exit_code == 0
-    assert fake_engines["render_command"].calls[-1][1]["video"] is True  # MP4
+    assert fake_engines["render_splat"].calls[-1][1]["video"] is True  # MP4
     assert run("render", p, "--gif").exit_code == 0
-    assert fake_engines["render_command"].calls[-1][1]["video"] == "gif"
+    assert fake_engines["render_splat"].calls[-1][1]["video"] == "gif"
 
     res = run("train", "--data", "synthetic", "--stage", "ff", "--steps", "3", "--out", tmp_path / "run",
               "--outliers", "0.25", "--lr", "0.001")
@@ -276,31 +312,33 @@ def test_refine_render_train_eval_synth_dispatch(tmp_path, fake_engines):
 
 def test_engine_errors_become_one_line(tmp_path, fake_engines):
     p = small_ply(tmp_path / "s.ply")
-    fake_engines["refine_command"].exc = NumericalError("energy became NaN at step 12")
+    fake_engines["refine_splat"].exc = NumericalError("energy became NaN at step 12")
     assert_one_line_error(run("refine", p), "NaN at step 12")
-    fake_engines["refine_command"].exc = UserError("image file not found", tmp_path / "a.png", "pass --images")
+    fake_engines["refine_splat"].exc = UserError("image file not found", tmp_path / "a.png", "pass --images")
     assert_one_line_error(run("refine", p), str(tmp_path / "a.png"), "--images")
     assert tree(tmp_path) == {"s.ply"}
 
 
-def test_not_built_engine(tmp_path, monkeypatch):
-    with pytest.raises(NotBuiltError, match="not built yet"):
-        cli._engine("x", "diff3r_cli.no_such_engine_module", "f")
-    with pytest.raises(NotBuiltError, match="not built yet"):
-        cli._engine("x", "diff3r_cli.errors", "no_such_function")
-    # a missing dependency *inside* an existing engine is a real error, not "not built"
-    (tmp_path / "broken_engine_a2.py").write_text("import no_such_dependency_a2\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    with pytest.raises(ModuleNotFoundError, match="no_such_dependency_a2"):
-        cli._engine("x", "broken_engine_a2", "f")
-
-
-def test_not_built_command_exits_2(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "diff3r_cli.pipeline", types.ModuleType("diff3r_cli.pipeline"))
+def test_results_are_presented_as_before(tmp_path, fake_engines):
+    """The typed results are printed as the key/value tables the dict-returning engines printed."""
     make_transforms(tmp_path / "scene", 2)
-    err = assert_one_line_error(run("reconstruct", tmp_path / "scene", "--out", tmp_path / "o.ply"), "not built yet")
-    assert "reconstruct_command" in err
-    assert not (tmp_path / "o.ply").exists()
+    res = CliRunner().invoke(app, ["reconstruct", str(tmp_path / "scene"), "--out", str(tmp_path / "x.ply")],
+                             env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    rows = [ln.rstrip().split(None, 1) for ln in res.stdout.strip().splitlines()]
+    assert rows == [["gaussians", "123"], ["views", "2 context (0,2), 1 interpolation, 2 extrapolation"],
+                    ["resolution", "64x48"], ["depth_range", "0.512..12.5 (scene)"], ["device", "cpu"],
+                    ["load_s", "0.12"], ["predict_s", "4.57"], ["refine_s", "0"], ["ply", "x.ply"],
+                    ["psnr_context", "21.23"], ["context_views", "0,2"], ["video", str(Path("r/path.mp4"))],
+                    ["renders", "r"], ["frames", "6"], ["total_s", "7.89"]]
+    p = small_ply(tmp_path / "s.ply")
+    res = CliRunner().invoke(app, ["refine", str(p)], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    rows = [ln.rstrip().split(None, 1) for ln in res.stdout.strip().splitlines()]
+    assert rows == [["steps_run", "7"], ["energy", "0.012346 -> 0.0045678"],
+                    ["context_psnr", "21.76 -> 31.76 dB"], ["time_s", "3.14"], ["ply", "s.refined.ply"]]
+    res = CliRunner().invoke(app, ["render", str(p)], env={"COLUMNS": "200"})
+    assert [ln.rstrip().split(None, 1) for ln in res.stdout.strip().splitlines()] == [["renders", "r"], ["frames", "3"]]
 
 
 # --- bad input -----------------------------------------------------------------------------
@@ -359,7 +397,6 @@ def test_bad_option_values(tmp_path, fake_engines):
     assert not any(e.calls for e in fake_engines.values())
 
 
-@needs_scene_io
 def test_corrupt_image_and_too_few_views(tmp_path):
     make_transforms(tmp_path / "scene", 3)
     (tmp_path / "scene" / "v1.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
@@ -373,13 +410,10 @@ def test_corrupt_image_and_too_few_views(tmp_path):
     assert_one_line_error(run("inspect", tmp_path / "one"), "transforms.json", "2")
 
 
-@needs_scene_io
 def test_reconstruct_fewer_than_two_views(tmp_path):
-    """End to end through the real pipeline; skipped while the pipeline is not built."""
+    """End to end through the real engine: the input is refused before any model loads."""
     make_transforms(tmp_path / "one", 1)
     res = run("reconstruct", tmp_path / "one", "--out", tmp_path / "o.ply", "--no-render")
-    if "not built yet" in res.stderr:
-        pytest.skip("diff3r_cli.pipeline not built yet")
     assert_one_line_error(res, "one")
     assert not (tmp_path / "o.ply").exists() and not (tmp_path / "o.json").exists()
 
@@ -435,8 +469,71 @@ def test_main_help_and_success_exit_0(tmp_path, capsys):
     assert ei.value.code == 0 and json.loads(capsys.readouterr().out)["num_gaussians"] == 10
 
 
-@needs_scene_io
 def test_reconstruct_refuses_a_ply_as_input(tmp_path, fake_engines):
     p = small_ply(tmp_path / "s.ply")
     assert_one_line_error(run("reconstruct", p, "--out", tmp_path / "o.ply"), str(p), "refine")
-    assert not fake_engines["reconstruct_command"].calls
+    assert not fake_engines["reconstruct_scene"].calls
+
+
+def test_openmp_policy_is_set_by_the_cli_entry_not_by_importing_the_package():
+    """Importing diff3r_cli (or its CLI package) changes nothing in the process; the CLI entry sets
+    OMP_WAIT_POLICY=PASSIVE before torch is imported, and a user's own value wins."""
+    code = ("import os, sys\n"
+            "import diff3r_cli, diff3r_cli.cli\n"
+            "print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)\n"
+            "seen = []\n"
+            "import builtins\n"
+            "real = builtins.__import__\n"
+            "def spy(name, *a, **k):\n"
+            "    if name == 'torch' and not seen:\n"
+            "        seen.append(os.environ.get('OMP_WAIT_POLICY'))\n"
+            "    return real(name, *a, **k)\n"
+            "builtins.__import__ = spy\n"
+            "try:\n"
+            "    diff3r_cli.cli.main(['--version'])\n"
+            "except SystemExit:\n"
+            "    pass\n"
+            "print(seen[0], os.environ.get('OMP_WAIT_POLICY'))\n")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert lines[0] == "None False"         # no side effect, no torch on import
+    assert lines[-1] == "PASSIVE PASSIVE"   # set before the first `import torch`
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert out.stdout.strip().splitlines()[-1] == "ACTIVE ACTIVE"
+
+
+def test_rich_progress_adapter_shows_steps_and_the_optimiser(capsys):
+    from diff3r_cli.cli.progress import RichProgress
+    from diff3r_cli.engines.progress import ProgressEvent as E
+
+    with RichProgress() as p:
+        p(E("begin", "load model"))
+        p(E("end", "load model"))
+        p(E("begin", "render views", 4))
+        p(E("advance", "render views", 4, 4))
+        p(E("end", "render views", 4))
+        p(E("optimize", "refine (adam)", 5))
+        for k in range(6):
+            p(E("iterate", n=k, energy=1.0 / (k + 1)))
+        p(E("optimized", "refine (adam)", 5))
+        p(E("begin", "write"))
+        p(E("end", "write"))
+    err = capsys.readouterr().err
+    assert "load model" in err and "render views" in err and "4/4" in err and "write" in err
+    assert "refine (adam)" in err and "5/5" in err and "E=0.16667" in err  # capped at the total
+    assert p.steps is None and p.opt is None  # every display closed
+
+    with pytest.raises(RuntimeError):
+        with RichProgress() as p:
+            p(E("begin", "predict"))
+            raise RuntimeError("boom")
+    assert "predict" not in capsys.readouterr().err  # an error leaves only its own one-line message
+    with pytest.raises(KeyboardInterrupt):
+        with RichProgress() as p:
+            p(E("optimize", "refine (lm)", 9))
+            p(E("iterate", n=3, energy=0.5))
+            raise KeyboardInterrupt
+    assert "3/9" in capsys.readouterr().err  # an interrupt keeps the bar: how far it got

@@ -124,22 +124,26 @@ def test_refine_interrupt_writes_best_iterate_marked_partial(tiny, tmp_path, mon
     res = runner.invoke(app, ["reconstruct", str(scene), "--out", str(out), "--model", str(model), "--no-render"])
     assert res.exit_code == 0, res.output
 
-    import diff3r_cli.pipeline as pl
+    from diff3r_cli.engines.refine import BestIterate
 
-    orig = pl._TTOProgress.__call__
+    orig = BestIterate.__call__
 
     def interrupt_at_step_3(self, rec):
         orig(self, rec)
         if rec["step"] == 3:
             raise KeyboardInterrupt  # what the SIGINT handler raises between two steps
 
-    monkeypatch.setattr(pl._TTOProgress, "__call__", interrupt_at_step_3)
+    monkeypatch.setattr(BestIterate, "__call__", interrupt_at_step_3)
     res = runner.invoke(app, ["refine", str(out), "--steps", "50"])
     assert res.exit_code == 130, res.output
-    assert "error: interrupted (SIGINT)" in res.stderr
+    err = res.stderr.strip().splitlines()
+    # the notice names the output and the step, then the one-line interrupt error comes last
+    assert err[-1] == "error: interrupted (SIGINT)", res.stderr
+    assert f"to {tmp_path / 's.refined.ply'} (marked partial in s.refined.json)" in err[-2], res.stderr
     refined = tmp_path / "s.refined.ply"
     doc = json.loads(refined.with_suffix(".json").read_text())
     assert doc["extras"]["partial"] is True and doc["extras"]["steps_done"] <= 3
+    assert f"(step {doc['extras']['steps_done']} of 50)" in err[-2]
     from diff3r_cli.ply import read_ply
 
     g0, _ = read_ply(out)
@@ -147,7 +151,7 @@ def test_refine_interrupt_writes_best_iterate_marked_partial(tiny, tmp_path, mon
     assert g1.num == g0.num and not torch.equal(g1.means, g0.means)  # a refined iterate, not θ0
     assert not [q for q in tmp_path.iterdir() if q.name.startswith(".")]
 
-    monkeypatch.setattr(pl._TTOProgress, "__call__", orig)
+    monkeypatch.setattr(BestIterate, "__call__", orig)
     res = runner.invoke(app, ["refine", str(out), "--steps", "2"])
     assert res.exit_code == 0, res.output
     assert json.loads(refined.with_suffix(".json").read_text())["extras"]["partial"] is False

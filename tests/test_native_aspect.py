@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from diff3r_cli.data.re10k import RE10KDataset, ViewSamplerConfig
+from diff3r_cli.data.re10k import RE10KDataset
 from diff3r_cli.data.synth import random_scene, render_frame
 from diff3r_cli.metrics import psnr
 from diff3r_cli.scene_io.images import native_size

@@ -10,11 +10,24 @@ from typer.testing import CliRunner
 
 from diff3r_cli.cli import app
 from diff3r_cli.data.synth import generate_dataset
+from diff3r_cli.metrics import psnr
 from diff3r_cli.ply import read_ply
 
 from conftest import tiny_model_and_scene
 
 runner = CliRunner()
+
+
+def rows(stdout: str) -> dict:
+    """A printed result table -> {key: value} (numbers as float)."""
+    out = {}
+    for line in stdout.strip().splitlines():
+        k, v = line.strip().split(None, 1)
+        try:
+            out[k] = float(v)
+        except ValueError:
+            out[k] = v
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +59,21 @@ def test_reconstruct_refine_render(tiny):
     info = read_video_info(renders / "path.mp4")  # decoded back by PyAV (FFmpeg)
     assert info == {"codec": "h264", "frames": 24, "width": 32, "height": 32}
 
+    # the reported context PSNR is that of the written renders against the written ground truth
+    # (up to the 8-bit rounding of the PNGs)
+    from diff3r_cli.scene_io.images import load_image
+
+    pngs = [(load_image(renders / f"context_{k:02d}.png"), load_image(renders / f"context_{k:02d}_gt.png"))
+            for k in (0, 2)]
+    from_pngs = sum(float(psnr(a, b)) for a, b in pngs) / 2
+    assert abs(rows(res.stdout)["psnr_context"] - from_pngs) < 0.1, (res.stdout, from_pngs)
+
     res = runner.invoke(app, ["refine", str(out), "--steps", "3"])
     assert res.exit_code == 0, res.output
+    # TTO lowers the energy and raises the context PSNR it reports
+    e0, e1 = (float(x) for x in rows(res.stdout)["energy"].split(" -> "))
+    p0, p1 = (float(x) for x in rows(res.stdout)["context_psnr"].removesuffix(" dB").split(" -> "))
+    assert e1 < e0 and p1 > p0, res.stdout
     refined = root / "out" / "s.refined.ply"
     g2, lam2 = read_ply(refined)
     assert torch.equal(lam2, lam)  # Λ travels unchanged
@@ -119,7 +145,7 @@ def test_split_unseen_between_and_near_vs_far():
     """Cameras on a line looking +z: context at x=0 and x=1. x=0.5 (between) and x=-0.5, 1.6
     (within 3/4 of the baseline) interpolate; x=3 (far) and a camera turned 90° extrapolate."""
     from diff3r_cli.cameras import Cameras
-    from diff3r_cli.pipeline import split_unseen
+    from diff3r_cli.engines.policy import split_unseen
 
     xs = [0.0, 1.0, 0.5, -0.5, 1.6, 3.0, 0.4]
     w2c = torch.eye(4, dtype=torch.float64).repeat(len(xs), 1, 1)
@@ -133,3 +159,73 @@ def test_split_unseen_between_and_near_vs_far():
     assert interp == [2, 3, 4] and extrap == [5, 6]
     interp, extrap = split_unseen(Cameras(K, w2c, 16, 16), [0, 1], max_interp=1)
     assert interp == [2] and extrap == [3, 4, 5, 6]
+
+
+def test_engines_are_quiet_library_calls_with_typed_results(tiny, tmp_path, capsys):
+    """reconstruct -> refine -> render called as functions: typed results, progress only through
+    the callback (nothing printed), and the events pair up as the displays expect."""
+    from diff3r_cli.engines.outputs import RenderFolder
+    from diff3r_cli.engines.reconstruct import ReconstructResult, reconstruct_scene
+    from diff3r_cli.engines.refine import RefineResult, refine_splat
+    from diff3r_cli.engines.render_path import render_splat
+
+    _, model, scene = tiny
+    events = []
+    r = reconstruct_scene(scene, tmp_path / "s.ply", model=str(model), refine_steps=2, frames=3, video="",
+                          progress=events.append)
+    assert isinstance(r, ReconstructResult) and isinstance(r.renders, RenderFolder)
+    assert (r.gaussians, r.context, r.interp, r.extrap) == (2 * 32 * 32, [0, 2], [1], [])
+    assert (r.width, r.height, r.renders.frames, r.renders.video) == (32, 32, 3, None)
+    assert set(r.renders.psnr) == {"context", "interp"} and r.renders.views == {"context": [0, 2], "interp": [1]}
+    assert 0 < r.near < r.far and r.total_s >= r.load_s + r.predict_s + r.refine_s
+    kinds = [e.kind for e in events]
+    assert kinds.count("begin") == kinds.count("end") and "advance" in kinds
+    opt = kinds.index("optimize")
+    assert kinds[opt + 1:opt + 5] == ["iterate"] * 3 + ["optimized"]
+    assert [e.n for e in events if e.kind == "iterate"] == [0, 1, 2]  # E at θ0, then after each step
+    labels = [e.label for e in events if e.kind == "begin"]
+    assert labels[:2] == ["read images", "load model"] and "render camera path" in labels
+
+    events.clear()
+    ref = refine_splat(tmp_path / "s.ply", steps=3, progress=events.append)
+    assert isinstance(ref, RefineResult) and ref.ply == tmp_path / "s.refined.ply" and ref.steps_run == 3
+    assert ref.energy[1] < ref.energy[0] and ref.context_psnr[1] > ref.context_psnr[0]
+    assert [e.kind for e in events] == ["optimize"] + ["iterate"] * 4 + ["optimized"]
+    folder = render_splat(ref.ply, tmp_path / "r", path="input", video="gif")
+    assert folder == RenderFolder(tmp_path / "r", frames=2, video=tmp_path / "r" / "path.gif")
+    cap = capsys.readouterr()
+    assert cap.out == "" and cap.err == ""  # engines never print
+
+
+def test_predict_gaussians_runs_in_eval_mode_without_grad_and_checks_finiteness():
+    from diff3r_cli.cameras import Cameras
+    from diff3r_cli.errors import NumericalError
+    from diff3r_cli.gaussians import Gaussians
+    from diff3r_cli.model.inference import Prediction, predict_gaussians
+
+    class Probe(torch.nn.Module):
+        """Records how it was called; returns Gaussians whose means are the near plane (or NaN)."""
+
+        def __init__(self, value: float = 0.0):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(()))
+            self.value, self.seen = value, None
+
+        def forward(self, images, K, w2c, near, far):
+            self.seen = (self.training, torch.is_grad_enabled(), images.shape, images.dtype, float(near), float(far))
+            n = 4
+            g = Gaussians(torch.full((n, 3), self.value) * self.w, torch.zeros(n, 3), torch.ones(n, 4), torch.zeros(n),
+                          torch.zeros(n, 1, 3))
+            return type("Out", (), {"gaussians": [g], "lam": [torch.ones(n, 5) * self.w]})()
+
+    cams = Cameras(torch.eye(3).repeat(2, 1, 1), torch.eye(4).repeat(2, 1, 1), 8, 6)
+    imgs = torch.rand(2, 6, 8, 3, dtype=torch.float64)
+    m = Probe(0.5).train()
+    pred = predict_gaussians(m, imgs, cams, 0.25, 9.0)
+    assert isinstance(pred, Prediction)
+    g, lam = pred
+    assert m.seen == (False, False, (1, 2, 6, 8, 3), torch.float32, 0.25, 9.0)
+    assert m.training  # the caller's mode is restored
+    assert not g.means.requires_grad and not lam.requires_grad and torch.equal(g.means, torch.full((4, 3), 0.5))
+    with pytest.raises(NumericalError, match="non-finite"):
+        predict_gaussians(Probe(float("nan")), imgs, cams, 0.25, 9.0)

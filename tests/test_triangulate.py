@@ -9,7 +9,7 @@ import torch
 
 from diff3r_cli.cameras import Cameras
 from diff3r_cli.data.synth import random_scene, render_frame
-from diff3r_cli.pipeline import choose_context, estimate_depth_range
+from diff3r_cli.engines.policy import choose_context, estimate_depth_range
 from diff3r_cli.scene_io.scene import Scene
 from diff3r_cli.scene_io.triangulate import triangulate_known_cameras
 
@@ -73,7 +73,7 @@ def test_no_matches_falls_back_to_look_at(two_views):
 
 @pytest.mark.skipif(not FOX.is_dir(), reason="shared fox data absent")
 def test_fox_depth_range_from_triangulation():
-    from diff3r_cli.pipeline import default_resolution
+    from diff3r_cli.engines.policy import default_resolution
     from diff3r_cli.scene_io import load_scene
     from diff3r_cli.scene_io.images import resize_scene
 

@@ -9,7 +9,6 @@ import time
 import urllib.request
 
 import numpy as np
-import pytest
 import torch
 
 from diff3r_cli.cameras import Cameras
@@ -120,6 +119,31 @@ def test_view_cli_rejects_bad_ply(tmp_path):
     bad.write_bytes(b"not a ply")
     res = CliRunner().invoke(app, ["view", str(bad)])
     assert res.exit_code == 2 and "x.ply" in res.output
+
+
+def test_view_cli_prints_the_url_then_serves_until_interrupted(tmp_path, monkeypatch):
+    """`diff3r view`: the URL line on stdout, the server stopped on Ctrl-C (exit 130, one line)."""
+    from typer.testing import CliRunner
+
+    import diff3r_cli.viewer as viewer
+    from diff3r_cli.cli import app
+
+    ply, _ = _scene(tmp_path)
+    served = []
+
+    def interrupted_at_once(server):
+        served.append(server)
+        server.stop()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(viewer, "serve_until_interrupted", interrupted_at_once)
+    port = _free_port()
+    res = CliRunner().invoke(app, ["view", str(ply), "--port", str(port)])
+    assert res.exit_code == 130, res.output
+    want = f"diff3r viewer for {ply}: open http://127.0.0.1:{port} in a browser (Ctrl-C stops it)"
+    assert want in res.stdout.splitlines(), res.stdout  # (viser prints its own banner too)
+    assert "anyone who can reach" not in res.stdout  # the warning is for non-loopback hosts only
+    assert res.stderr.strip() == "error: interrupted (SIGINT)" and len(served) == 1
 
 
 def test_capture_blur_matches_input_pixel_footprint():

@@ -10,7 +10,6 @@ Methods compared on the same held-out scenes, views and TTO budget (see `plan_ru
 
 from __future__ import annotations
 
-import json
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -55,7 +54,7 @@ def evaluate_main(data_root: Path, data: str = "re10k", model: str = "diff3r-sma
     Returns {"summary": [{method, steps, psnr, ssim, context_psnr, scenes}], "scenes": [per-scene rows], ...}.
     """
     from diff3r_cli.model.io import resolve_model_path
-    from diff3r_cli.pipeline import pick_device
+    from diff3r_cli.engines.policy import pick_device
 
     root = Path(data_root)
     index = root / "evaluation_index.json"
@@ -145,7 +144,7 @@ def depth_range_for(sample: dict, mode: str) -> tuple[float, float, str]:
     """near, far, source for one dataset sample (see evaluate_main's depth_range)."""
     near, far, src = float(sample["near"]), float(sample["far"]), sample.get("depth_range_from", "default")
     if mode == "auto" and src == "default":
-        from diff3r_cli.pipeline import _range_from_points
+        from diff3r_cli.engines.policy import range_from_points
         from diff3r_cli.scene_io.triangulate import triangulate_known_cameras
 
         # at the stored size where the dataset gives it: a 128-px crop holds few features
@@ -154,7 +153,7 @@ def depth_range_for(sample: dict, mode: str) -> tuple[float, float, str]:
         H, W = imgs.shape[1:3]
         cams = Cameras(sample[f"context_K{key}"].double(), sample["context_w2c"].double(), W, H)
         tri = triangulate_known_cameras(imgs, cams)
-        rng = _range_from_points(cams, tri["points3d"]) if tri["num_points"] >= 10 else None
+        rng = range_from_points(cams, tri["points3d"]) if tri["num_points"] >= 10 else None
         if rng is not None:
             return rng[0], rng[1], f"triangulated matches ({tri['num_points']} points at {W}x{H})"
     return near, far, "dataset depth maps" if src == "depth maps" else "dataset default"

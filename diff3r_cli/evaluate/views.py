@@ -20,6 +20,8 @@ import torch
 from diff3r_cli.cameras import Cameras
 from diff3r_cli.errors import NumericalError
 from diff3r_cli.gaussians import Gaussians
+from diff3r_cli.model.inference import predict_gaussians
+from diff3r_cli.render import render_images
 from diff3r_cli.metrics import SSIM_WINDOW, psnr, ssim
 
 Run = tuple[str, str, bool, int]  # (method, model key, use the predicted Λ, TTO steps)
@@ -69,13 +71,11 @@ class ViewScores:
 
 
 def predict(model: torch.nn.Module, views: EvalViews, device: torch.device) -> tuple[Gaussians, torch.Tensor]:
-    """θ0 and Λ (N,5) of one model from the context views, without gradients."""
-    dev = torch.device(device)
-    with torch.no_grad():
-        out = model(views.context_images.to(dev)[None], views.context_K.to(dev)[None],
-                    views.context_w2c.to(dev)[None], torch.tensor([views.near], device=dev),
-                    torch.tensor([views.far], device=dev))
-    return out.gaussians[0].detach(), out.lam[0].detach()
+    """θ0 and Λ (N,5) of one model from the context views, without gradients (the one prediction entry)."""
+    w, h = views.size
+    cams = Cameras(views.context_K, views.context_w2c, w, h)
+    g, lam = predict_gaussians(model, views.context_images, cams, views.near, views.far, device)
+    return g, lam
 
 
 def tto_states(g0: Gaussians, lam: Optional[torch.Tensor], cameras: Cameras, images: torch.Tensor,
@@ -99,16 +99,6 @@ def tto_states(g0: Gaussians, lam: Optional[torch.Tensor], cameras: Cameras, ima
     return states
 
 
-def render_clamped(g: Gaussians, cameras: Cameras, backend: str = "auto") -> torch.Tensor:
-    """(C,H,W,3) renders on the CPU, clamped to [0,1], a few cameras at a time."""
-    from diff3r_cli.render import render
-
-    cams = cameras.to(g.device, g.dtype)
-    with torch.no_grad():
-        return torch.cat([render(g, cams[i:i + RENDER_CHUNK], backend=backend).rgb.clamp(0, 1).cpu()
-                          for i in range(0, len(cams), RENDER_CHUNK)])
-
-
 def psnr_per_view(pred: torch.Tensor, gt: torch.Tensor) -> list[float]:
     """PSNR (dB) of each view of a (C,H,W,3) stack."""
     return [float(psnr(pred[i], gt[i])) for i in range(len(gt))]
@@ -117,12 +107,12 @@ def psnr_per_view(pred: torch.Tensor, gt: torch.Tensor) -> list[float]:
 def score(g: Gaussians, views: EvalViews, backend: str = "auto", context: bool = True) -> ViewScores:
     """Render the target views from g and score them (and the context views when ``context``)."""
     w, h = views.size
-    pred = render_clamped(g, Cameras(views.target_K, views.target_w2c, w, h), backend)
+    pred = render_images(g, Cameras(views.target_K, views.target_w2c, w, h), backend, chunk=RENDER_CHUNK)
     gt = views.target_images.float().cpu()
     ss = [float(ssim(pred[i], gt[i])) for i in range(len(gt))] if min(w, h) >= SSIM_WINDOW else []
     ctx = None
     if context:
-        ctx_pred = render_clamped(g, Cameras(views.context_K, views.context_w2c, w, h), backend)
+        ctx_pred = render_images(g, Cameras(views.context_K, views.context_w2c, w, h), backend, chunk=RENDER_CHUNK)
         ctx_psnr = psnr_per_view(ctx_pred, views.context_images.float().cpu())
         ctx = sum(ctx_psnr) / len(ctx_psnr)
     return ViewScores(psnr_per_view(pred, gt), ss, ctx, pred)
@@ -175,5 +165,5 @@ def evaluate_views(models: dict, runs: list[Run], ctx_images: torch.Tensor, ctx_
     return {k: None if v is None else v.means() for k, v in scores.items()}, failures
 
 
-__all__ = ["EvalViews", "ViewScores", "Run", "predict", "tto_states", "render_clamped", "psnr_per_view", "score",
+__all__ = ["EvalViews", "ViewScores", "Run", "predict", "tto_states", "psnr_per_view", "score",
            "score_runs", "evaluate_views"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
+from typing import Callable, Optional
 
 import torch
 
@@ -78,4 +79,19 @@ def render(gaussians, cameras, background=None, backend: str = "auto", **kw) -> 
     return render_gsplat(gaussians, cameras, background=background, **kw)
 
 
-__all__ = ["render", "RenderOutput", "resolve_backend", "BACKENDS", "ENV_BACKEND"]
+def render_images(gaussians, cameras, backend: str = "auto", chunk: int = 4,
+                  advance: Optional[Callable[[int], None]] = None) -> torch.Tensor:
+    """RGB images (C,H,W,3) on the CPU, clamped to [0,1], without autograd, ``chunk`` cameras at a
+    time (bounded memory on long camera paths); ``advance(n)`` after each chunk of n cameras."""
+    cams = cameras.to(gaussians.device, gaussians.dtype)
+    outs = []
+    with torch.no_grad():
+        for i in range(0, len(cams), chunk):
+            part = cams[i:i + chunk]
+            outs.append(render(gaussians, part, backend=backend).rgb.clamp(0, 1).cpu())
+            if advance is not None:
+                advance(len(part))
+    return torch.cat(outs)
+
+
+__all__ = ["render", "render_images", "RenderOutput", "resolve_backend", "BACKENDS", "ENV_BACKEND"]

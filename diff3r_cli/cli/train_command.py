@@ -1,0 +1,86 @@
+"""`diff3r train`: options -> diff3r_cli.train.train_main (the trainer owns its defaults)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from diff3r_cli.cli.checks import check_output_dir, require_exists
+from diff3r_cli.cli.guard import fail, guarded
+from diff3r_cli.cli.options import DataKind, Stage
+from diff3r_cli.cli.present import print_result
+
+
+@guarded
+def train(
+    data: Annotated[DataKind, typer.Option(help="Training data: RE10K-format chunks (re10k) or the "
+                                                "synthetic generator's output (synthetic).")] = DataKind.re10k,
+    data_root: Annotated[Optional[Path], typer.Option(help="Dataset root holding train/ and test/ "
+                                                           "(RE10K layout).")] = None,
+    stage: Annotated[Stage, typer.Option(help="ff: train the feed-forward predictor alone; diff3r: train "
+                                              "through the optimization layer (usually with --init).")] = Stage.diff3r,
+    steps: Annotated[int, typer.Option(min=1, help="Training steps.")] = 20000,
+    resolution: Annotated[int, typer.Option(min=16, help="Short side of the training images; each scene keeps "
+                                                         "its aspect ratio (batches grouped by size).")] = 256,
+    batch: Annotated[int, typer.Option(min=1, help="Scenes per step (per process under torchrun).")] = 4,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: checkpoints, logs.")] = Path("runs/train"),
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint in --out.")] = False,
+    init: Annotated[Optional[Path], typer.Option(help="Initial weights (e.g. a stage-ff checkpoint).")] = None,
+    outliers: Annotated[float, typer.Option(min=0.0, max=1.0, help="Probability of corrupting a context "
+                                                                   "view with outliers (targets stay clean).")] = 0.0,
+    model_size: Annotated[Optional[str], typer.Option(help="Predictor size: small or base. "
+                                                           "Default: the trainer's.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Learning rate. Default: the trainer's.")] = None,
+    inner_steps: Annotated[Optional[int], typer.Option(help="TTO steps inside the layer (stage diff3r). "
+                                                            "Default: the trainer's.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed. Default: the trainer's.")] = None,
+    lam_lr: Annotated[Optional[float], typer.Option(help="Learning rate of Λ's per-group log-scale. "
+                                                         "Default: the trainer's.")] = None,
+    ff_weight: Annotated[Optional[float], typer.Option(help="Stage diff3r: weight of the feed-forward loss on θ0 "
+                                                            "added to the loss on θ*. Default: the trainer's.")] = None,
+    pcg_max_iter: Annotated[Optional[int], typer.Option(help="Stage diff3r: PCG iteration cap of the IFT "
+                                                             "backward. Default: the trainer's.")] = None,
+    warmup: Annotated[Optional[int], typer.Option(help="Warm-up steps of the cosine schedule.")] = None,
+    ckpt_every: Annotated[Optional[int], typer.Option(help="Checkpoint every N steps (and on Ctrl-C).")] = None,
+    eval_every: Annotated[Optional[int], typer.Option(help="Evaluate target-view PSNR on the test split every "
+                                                           "N steps (0 = never).")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads per process (1 is fastest on a busy "
+                                                        "CPU).")] = None,
+    time_limit: Annotated[Optional[float], typer.Option(help="Stop with a checkpoint after this many seconds "
+                                                             "(resume later with --resume).")] = None,
+    view_sampler: Annotated[Optional[str], typer.Option(help="Context pairs: angle (15-30 deg apart with shared "
+                                                             "content, else by frame gap; real sequences) or gap "
+                                                             "(by frame gap). Default: angle for re10k, gap for "
+                                                             "synthetic.")] = None,
+) -> None:
+    """Train the predictor (multi-GPU: torchrun --nproc_per_node K -m diff3r_cli train ...).
+
+    Writes OUT/log.jsonl (metrics, time per step), OUT/ckpt-*.{safetensors,pt}, OUT/model.safetensors; Ctrl-C checkpoints, --resume continues exactly.
+    """
+    from diff3r_cli.train import train_main
+
+    if data_root is not None:
+        require_exists(data_root, "data root")
+    if init is not None:
+        require_exists(init, "--init checkpoint")
+    check_output_dir(out)
+    extra = {k: v for k, v in dict(model_size=model_size, lr=lr, inner_steps=inner_steps, seed=seed, lam_lr=lam_lr,
+                                   ff_weight=ff_weight, pcg_max_iter=pcg_max_iter, warmup=warmup,
+                                   ckpt_every=ckpt_every, eval_every=eval_every, threads=threads,
+                                   time_limit=time_limit, view_sampler=view_sampler).items()
+             if v is not None}  # let the trainer's own defaults stand
+    result = train_main(data=data.value, data_root=data_root, stage=stage.value, steps=steps, resolution=resolution,
+                        batch=batch, out=out, resume=resume, init=init, outliers=outliers, **extra)
+    print_result(result)
+    if isinstance(result, dict) and result.get("status") == "interrupted":
+        # the checkpoint is written; a script must still see that the run did not finish
+        import signal as _signal
+
+        signum = int(result.get("signal") or _signal.SIGINT)
+        fail(f"interrupted ({_signal.Signals(signum).name}) after the checkpoint at step {result.get('step')}; "
+             f"continue with --resume --out {out}", 128 + signum)
+
+
+__all__ = ["train"]
