@@ -7,38 +7,7 @@ import math
 import torch
 
 from diff3r_cli.cameras import Cameras
-from diff3r_cli.geometry import quat_to_rotmat
-
-
-def _rotmat_to_quat(R: torch.Tensor) -> torch.Tensor:
-    """(3,3) rotation -> unit quaternion w,x,y,z (Shepperd's method, float64)."""
-    R = R.to(torch.float64)
-    tr = R.trace()
-    if tr > 0:
-        s = math.sqrt(float(tr) + 1.0) * 2
-        q = [0.25 * s, (R[2, 1] - R[1, 2]) / s, (R[0, 2] - R[2, 0]) / s, (R[1, 0] - R[0, 1]) / s]
-    else:
-        i = int(torch.argmax(torch.diagonal(R)))
-        j, k = (i + 1) % 3, (i + 2) % 3
-        s = math.sqrt(float(1.0 + R[i, i] - R[j, j] - R[k, k])) * 2
-        q = [0.0] * 4
-        q[0] = (R[k, j] - R[j, k]) / s
-        q[1 + i] = 0.25 * s
-        q[1 + j] = (R[j, i] + R[i, j]) / s
-        q[1 + k] = (R[k, i] + R[i, k]) / s
-    q = torch.tensor([float(v) for v in q], dtype=torch.float64)
-    return q / q.norm()
-
-
-def _slerp(q0: torch.Tensor, q1: torch.Tensor, t: float) -> torch.Tensor:
-    d = float(torch.dot(q0, q1))
-    if d < 0:  # shortest arc
-        q1, d = -q1, -d
-    if d > 0.9995:
-        q = q0 + t * (q1 - q0)
-        return q / q.norm()
-    th = math.acos(d)
-    return (math.sin((1 - t) * th) * q0 + math.sin(t * th) * q1) / math.sin(th)
+from diff3r_cli.geometry import look_rotation, quat_slerp, quat_to_rotmat, rotmat_to_quat
 
 
 def interpolate_path(cameras: Cameras, frames: int) -> Cameras:
@@ -52,13 +21,13 @@ def interpolate_path(cameras: Cameras, frames: int) -> Cameras:
     if n == 1 or frames == 1:
         return Cameras(K[:1].repeat(frames, 1, 1), cameras.w2c[:1].to(torch.float64).repeat(frames, 1, 1),
                        cameras.width, cameras.height)
-    quats = [_rotmat_to_quat(c2w[i, :3, :3]) for i in range(n)]
+    quats = [rotmat_to_quat(c2w[i, :3, :3]) for i in range(n)]
     Ks, w2cs = [], []
     for f in range(frames):
         s = f / (frames - 1) * (n - 1)
         i = min(int(math.floor(s)), n - 2)
         t = s - i
-        R = quat_to_rotmat(_slerp(quats[i], quats[i + 1], t))
+        R = quat_to_rotmat(quat_slerp(quats[i], quats[i + 1], t))
         C = (1 - t) * c2w[i, :3, 3] + t * c2w[i + 1, :3, 3]
         m = torch.eye(4, dtype=torch.float64)
         m[:3, :3] = R
@@ -91,12 +60,9 @@ def orbit_path(cameras: Cameras, target: torch.Tensor, frames: int, radius_scale
         a = 2 * math.pi * f / frames
         C = center + radius * (math.cos(a) * right + math.sin(a) * down)
         z = target - C
-        z = z / z.norm()
-        x = torch.linalg.cross(-up_hint, z)
-        x = x / x.norm()
-        y = torch.linalg.cross(z, x)
         m = torch.eye(4, dtype=torch.float64)
-        m[:3, 0], m[:3, 1], m[:3, 2], m[:3, 3] = x, y, z, C
+        m[:3, :3] = look_rotation(z / z.norm(), up_hint)
+        m[:3, 3] = C
         w2cs.append(torch.linalg.inv(m))
     K = cameras.K.to(torch.float64).mean(0, keepdim=True).repeat(frames, 1, 1)
     return Cameras(K, torch.stack(w2cs), cameras.width, cameras.height)

@@ -33,7 +33,7 @@ def splat_arrays(g) -> dict[str, np.ndarray]:
 
     with torch.no_grad():
         q = g.quats.detach().to(torch.float64)
-        R = quat_to_rotmat(q / q.norm(dim=1, keepdim=True).clamp_min(1e-12))
+        R = quat_to_rotmat(q)  # normalises
         s = torch.exp(g.log_scales.detach().to(torch.float64))
         cov = (R * (s * s)[:, None, :]) @ R.transpose(1, 2)
         rgb = (0.5 + SH_C0 * g.sh[:, 0, :].detach().to(torch.float64)).clamp(0, 1)
@@ -80,9 +80,9 @@ def uncertainty_colours(lam_group: np.ndarray) -> np.ndarray:
 
 def _c2w_wxyz(c2w: np.ndarray) -> np.ndarray:
     """Rotation part of a camera-to-world matrix as a w,x,y,z quaternion."""
-    from diff3r_cli.camera_paths import _rotmat_to_quat
+    from diff3r_cli.geometry import rotmat_to_quat
 
-    return _rotmat_to_quat(torch.from_numpy(c2w[:3, :3])).numpy()
+    return rotmat_to_quat(torch.from_numpy(c2w[:3, :3]).to(torch.float64)).numpy()
 
 
 def _frustum_image(path: Path) -> Optional[np.ndarray]:
