@@ -296,7 +296,11 @@ def test_refine_render_train_eval_synth_dispatch(tmp_path, fake_engines):
     assert res.exit_code == 0, res.stderr
     (_, kw), = fake_engines["train_main"].calls
     assert kw["data"] == "synthetic" and kw["stage"] == "ff" and kw["steps"] == 3 and kw["outliers"] == 0.25
-    assert kw["lr"] == 0.001 and "seed" not in kw  # unset extras keep the trainer's defaults
+    from diff3r_cli.train.config import TrainConfig
+
+    # omitted options are the trainer's own defaults (one set, TrainConfig())
+    assert kw["lr"] == 0.001 and kw["seed"] == TrainConfig().seed and kw["inner_steps"] == TrainConfig().inner.steps
+    assert "warmup" not in kw and "view_sampler" not in kw  # derived by the trainer when omitted
 
     fake_engines["evaluate_main"].result = {"psnr": 20.5}
     res = run("eval", "--data-root", tmp_path, "--tto-steps", "0,10", "--json", tmp_path / "ev.json")

@@ -1,4 +1,4 @@
-"""`diff3r train`: options -> diff3r_cli.train.train_main (the trainer owns its defaults)."""
+"""`diff3r train`: options -> diff3r_cli.train.train_main; every default is `TrainConfig()`'s (one set)."""
 
 from __future__ import annotations
 
@@ -11,41 +11,41 @@ from diff3r_cli.cli.checks import check_output_dir, require_exists
 from diff3r_cli.cli.guard import fail, guarded
 from diff3r_cli.cli.options import DataKind, Stage
 from diff3r_cli.cli.present import print_result
+from diff3r_cli.train.config import TrainConfig
+
+_D = TrainConfig()  # the trainer's defaults, shown by --help and used when an option is omitted
 
 
 @guarded
 def train(
     data: Annotated[DataKind, typer.Option(help="Training data: RE10K-format chunks (re10k) or the "
-                                                "synthetic generator's output (synthetic).")] = DataKind.re10k,
+                                                "synthetic generator's output (synthetic).")] = DataKind(_D.data.kind),
     data_root: Annotated[Optional[Path], typer.Option(help="Dataset root holding train/ and test/ "
                                                            "(RE10K layout).")] = None,
     stage: Annotated[Stage, typer.Option(help="ff: train the feed-forward predictor alone; diff3r: train "
-                                              "through the optimization layer (usually with --init).")] = Stage.diff3r,
-    steps: Annotated[int, typer.Option(min=1, help="Training steps.")] = 20000,
+                                              "through the optimization layer (usually with --init).")] = Stage(_D.stage),
+    steps: Annotated[int, typer.Option(min=1, help="Training steps.")] = _D.schedule.steps,
     resolution: Annotated[int, typer.Option(min=16, help="Short side of the training images; each scene keeps "
-                                                         "its aspect ratio (batches grouped by size).")] = 256,
-    batch: Annotated[int, typer.Option(min=1, help="Scenes per step (per process under torchrun).")] = 4,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: checkpoints, logs.")] = Path("runs/train"),
+                                                         "its aspect ratio (batches grouped by size).")] = _D.data.resolution,
+    batch: Annotated[int, typer.Option(min=1, help="Scenes per step (per process under torchrun).")] = _D.data.batch,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: checkpoints, logs.")] = Path(_D.out),
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint in --out.")] = False,
     init: Annotated[Optional[Path], typer.Option(help="Initial weights (e.g. a stage-ff checkpoint).")] = None,
     outliers: Annotated[float, typer.Option(min=0.0, max=1.0, help="Probability of corrupting a context "
-                                                                   "view with outliers (targets stay clean).")] = 0.0,
-    model_size: Annotated[Optional[str], typer.Option(help="Predictor size: small or base. "
-                                                           "Default: the trainer's.")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Learning rate. Default: the trainer's.")] = None,
-    inner_steps: Annotated[Optional[int], typer.Option(help="TTO steps inside the layer (stage diff3r). "
-                                                            "Default: the trainer's.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Random seed. Default: the trainer's.")] = None,
-    lam_lr: Annotated[Optional[float], typer.Option(help="Learning rate of Λ's per-group log-scale. "
-                                                         "Default: the trainer's.")] = None,
-    ff_weight: Annotated[Optional[float], typer.Option(help="Stage diff3r: weight of the feed-forward loss on θ0 "
-                                                            "added to the loss on θ*. Default: the trainer's.")] = None,
-    pcg_max_iter: Annotated[Optional[int], typer.Option(help="Stage diff3r: PCG iteration cap of the IFT "
-                                                             "backward. Default: the trainer's.")] = None,
+                                                                   "view with outliers (targets stay clean).")] = _D.data.outliers,
+    model_size: Annotated[str, typer.Option(help="Predictor size: small or base.")] = _D.model.size,
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = _D.optim.lr,
+    inner_steps: Annotated[int, typer.Option(help="TTO steps inside the layer (stage diff3r).")] = _D.inner.steps,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = _D.seed,
+    lam_lr: Annotated[float, typer.Option(help="Learning rate of Λ's per-group log-scale.")] = _D.optim.lam_lr,
+    ff_weight: Annotated[float, typer.Option(help="Stage diff3r: weight of the feed-forward loss on θ0 "
+                                                   "added to the loss on θ*.")] = _D.loss.ff_weight,
+    pcg_max_iter: Annotated[int, typer.Option(help="Stage diff3r: PCG iteration cap of the IFT "
+                                                    "backward.")] = _D.inner.pcg_max_iter,
     warmup: Annotated[Optional[int], typer.Option(help="Warm-up steps of the cosine schedule.")] = None,
-    ckpt_every: Annotated[Optional[int], typer.Option(help="Checkpoint every N steps (and on Ctrl-C).")] = None,
-    eval_every: Annotated[Optional[int], typer.Option(help="Evaluate target-view PSNR on the test split every "
-                                                           "N steps (0 = never).")] = None,
+    ckpt_every: Annotated[int, typer.Option(help="Checkpoint every N steps (and on Ctrl-C).")] = _D.schedule.ckpt_every,
+    eval_every: Annotated[int, typer.Option(help="Evaluate target-view PSNR on the test split every "
+                                                  "N steps (0 = never).")] = _D.eval.every,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads per process (1 is fastest on a busy "
                                                         "CPU).")] = None,
     time_limit: Annotated[Optional[float], typer.Option(help="Stop with a checkpoint after this many seconds "
@@ -66,13 +66,13 @@ def train(
     if init is not None:
         require_exists(init, "--init checkpoint")
     check_output_dir(out)
-    extra = {k: v for k, v in dict(model_size=model_size, lr=lr, inner_steps=inner_steps, seed=seed, lam_lr=lam_lr,
-                                   ff_weight=ff_weight, pcg_max_iter=pcg_max_iter, warmup=warmup,
-                                   ckpt_every=ckpt_every, eval_every=eval_every, threads=threads,
-                                   time_limit=time_limit, view_sampler=view_sampler).items()
-             if v is not None}  # let the trainer's own defaults stand
+    extra = {k: v for k, v in dict(warmup=warmup, threads=threads, time_limit=time_limit,
+                                   view_sampler=view_sampler).items()
+             if v is not None}  # derived from other settings when omitted
     result = train_main(data=data.value, data_root=data_root, stage=stage.value, steps=steps, resolution=resolution,
-                        batch=batch, out=out, resume=resume, init=init, outliers=outliers, **extra)
+                        batch=batch, out=out, resume=resume, init=init, outliers=outliers, model_size=model_size,
+                        lr=lr, inner_steps=inner_steps, seed=seed, lam_lr=lam_lr, ff_weight=ff_weight,
+                        pcg_max_iter=pcg_max_iter, ckpt_every=ckpt_every, eval_every=eval_every, **extra)
     print_result(result)
     if isinstance(result, dict) and result.get("status") == "interrupted":
         # the checkpoint is written; a script must still see that the run did not finish

@@ -28,15 +28,26 @@ Determinism: data order is a function of (seed, epoch, position) and the positio
 of the checkpoint, so ``resume`` continues the run exactly (bit for bit on CPU).
 """
 
-from diff3r_cli.train.checkpoint import TrainState, find_checkpoint, load_state, save_checkpoint
-from diff3r_cli.train.config import TrainConfig
-from diff3r_cli.train.distributed import Dist, setup_distributed
-from diff3r_cli.train.evaluation import evaluate_predictor
-from diff3r_cli.train.main import train_main
-from diff3r_cli.train.signals import StopFlag
-from diff3r_cli.train.steps import Batch, StepResult, image_loss, train_step
-from diff3r_cli.train.stream import DataStream
+import importlib
+from typing import Any
 
-__all__ = ["train_main", "TrainConfig", "TrainState", "find_checkpoint", "load_state", "save_checkpoint", "Dist",
-           "setup_distributed", "evaluate_predictor", "StopFlag", "Batch", "StepResult", "image_loss", "train_step",
-           "DataStream"]
+# Names resolve on first use (PEP 562), so that reading the defaults (``train.config``, which
+# needs no torch) does not import torch: the CLI builds its options from them before the
+# OpenMP settings that must precede torch's import are in place.
+_EXPORTS = {
+    "train_main": "main", "TrainConfig": "config", "TrainState": "checkpoint", "find_checkpoint": "checkpoint",
+    "load_state": "checkpoint", "save_checkpoint": "checkpoint", "Dist": "distributed",
+    "setup_distributed": "distributed", "evaluate_predictor": "evaluation", "StopFlag": "signals",
+    "Batch": "steps", "StepResult": "steps", "image_loss": "steps", "train_step": "steps", "DataStream": "stream",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'diff3r_cli.train' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"diff3r_cli.train.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+__all__ = list(_EXPORTS)
