@@ -249,3 +249,30 @@ def test_resume_rule_keeps_the_runs_settings():
     assert TrainConfig.from_options(**cli.flat()) == cli
     with pytest.raises(TypeError, match="bogus"):
         TrainConfig.from_options(bogus=1)
+
+
+def test_context_weight_adds_the_context_views_loss():
+    # stage ff with context_weight w: loss = ℓ(targets) + w·ℓ(context views), written out by hand
+    from diff3r_cli.cameras import Cameras
+    from diff3r_cli.model.predictor import build_predictor
+    from diff3r_cli.render import render
+    from diff3r_cli.train import Batch, TrainConfig, train_step
+    from diff3r_cli.train.config import LossConfig
+    from diff3r_cli.train.steps import Timer
+
+    torch.manual_seed(0)
+    model = build_predictor("small", **TINY)
+    cpu = torch.device("cpu")
+    batch = Batch.from_collated(_step_batch(1, seed=3), cpu)
+    plain = train_step(model, batch, TrainConfig(stage="ff", loss=LossConfig(ssim_weight=0.0)), Timer(cpu))
+    model.zero_grad()
+    w = 0.7
+    with_ctx = train_step(model, batch, TrainConfig(stage="ff", loss=LossConfig(ssim_weight=0.0, context_weight=w)),
+                          Timer(cpu))
+    with torch.no_grad():
+        out = model(batch.context_images, batch.context_K, batch.context_w2c, batch.near, batch.far)
+        h, w_px = batch.context_images.shape[2:4]
+        pred = render(out.gaussians[0], Cameras(batch.context_K[0], batch.context_w2c[0], w_px, h)).rgb
+        ctx_mse = float(((pred - batch.context_images[0]) ** 2).mean())
+    assert ctx_mse > 1e-4
+    assert with_ctx.loss_sum == pytest.approx(plain.loss_sum + w * ctx_mse, rel=1e-5)

@@ -40,6 +40,9 @@ def train(
     lam_lr: Annotated[float, typer.Option(help="Learning rate of Λ's per-group log-scale.")] = _D.optim.lam_lr,
     ff_weight: Annotated[float, typer.Option(help="Stage diff3r: weight of the feed-forward loss on θ0 "
                                                    "added to the loss on θ*.")] = _D.loss.ff_weight,
+    context_weight: Annotated[float, typer.Option(help="Weight of the loss of θ0 on the context views "
+                                                       "themselves (a pixel-aligned predictor should reproduce "
+                                                       "its inputs).")] = _D.loss.context_weight,
     pcg_max_iter: Annotated[int, typer.Option(help="Stage diff3r: PCG iteration cap of the IFT "
                                                     "backward.")] = _D.inner.pcg_max_iter,
     warmup: Annotated[Optional[int], typer.Option(help="Warm-up steps of the cosine schedule.")] = None,
@@ -72,6 +75,7 @@ def train(
     result = train_main(data=data.value, data_root=data_root, stage=stage.value, steps=steps, resolution=resolution,
                         batch=batch, out=out, resume=resume, init=init, outliers=outliers, model_size=model_size,
                         lr=lr, inner_steps=inner_steps, seed=seed, lam_lr=lam_lr, ff_weight=ff_weight,
+                        context_weight=context_weight,
                         pcg_max_iter=pcg_max_iter, ckpt_every=ckpt_every, eval_every=eval_every, **extra)
     print_result(result)
     if isinstance(result, dict) and result.get("status") == "interrupted":

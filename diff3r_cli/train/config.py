@@ -75,10 +75,12 @@ class OptimConfig:
 
 @dataclass
 class LossConfig:
-    """ℓ = MSE + ssim_weight·(1 − SSIM); stage diff3r adds ff_weight·ℓ(θ0)."""
+    """ℓ = MSE + ssim_weight·(1 − SSIM); stage diff3r adds ff_weight·ℓ(θ0); both add
+    context_weight·ℓ(θ0 on the context views)."""
 
     ssim_weight: float = _opt(0.05, "ssim_weight", KEEP)
     ff_weight: float = _opt(0.0, "ff_weight", KEEP)
+    context_weight: float = _opt(0.0, "context_weight", KEEP, legacy=0.0)  # ℓ(θ0) on the context views too
 
 
 @dataclass
@@ -253,7 +255,7 @@ def saved_options(cfg: TrainConfig, data_root: Path, model_size: str, world_size
                 seed=cfg.seed, context_views=d.context_views, target_views=d.target_views, min_gap=d.min_gap,
                 max_gap=d.max_gap, view_sampler=d.view_sampler, ssim_weight=cfg.loss.ssim_weight,
                 ff_weight=cfg.loss.ff_weight, grad_clip=o.grad_clip, warmup=sched.warmup, world_size=world_size,
-                init=str(cfg.model.init) if cfg.model.init else None)
+                init=str(cfg.model.init) if cfg.model.init else None, context_weight=cfg.loss.context_weight)
 
 
 __all__ = ["TrainConfig", "DataConfig", "ModelConfig", "OptimConfig", "LossConfig", "InnerConfig", "ScheduleConfig",

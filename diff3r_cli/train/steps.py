@@ -129,9 +129,23 @@ def ff_step(model: torch.nn.Module, batch: Batch, cfg: TrainConfig, timer: Timer
         with timer("render"):
             pred = _render(out.gaussians[k], batch.target_cameras(k), cfg.runtime.render_backend)
         loss, m = image_loss(pred, batch.target_images[k], cfg.loss.ssim_weight)
-        losses.append(loss)
+        losses.append(loss + _context_loss(out.gaussians[k], batch, k, cfg, timer))
         result.mse.append(m.item())
     return _backward(model, losses, timer, result)
+
+
+def _context_loss(g0: Gaussians, batch: Batch, k: int, cfg: TrainConfig, timer: Timer) -> torch.Tensor | float:
+    """context_weight · ℓ(θ0) on the context views themselves (0 when the weight is 0).
+
+    A pixel-aligned predictor should reproduce its own inputs; with targets alone, Gaussians of
+    one context view placed at a wrong depth can cover another view's without any loss seeing it.
+    """
+    w = cfg.loss.context_weight
+    if w <= 0:
+        return 0.0
+    with timer("render"):
+        pred = _render(g0, batch.context_cameras(k), cfg.runtime.render_backend)
+    return w * image_loss(pred, batch.context_images[k], cfg.loss.ssim_weight)[0]
 
 
 def diff3r_step(model: torch.nn.Module, batch: Batch, cfg: TrainConfig, timer: Timer) -> StepResult:
@@ -176,7 +190,7 @@ def _diff3r_loss(g0: Gaussians, g_star: Gaussians, batch: Batch, k: int, cfg: Tr
             pred0 = _render(g0, cams, backend)
         loss0, m0 = image_loss(pred0, tgt, sw)
         result.mse0.append(m0.item())
-        return loss + alpha * loss0
+        return loss + alpha * loss0 + _context_loss(g0, batch, k, cfg, timer)
     with torch.no_grad(), timer("render"):  # still log θ0's PSNR, to see what the inner TTO adds
         pred0 = _render(g0.detach(), cams, backend)
     result.mse0.append(float(((pred0 - tgt) ** 2).mean()))
