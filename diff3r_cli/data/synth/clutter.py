@@ -126,7 +126,7 @@ def place_furniture(g: torch.Generator, objs: Objects, count: tuple[int, int]) -
             break
         c = objs.ahead(g, randint(g, 0, frames - 1), uniform(g, *objs.path.focus))
         kind = randint(g, 0, 2)
-        r = [uniform(g, 0.02, 0.06), uniform(g, 0.45, 0.9), uniform(g, 0.35, 0.8)][kind]
+        r = [uniform(g, 0.02, 0.06), uniform(g, 0.4, 0.75), uniform(g, 0.35, 0.8)][kind]
         if not objs.fits(c, r, min(objs.path.clear, 0.6)):  # thin things may stand closer than boxes
             continue
         n -= 1
@@ -148,10 +148,10 @@ def room_objects(g: torch.Generator, features: torch.Generator, lo: torch.Tensor
     objs = Objects(lo, hi, path)
     if path.anchor is not None:
         place_anchor(features, objs)
+    place_furniture(features, objs, config.furniture)  # before the crowd: large footprints fit less later
     place_objects(g, objs, config.objects)
     if path.clear > 0:  # an aerial camera flies above everything: nothing is between it and the floor
         place_occluders(features, objs, config.occluders)
-    place_furniture(features, objs, config.furniture)
     return objs
 
 

@@ -151,7 +151,7 @@ def random_scene(seed: int, frames: int = 40, width: int = 256, height: int = 25
     w2c[:, :3, :3] = rots.transpose(1, 2)
     w2c[:, :3, 3] = -(rots.transpose(1, 2) @ pos[:, :, None])[..., 0]
     return SynthScene(lo, hi, spheres_t, boxes_t, cyl_t, textures, lights, uniform(g, 0.25, 0.4), uniform(g, 2.5, 5.0),
-                      K, w2c, width, height, int(seed), meta={"path": path.kind},
+                      K, w2c, width, height, int(seed), meta={"path": path.kind, "anchor": path.anchor},
                       exposure=_exposure_drift(feature_generator(seed, 3), frames, config.exposure))
 
 
