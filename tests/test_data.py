@@ -15,8 +15,8 @@ from diff3r_cli.cameras import Cameras
 from diff3r_cli.data.outliers import OutlierConfig, corrupt_context
 from diff3r_cli.data.re10k import BadExampleWarning, RE10KDataset, collate
 from diff3r_cli.data.view_sampler import ViewSamplerConfig, sample_views
-from diff3r_cli.data.synth import (evaluation_entry, generate_dataset, intersect, noise_lattice, random_scene,
-                                   render_frame, value_noise)
+from diff3r_cli.data.synth import (CLASSIC, SynthConfig, evaluation_entry, generate_dataset, intersect, noise_lattice,
+                                   random_scene, render_frame, value_noise)
 from diff3r_cli.scene_io.re10k import decode_jpeg, example_to_cameras, read_chunk, write_chunk
 
 RES, FRAMES = 32, 10
@@ -28,9 +28,11 @@ RES, FRAMES = 32, 10
 def synth_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("synth")
     calls = []
+    # the classic (square) rooms: the reader tests below work out sizes and crops by hand;
+    # tests/test_synth.py covers the default generator's native-aspect frames
     generate_dataset(root, 6, frames=FRAMES, resolution=RES, seed=0, split="train", chunk_size=2,
-                     progress=lambda d, t: calls.append((d, t)))
-    generate_dataset(root, 3, frames=FRAMES, resolution=RES, seed=0, split="test", chunk_size=2)
+                     progress=lambda d, t: calls.append((d, t)), config=CLASSIC)
+    generate_dataset(root, 3, frames=FRAMES, resolution=RES, seed=0, split="test", chunk_size=2, config=CLASSIC)
     assert calls[-1] == (6, 6)
     return root
 
@@ -151,10 +153,15 @@ def _reprojection_agreement(scene, a: int, b: int, w2c_b: torch.Tensor) -> tuple
     return float((rel[ok] < 1e-3).double().mean()), int(ok.sum()), cdiff
 
 
-@pytest.mark.parametrize("seed", [0, 1, 3])
-def test_depth_reprojection_consistency(seed):
-    scene = random_scene(seed, 8, 48, 48)
-    frac, n, cdiff = _reprojection_agreement(scene, 0, 7, scene.w2c[7])
+NEW_STEADY = SynthConfig(exposure=0.0)  # the issue-13 scenes without the exposure drift (colours compared)
+
+
+# the new scenes: seed 4 classic path, 5 aerial, 6 orbit, 9 walk (frame 3: a walk leaves frame 0's view fast)
+@pytest.mark.parametrize("seed,config,other", [(0, None, 7), (1, None, 7), (3, None, 7), (4, NEW_STEADY, 7),
+                                               (5, NEW_STEADY, 7), (6, NEW_STEADY, 3), (9, NEW_STEADY, 3)])
+def test_depth_reprojection_consistency(seed, config, other):
+    scene = random_scene(seed, 8, 48, 40, config)
+    frac, n, cdiff = _reprojection_agreement(scene, 0, other, scene.w2c[other])
     assert n > 200
     assert frac > 0.995, (frac, n)
     assert cdiff < 0.04  # Lambert shading is view-independent: colours agree too
@@ -169,9 +176,10 @@ def test_depth_reprojection_consistency(seed):
     assert _reprojection_agreement(scene, 0, 7, bad)[0] < 0.5
 
 
-def test_intersections_against_ray_marching():
+@pytest.mark.parametrize("config", [CLASSIC, SynthConfig()])
+def test_intersections_against_ray_marching(config):
     """Hits lie on a surface boundary and the segment before them is free space (brute-force march)."""
-    scene = random_scene(2, 4, 16, 16)
+    scene = random_scene(2, 4, 16, 16, config)
     g = torch.Generator().manual_seed(0)
     origin = torch.linalg.inv(scene.w2c[0])[:3, 3]
     d = torch.randn(400, 3, generator=g, dtype=torch.float64)
@@ -202,17 +210,22 @@ def test_intersections_against_ray_marching():
     assert surf.min() >= 0 and surf.max() < 6 + len(scene.spheres) + len(scene.boxes) + len(scene.cylinders)
 
 
-def test_cameras_inside_room_and_outside_objects():
-    for seed in range(8):
-        scene = random_scene(seed, 20, 16, 16)
+@pytest.mark.parametrize("config", [CLASSIC, SynthConfig()])
+def test_cameras_inside_room_and_outside_objects(config):
+    for seed in range(8 if config is CLASSIC else 16):
+        scene = random_scene(seed, 20, 16, 16, config)
         c = torch.linalg.inv(scene.w2c)[:, :3, 3]
         assert ((c > scene.room_lo + 0.3) & (c < scene.room_hi - 0.3)).all()
         for s in scene.spheres:
             assert ((c - s[:3]).norm(dim=1) > s[3] + 0.3).all()
-        for b in list(scene.boxes):
-            assert ((c[:, [0, 2]] - b[[0, 2]]).norm(dim=1) > math.hypot(b[3], b[5]) + 0.3).all()
+        for b in list(scene.boxes):  # outside the box grown by 0.3 m (an aerial camera flies above them)
+            rel = c - b[:3]
+            cs, sn = math.cos(b[6]), math.sin(b[6])
+            local = torch.stack([cs * rel[:, 0] - sn * rel[:, 2], rel[:, 1], sn * rel[:, 0] + cs * rel[:, 2]], 1)
+            assert ((local.abs() - b[3:6]).max(dim=1).values > 0.3).all()
         for cl in scene.cylinders:
-            assert ((c[:, [0, 2]] - cl[:2]).norm(dim=1) > cl[2] + 0.3).all()
+            above = c[:, 1] > cl[4] + 0.3
+            assert (((c[:, [0, 2]] - cl[:2]).norm(dim=1) > cl[2] + 0.3) | above).all()
         # Motion is smooth: no frame-to-frame jump far above the average step.
         steps = (c[1:] - c[:-1]).norm(dim=1)
         assert steps.max() < 3 * steps.mean() + 1e-6
@@ -246,9 +259,10 @@ def test_value_noise_matches_bruteforce_trilinear():
     assert torch.allclose(value_noise(p, 1), ref, atol=1e-9)
 
 
-def test_screen_space_culling_is_exact():
+@pytest.mark.parametrize("config", [CLASSIC, SynthConfig()])
+def test_screen_space_culling_is_exact(config):
     """Per-object pixel culling changes the work, not the result."""
-    scene = random_scene(1, 3, 40, 32)
+    scene = random_scene(1, 3, 40, 32, config)
     for f in range(3):
         K, w2c = scene.K[f], scene.w2c[f]
         o = torch.linalg.inv(w2c)[:3, 3]

@@ -15,7 +15,7 @@ def _choices(name: str, *values: str) -> type[Enum]:
 Device = _choices("Device", "auto", "cpu", "cuda")
 Optimizer = _choices("Optimizer", "adam", "lm")
 PathKind = _choices("PathKind", "interpolate", "orbit", "input")
-DataKind = _choices("DataKind", "re10k", "synthetic")
+DataKind = _choices("DataKind", "re10k", "synthetic", "mix")
 Stage = _choices("Stage", "ff", "diff3r")
 Split = _choices("Split", "train", "test")
 # the renderer's own list, so a new backend appears in --backend without a second edit

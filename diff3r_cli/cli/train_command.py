@@ -18,10 +18,18 @@ _D = TrainConfig()  # the trainer's defaults, shown by --help and used when an o
 
 @guarded
 def train(
-    data: Annotated[DataKind, typer.Option(help="Training data: RE10K-format chunks (re10k) or the "
-                                                "synthetic generator's output (synthetic).")] = DataKind(_D.data.kind),
+    data: Annotated[DataKind, typer.Option(help="Training data: RE10K-format chunks (re10k), the "
+                                                "synthetic generator's output (synthetic), or both mixed "
+                                                "(mix: --data-root real, --synthetic-root synthetic).")]
+    = DataKind(_D.data.kind),
     data_root: Annotated[Optional[Path], typer.Option(help="Dataset root holding train/ and test/ "
-                                                           "(RE10K layout).")] = None,
+                                                           "(RE10K layout); with --data mix, the real one.")] = None,
+    synthetic_root: Annotated[Optional[Path], typer.Option(help="--data mix: the synthetic dataset root "
+                                                                "(default: a small set generated into the "
+                                                                "run folder).")] = None,
+    real_fraction: Annotated[float, typer.Option(min=0.0, max=1.0, help="--data mix: share of real examples "
+                                                                        "(each example drawn at random).")]
+    = _D.data.real_fraction,
     stage: Annotated[Stage, typer.Option(help="ff: train the feed-forward predictor alone; diff3r: train "
                                               "through the optimization layer (usually with --init).")] = Stage(_D.stage),
     steps: Annotated[int, typer.Option(min=1, help="Training steps.")] = _D.schedule.steps,
@@ -66,17 +74,20 @@ def train(
 
     if data_root is not None:
         require_exists(data_root, "data root")
+    if synthetic_root is not None:
+        require_exists(synthetic_root, "synthetic root")
     if init is not None:
         require_exists(init, "--init checkpoint")
     check_output_dir(out)
     extra = {k: v for k, v in dict(warmup=warmup, threads=threads, time_limit=time_limit,
-                                   view_sampler=view_sampler).items()
+                                   view_sampler=view_sampler, synthetic_root=synthetic_root).items()
              if v is not None}  # derived from other settings when omitted
     result = train_main(data=data.value, data_root=data_root, stage=stage.value, steps=steps, resolution=resolution,
                         batch=batch, out=out, resume=resume, init=init, outliers=outliers, model_size=model_size,
                         lr=lr, inner_steps=inner_steps, seed=seed, lam_lr=lam_lr, ff_weight=ff_weight,
                         context_weight=context_weight,
-                        pcg_max_iter=pcg_max_iter, ckpt_every=ckpt_every, eval_every=eval_every, **extra)
+                        pcg_max_iter=pcg_max_iter, ckpt_every=ckpt_every, eval_every=eval_every,
+                        real_fraction=real_fraction, **extra)
     print_result(result)
     if isinstance(result, dict) and result.get("status") == "interrupted":
         # the checkpoint is written; a script must still see that the run did not finish

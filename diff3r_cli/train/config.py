@@ -6,9 +6,10 @@ builds the tree from flat names; the defaults below are the only ones (the CLI r
 
 Resume rule (`TrainConfig.resumed`): a resumed run is the same experiment continued.
   KEEP  what defines the data stream, the objective and the schedule's shape (data, data_root
-        unless given, resolution, batch, seed, views, outliers, stage, loss weights, inner steps,
-        warm-up) comes from the saved options whatever the command line says;
-  FILL  data_root: the command line's when given (the data may have moved), else the saved one;
+        unless given, resolution, batch, seed, views, outliers, real_fraction, stage, loss weights,
+        inner steps, warm-up) comes from the saved options whatever the command line says;
+  FILL  data_root, synthetic_root: the command line's when given (the data may have moved), else
+        the saved one;
   all other fields (steps, which may extend the run, cadences, evaluation, device, threads, the
         inner optimizer, PCG cap, gradient clip) come from the command line. The optimizer's
         hyper-parameters (lr, lam_lr, weight decay) return with its saved state regardless.
@@ -24,8 +25,9 @@ from typing import Any, Optional, Union
 from diff3r_cli.errors import UserError
 
 STAGES = ("ff", "diff3r")
-DATA_KINDS = ("re10k", "synthetic")
+DATA_KINDS = ("re10k", "synthetic", "mix")
 VIEW_SAMPLERS = ("angle", "gap")
+AUTO_SYNTH_DIR = "synthetic_data"  # where a run without a synthetic root generates a small set
 KEEP = "keep"  # resume: the saved value wins
 FILL = "fill"  # resume: the command line's value wins, the saved one fills in when it gives none
 
@@ -42,8 +44,11 @@ def _opt(default: Any, flat: str, resume: Optional[str] = None, legacy: Any = No
 class DataConfig:
     """Where the examples come from and how each is drawn."""
 
-    kind: str = _opt("re10k", "data", KEEP)                    # "re10k" | "synthetic"
+    kind: str = _opt("re10k", "data", KEEP)                    # "re10k" | "synthetic" | "mix" (of the two)
     root: Union[str, Path, None] = _opt(None, "data_root", FILL)       # synthetic without a root: generated
+    # mix: root holds the real chunks, synthetic_root the generator's (None: generated into the run)
+    synthetic_root: Union[str, Path, None] = _opt(None, "synthetic_root", FILL)
+    real_fraction: float = _opt(0.5, "real_fraction", KEEP)   # mix: P(an example is real)
     resolution: int = _opt(256, "resolution", KEEP)           # short side; native aspect, batches by size
     batch: int = _opt(4, "batch", KEEP)                       # examples per step and process
     outliers: float = _opt(0.0, "outliers", KEEP)             # P(context views corrupted); targets clean
@@ -52,6 +57,7 @@ class DataConfig:
     min_gap: Optional[int] = _opt(None, "min_gap", KEEP)      # None: the view sampler's default
     max_gap: Optional[int] = _opt(None, "max_gap", KEEP)
     view_sampler: Optional[str] = _opt(None, "view_sampler", KEEP, legacy="gap")  # None: angle for re10k
+    # (for mix: angle on the real part, gap on the synthetic part)
 
 
 @dataclass
@@ -187,6 +193,9 @@ class TrainConfig:
                             f"resolution={d.resolution})", fix="use steps >= 1, batch >= 1, resolution >= 16")
         if not 0.0 <= d.outliers <= 1.0:
             raise UserError(f"--outliers must be a probability in [0, 1], got {d.outliers}", fix="e.g. --outliers 0.5")
+        if not 0.0 <= d.real_fraction <= 1.0:
+            raise UserError(f"--real-fraction must be a probability in [0, 1], got {d.real_fraction}",
+                            fix="e.g. --real-fraction 0.5")
         if d.context_views < 2:
             raise UserError("the predictor needs at least 2 context views", fix="use --context-views 2 or more")
 
@@ -196,18 +205,25 @@ class TrainConfig:
         from diff3r_cli.data.re10k import ViewSamplerConfig
 
         d, sched = self.data, self.schedule
-        sampler = d.view_sampler or ("angle" if d.kind == "re10k" else "gap")
-        if sampler not in VIEW_SAMPLERS:
+        sampler = d.view_sampler if d.kind == "mix" else default_sampler(d.kind, d.view_sampler)
+        if sampler is not None and sampler not in VIEW_SAMPLERS:
             raise UserError(f"unknown view sampler {sampler!r}", fix="use angle or gap")
         defaults = ViewSamplerConfig()
         data = replace(d, view_sampler=sampler, min_gap=defaults.min_gap if d.min_gap is None else d.min_gap,
                        max_gap=defaults.max_gap if d.max_gap is None else d.max_gap)
+        if d.kind == "mix" and not d.synthetic_root:
+            data = replace(data, synthetic_root=Path(self.out) / AUTO_SYNTH_DIR)
         warmup = sched.warmup if sched.warmup is not None else min(200, max(1, sched.steps // 20))
         tto = self.eval.tto_steps
         if tto is None:
             tto = self.inner.steps if self.stage == "diff3r" else 0
         return replace(self, data=data, schedule=replace(sched, warmup=warmup),
                        eval=replace(self.eval, tto_steps=tto))
+
+
+def default_sampler(kind: str, chosen: Optional[str] = None) -> str:
+    """The view sampler of a data kind: the chosen one, else angle for real sequences, gap for synthetic."""
+    return chosen or ("angle" if kind == "re10k" else "gap")
 
 
 def flat_fields() -> dict[str, tuple[str, ...]]:
@@ -255,9 +271,11 @@ def saved_options(cfg: TrainConfig, data_root: Path, model_size: str, world_size
                 seed=cfg.seed, context_views=d.context_views, target_views=d.target_views, min_gap=d.min_gap,
                 max_gap=d.max_gap, view_sampler=d.view_sampler, ssim_weight=cfg.loss.ssim_weight,
                 ff_weight=cfg.loss.ff_weight, grad_clip=o.grad_clip, warmup=sched.warmup, world_size=world_size,
-                init=str(cfg.model.init) if cfg.model.init else None, context_weight=cfg.loss.context_weight)
+                init=str(cfg.model.init) if cfg.model.init else None,
+                synthetic_root=str(d.synthetic_root) if d.synthetic_root else None, real_fraction=d.real_fraction,
+                context_weight=cfg.loss.context_weight)
 
 
 __all__ = ["TrainConfig", "DataConfig", "ModelConfig", "OptimConfig", "LossConfig", "InnerConfig", "ScheduleConfig",
            "EvalConfig", "LoggingConfig", "RuntimeConfig", "STAGES", "DATA_KINDS", "KEEP", "FILL", "flat_fields",
-           "saved_options"]
+           "saved_options", "default_sampler", "AUTO_SYNTH_DIR"]

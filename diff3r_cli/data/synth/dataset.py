@@ -10,6 +10,9 @@ from typing import Callable, Iterator
 
 import torch
 
+from diff3r_cli.data.synth.draw import frame_size
+from diff3r_cli.data.synth_config import SynthConfig
+from diff3r_cli.data.synth.photos import load_bank
 from diff3r_cli.data.synth.raycast import render_frame
 from diff3r_cli.data.synth.scene import random_scene
 from diff3r_cli.errors import UserError
@@ -31,9 +34,16 @@ def scene_seed(index: int, seed: int, split: str) -> int:
 
 
 def make_example(seed: int, frames: int, resolution: int, spp: int = 4, jpeg_quality: int = 92,
-                 save_depth: bool = True, device: torch.device | str = "cpu") -> dict:
-    """Render one scene into an RE10K example dict (plus `depths` float16 z-depth maps)."""
-    scene = random_scene(seed, frames, resolution, resolution)
+                 save_depth: bool = True, device: torch.device | str = "cpu",
+                 config: SynthConfig | None = None) -> dict:
+    """Render one scene into an RE10K example dict (plus `depths` float16 z-depth maps).
+
+    resolution: the frames' short side (the long side and the orientation are the scene's, see
+    `frame_size`). config: what to draw, default `SynthConfig()`.
+    """
+    config = SynthConfig() if config is None else config
+    width, height = frame_size(seed, resolution, config)
+    scene = random_scene(seed, frames, width, height, config)
     images, depths = [], []
     for f in range(frames):
         rgb, depth = render_frame(scene, f, spp, device=device)
@@ -41,7 +51,7 @@ def make_example(seed: int, frames: int, resolution: int, spp: int = 4, jpeg_qua
         depths.append(depth.to(torch.float16))
     ex = {"key": f"synth{seed:07d}", "url": f"synth://diff3r/{seed}",
           "timestamps": torch.arange(frames, dtype=torch.int64) * 33_333,
-          "cameras": cameras_to_rows(scene.K, scene.w2c, resolution, resolution),
+          "cameras": cameras_to_rows(scene.K, scene.w2c, width, height),
           "images": images}
     if save_depth:
         ex["depths"] = depths
@@ -74,11 +84,11 @@ def _chunk_complete(path: Path, keys: list[str], frames: int) -> bool:
 
 def _render_chunk(job: tuple) -> tuple[str, list[str], float]:
     """Render and write one chunk (runs in a worker process or inline). Returns name, keys, seconds."""
-    path, group, frames, resolution, spp, jpeg_quality, save_depth, threads, device = job
+    path, group, frames, resolution, spp, jpeg_quality, save_depth, threads, device, config = job
     if threads:
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    examples = [make_example(s, frames, resolution, spp, jpeg_quality, save_depth, device) for s in group]
+    examples = [make_example(s, frames, resolution, spp, jpeg_quality, save_depth, device, config) for s in group]
     write_chunk(path, examples)
     return path.name, [e["key"] for e in examples], time.perf_counter() - t0
 
@@ -180,6 +190,14 @@ def _run(jobs: list[tuple], workers: int, index: _Index) -> None:
             index.add_rendered(name, keys)
 
 
+def _photo_count(config: SynthConfig) -> int:
+    """How many train-split photos textures were cut from (0: procedural textures only)."""
+    if config.texture_root is None or config.photo_fraction <= 0:
+        return 0
+    bank = load_bank(config.texture_root)
+    return len(bank) if bank is not None else 0
+
+
 def _write_evaluation_index(out: Path, seeds: list[int], frames: int, eval_targets: int) -> None:
     """Merge the test scenes' fixed context/target frames into out/evaluation_index.json."""
     ev_path = out / "evaluation_index.json"
@@ -197,11 +215,13 @@ def generate_dataset(out: str | Path, scenes: int, frames: int = 24, resolution:
                      split: str = "train", spp: int = 4, chunk_size: int = 16, jpeg_quality: int = 92,
                      save_depth: bool = True, eval_targets: int = 3,
                      progress: Progress | bool | None = None, workers: int = 1,
-                     threads: int | None = 1, device: str = "cpu") -> dict:
+                     threads: int | None = 1, device: str = "cpu", config: SynthConfig | None = None) -> dict:
     """Write ``scenes`` synthetic scenes as RE10K chunks under ``out/<split>/``.
 
-    Defaults (128x128, 24 frames, 4 spp) are what fits 2,000 scenes in under an hour on a 2-core
-    CPU (benchmarks/synth.py); 256x256 x 40 frames is about 6x slower per scene.
+    resolution: the short side of the frames; each scene draws its aspect and orientation
+    (``config``, default `SynthConfig()`; `CLASSIC` gives the square rooms of before issue 13).
+    Defaults (short side 128, 24 frames, 4 spp) are sized for about 2,000 scenes in an hour or two
+    on a 2-core CPU (benchmarks/synth.py); 256 x 40 frames is about 6x slower per scene.
     Scene i uses seed ``scene_seed(i, seed, split)`` (test seeds are offset by 1e6). Chunk files
     are named after their first scene seed and are skipped if already complete, so a killed run
     resumes and disjoint seed ranges can be generated in parallel into one directory.
@@ -214,6 +234,7 @@ def generate_dataset(out: str | Path, scenes: int, frames: int = 24, resolution:
     (counts, seconds, scenes per minute of the rendered scenes).
     """
     _check_settings(out, scenes, frames, resolution, spp, chunk_size, workers, device)
+    config = SynthConfig() if config is None else config
     out = Path(out)
     split_dir = out / split
     _make_dir(split_dir)
@@ -223,7 +244,7 @@ def generate_dataset(out: str | Path, scenes: int, frames: int = 24, resolution:
     t0 = time.perf_counter()
     with _progress_callback(progress, split, scenes) as cb:
         index.progress = cb
-        settings = (frames, resolution, spp, jpeg_quality, save_depth, threads, device)
+        settings = (frames, resolution, spp, jpeg_quality, save_depth, threads, device, config)
         jobs = _plan(split_dir, seeds, chunk_size, settings, index)
         index.report()
         try:
@@ -237,6 +258,7 @@ def generate_dataset(out: str | Path, scenes: int, frames: int = 24, resolution:
     rendered = index.rendered
     return {"out": str(out), "split": split, "scenes": scenes, "rendered": rendered, "frames": frames,
             "resolution": resolution, "spp": spp, "workers": workers, "seconds": secs,
+            "texture_photos": _photo_count(config),
             "scenes_per_minute": (rendered / secs * 60) if rendered and secs > 0 else None}
 
 

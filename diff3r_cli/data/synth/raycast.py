@@ -11,7 +11,7 @@ import math
 import torch
 
 from diff3r_cli.data.synth.scene import SynthScene
-from diff3r_cli.data.synth.shading import shade
+from diff3r_cli.data.synth.shading import apply_exposure, shade
 from diff3r_cli.geometry import pixel_rays
 
 EPS = 1e-4
@@ -50,7 +50,7 @@ def render_frame(scene: SynthScene, frame: int, spp: int = 4, generator: torch.G
     t, surf, nrm = intersect(scene, origin, dirs, K, w2c)
     p = origin + t[:spp, ..., None] * dirs[:spp]
     col = shade(scene, p.reshape(-1, 3), nrm[:spp].reshape(-1, 3), surf[:spp].reshape(-1))
-    rgb = col.reshape(spp, H, W, 3).mean(0)
+    rgb = apply_exposure(col.reshape(spp, H, W, 3).mean(0), scene, frame)
     depth = t[spp]
     if return_surface:
         return rgb.float().cpu(), depth.float().cpu(), surf[spp].cpu().clone()

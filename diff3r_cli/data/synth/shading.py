@@ -57,10 +57,44 @@ def _palette_lerp(pal: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     return lo + (hi - lo) * u
 
 
-def shade_texture(tex: Texture, p: torch.Tensor) -> torch.Tensor:
-    """Albedo (M,3) of a texture at world points p (M,3)."""
+# Tri-planar projection: the patch plane for a surface whose normal is along x, y, z (texture frame):
+# (horizontal, downwards) coordinates, so photos on walls stand upright.
+_PLANES = ((2, 1), (0, 2), (0, 1))
+
+
+def _image_albedo(tex: Texture, p: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    """Albedo (M,3) of a photo patch mapped onto the surfaces at p with normals n.
+
+    The patch is projected along the normal's axis in the texture frame (blended by |n|^4 where
+    curved surfaces turn), mirror-repeated every ``tile`` metres: seamless, and a function of the
+    3D point and the geometry only, so every view sees the same colours.
+    """
+    dt, dev = p.dtype, p.device
+    rot = tex.rot.to(dev, dt)
+    q = (p @ rot.T) / tex.tile + tex.offset.to(dev, dt)
+    w = (n @ rot.T).abs() ** 4
+    w = w / w.sum(1, keepdim=True).clamp_min(1e-12)
+    img = tex.image.to(dev, dt)[None]
+    out = torch.zeros_like(p)
+    for axis, (a, b) in enumerate(_PLANES):
+        if float(w[:, axis].max()) < 1e-6:  # room faces and box faces use one plane only
+            continue
+        uv = torch.stack([q[:, a], q[:, b] if axis == 1 else -q[:, b]], 1)
+        uv = 1 - (1 - torch.remainder(uv, 2.0)).abs()  # mirror repeat in [0, 1]
+        col = torch.nn.functional.grid_sample(img, (uv * 2 - 1).view(1, 1, -1, 2), mode="bilinear",
+                                              padding_mode="border", align_corners=False)
+        out = out + w[:, axis:axis + 1] * col[0, :, 0].T
+    return out
+
+
+def shade_texture(tex: Texture, p: torch.Tensor, n: torch.Tensor | None = None) -> torch.Tensor:
+    """Albedo (M,3) of a texture at world points p (M,3); an image texture needs the normals n (M,3)."""
     dt = p.dtype
     dev = p.device
+    if tex.image is not None:
+        if n is None:
+            raise ValueError("an image texture needs the surface normals")
+        return _image_albedo(tex, p, n)
     pal = tex.palette.to(dev, dt)
     q = (p @ tex.rot.to(dev, dt).T) * tex.freq + tex.offset.to(dev, dt)
     if tex.kind == TEX_NOISE:
@@ -85,7 +119,7 @@ def shade(scene: SynthScene, p: torch.Tensor, n: torch.Tensor, surf: torch.Tenso
     albedo = torch.zeros_like(p)
     for s in torch.bincount(surf).nonzero()[:, 0].tolist():
         m = (surf == s).nonzero()[:, 0]
-        albedo[m] = shade_texture(scene.textures[s], p[m])
+        albedo[m] = shade_texture(scene.textures[s], p[m], n[m])
     light = torch.full((p.shape[0],), scene.ambient, dtype=dt, device=p.device)
     for L in scene.lights.to(p.device, dt):
         v = L[:3] - p
@@ -95,4 +129,12 @@ def shade(scene: SynthScene, p: torch.Tensor, n: torch.Tensor, surf: torch.Tenso
     return (albedo * light[:, None]).clamp(0, 1)
 
 
-__all__ = ["noise_lattice", "value_noise", "shade_texture", "shade", "NOISE_PERIOD"]
+def apply_exposure(rgb: torch.Tensor, scene: SynthScene, frame: int) -> torch.Tensor:
+    """A frame's exposure: gain, then gamma (the scene's per-frame drift; unchanged without one)."""
+    if scene.exposure is None:
+        return rgb
+    gain, gamma = (float(x) for x in scene.exposure[frame])
+    return (rgb * gain).clamp(0, 1) ** gamma
+
+
+__all__ = ["noise_lattice", "value_noise", "shade_texture", "shade", "apply_exposure", "NOISE_PERIOD"]
