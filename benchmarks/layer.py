@@ -214,6 +214,7 @@ def measure_example(ex: Example, solvers, threads=(1,), ref_stage_steps: int = 1
     t = time.perf_counter()
     conv, conv_info = converged_reference(e64, e64.theta0, lg, ex.lam, ref_stage_steps)
     conv_info["seconds"] = time.perf_counter() - t
+    print(f"  {ex.key}: converged reference {conv_info}", file=sys.stderr, flush=True)
     rows = []
     e_ag = energy64(ex, render_rgb_autograd)  # twice differentiable: the unrolled reference's E
     for solver in solvers:

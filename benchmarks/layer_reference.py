@@ -152,8 +152,11 @@ def ift_grads(energy: Energy, theta_star: torch.Tensor, loss_grad: LossGrad, lam
 # The converged point: Adam with a decaying learning-rate multiplier (large first, to cross
 # the flat directions of a small Λ; small last, to damp the oscillation a large rate leaves).
 CONVERGE_SCHEDULE = (10.0, 3.0, 1.0, 0.3, 0.1)
-REFERENCE_BACKWARD = BackwardConfig(hessian="exact", exact_hvp="fd", pcg_rtol=1e-6, pcg_max_iter=400,
-                                    fallback="zeros")
+# Solved to 1e-6 where PCG gets there; a solution is still used up to 0.1 relative residual
+# (reported): at the model's Λ the system is so poorly conditioned that 400 GN-PCG iterations
+# end near 0.03 on real 64² examples, and a zero vector is no reference.
+REFERENCE_BACKWARD = BackwardConfig(hessian="exact", exact_hvp="fd", pcg_rtol=1e-6, pcg_max_iter=600,
+                                    fallback="zeros", accept_rtol=0.1)
 
 
 def converged_point(energy: Energy, theta0: torch.Tensor, steps_per_stage: int = 150,
@@ -176,8 +179,8 @@ def converged_reference(energy: Energy, theta0: torch.Tensor, loss_grad: LossGra
     grads, solve = ift_grads(energy, theta_star, loss_grad, lam, REFERENCE_BACKWARD)
     if solve.fallback is not None:
         gn = BackwardConfig(pcg_rtol=REFERENCE_BACKWARD.pcg_rtol, pcg_max_iter=REFERENCE_BACKWARD.pcg_max_iter,
-                            fallback="zeros")
-        info["hessian"] = f"gn (the exact-Hessian solve ended {solve.pcg_status})"
+                            fallback="zeros", accept_rtol=REFERENCE_BACKWARD.accept_rtol)
+        info["hessian"] = f"gn (the exact-Hessian solve ended {solve.pcg_status} at {solve.pcg_residual:.2g})"
         grads, solve = ift_grads(energy, theta_star, loss_grad, lam, gn)
     info.update(pcg_iterations=solve.pcg_iterations, pcg_residual=solve.pcg_residual, pcg_status=solve.pcg_status,
                 fallback=solve.fallback)
