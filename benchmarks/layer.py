@@ -1,353 +1,353 @@
-"""Benchmark: the IFT optimisation layer vs plain autograd unrolling of K inner Adam steps.
+"""Benchmark: the inner problem of the optimisation layer at the model's own Λ (issue 13).
 
-For K in {5, 10, 20, 50, 100} inner Adam steps on 2-view pixel-aligned scenes (one Gaussian
-per context pixel, like a feed-forward predictor's output), side by side:
+For real training examples (the TRAIN split of ../shared/data/real through the trainer's
+dataset and view sampler, native aspect, short side --res) the bundled model predicts θ0
+and Λ; each inner solver then runs as a training step runs it (float32, the default render
+backend — the compiled CPU one —, ``optimization_layer_with_stats`` with the trainer's
+pcg_max_iter 50, outer loss = MSE on the target views, ``loss.backward()``), and we report:
 
-* peak memory (ru_maxrss of a fresh subprocess per configuration; also the increase over the
-  same process's footprint just before the layer call),
-* backward time of the IFT layer (PCG with Gauss-Newton products) vs autograd through the
-  unrolled Adam steps,
-* PCG iterations to 1e-3 relative residual with the Jacobi preconditioner vs plain CG,
-* cosine between the IFT and the unrolled gradients w.r.t. θ0 and Λ.
+* ratio: ‖∇E(θ_K)‖ / ‖∇E(θ0)‖ (the energy's own gradient, evaluated in float64),
+* cos ∂θ0, cos ∂Λ: cosine of the layer's IFT gradient to the reference gradient
+  (``layer_reference.py``): for Adam, reverse-mode through the same K steps ("unrolled");
+  for LM, the exact-Hessian IFT gradient at a converged θ* ("converged"); the columns
+  marked θ* compare every row with that converged reference,
+* s/step: seconds of the training step's layer work (inner solve + IFT backward) per
+  thread count; PCG its / misses: the IFT backward's PCG iterations and solves that did
+  not reach pcg_rtol.
 
-Usage:  python benchmarks/layer.py [--res 64 128] [--steps 5 10 20 50 100] [--threads 1]
-Writes benchmarks/results/layer.json (atomically) and prints a table. CPU, float64 by default
-(unrolled Adam differentiated in float32 overflows to NaN). "unrolled" renders through
-diff3r_cli.render.autograd_rgb.render_rgb_autograd (render()'s projection + binning,
-autograd compositing: twice differentiable); "ift" uses render() itself, "ift_autograd"
-the helper.
+Usage:  python benchmarks/layer.py [--res 64] [--examples 3] [--solvers adam lm:2,5 adam-lr4]
+        [--model PATH] [--threads 1 [2]] [--lam-scale 1.0] [--data ../shared/data/real]
+Writes benchmarks/results/layer.json atomically and prints the table (means over examples).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
-import resource
-import subprocess
 import sys
-import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
+for _p in (str(ROOT), str(ROOT / "benchmarks")):
+    if _p not in sys.path:  # run as a script from anywhere: this checkout's package first
+        sys.path.insert(0, _p)
+
+from diff3r_cli.cameras import Cameras  # noqa: E402
+from diff3r_cli.gaussians import Gaussians, rgb_to_sh_dc  # noqa: E402
+from diff3r_cli.optim.config import BackwardConfig  # noqa: E402
+from diff3r_cli.optim.energy import Energy  # noqa: E402
+from diff3r_cli.optim.implicit import optimization_layer_with_stats  # noqa: E402
+from diff3r_cli.optim.tto import adam_lr_vector, scene_extent  # noqa: E402
+from diff3r_cli.render import render  # noqa: E402
+from diff3r_cli.render.autograd_rgb import render_rgb_autograd  # noqa: E402
+from layer_reference import (adam_adjoint, adam_trace, compare, converged_reference,  # noqa: E402
+                             ift_grads, Grads)
+
 RESULTS = ROOT / "benchmarks" / "results" / "layer.json"
+DATA = ROOT.parent / "shared" / "data" / "real"
+# The trainer's layer settings (train.py: pcg_max_iter=50; BackwardConfig's pcg_rtol 1e-3).
+TRAIN_BACKWARD = {"pcg_max_iter": 50}
+GOAL_RATIO, GOAL_COS = 0.1, 0.9
 
 
-# --------------------------------------------------------------------------- scene
-def make_scene(res: int, seed: int = 0, dtype: str = "float64"):
-    """Pixel-aligned 2-view scene: ground truth, perturbed prediction θ0, weights Λ, target view."""
-    import torch
+@dataclass
+class Example:
+    """One scene: context cameras/images (the inner problem), targets (the outer loss), θ0, Λ."""
 
-    from diff3r_cli.cameras import Cameras
-    from diff3r_cli.gaussians import Gaussians, rgb_to_sh_dc
-    from diff3r_cli.render import render
+    key: str
+    cams: Cameras
+    images: torch.Tensor
+    tgt_cams: Cameras
+    tgt_images: torch.Tensor
+    g0: Gaussians
+    lam: torch.Tensor
 
-    dt = getattr(torch, dtype)
+
+@dataclass(frozen=True)
+class Solver:
+    """A row family: optimizer and its options (``optimize``'s keyword names), step counts."""
+
+    name: str
+    optimizer: str
+    steps: tuple
+    options: dict = field(default_factory=dict)
+
+
+SOLVERS = {s.name: s for s in (
+    Solver("adam", "adam", (10, 50, 100, 200)),
+    Solver("lm", "lm", (2, 3, 5, 10)),
+    # Better-conditioned candidates: Adam's 3DGS rates are tuned for Λ = 0 from a random
+    # start; at the model's small Λ the flat directions want larger steps.
+    Solver("adam-lr4", "adam", (50, 100), {"lr": 4.0}),
+    Solver("adam-lr10", "adam", (50, 100), {"lr": 10.0}),
+    # The trainer's backward (PCG ≤ 50 its) misses 1e-3 on every real example measured and
+    # returns the Jacobi fallback M⁻¹∇ℓ: the same inner solve with a backward run to convergence.
+    Solver("adam-lr4-bwd600", "adam", (50, 100), {"lr": 4.0, "pcg_max_iter": 600}),
+)}
+# adam-lr10 is left out of the default run: each unrolled reference step costs ~0.35 s at 64².
+DEFAULT_SOLVERS = ("adam", "lm", "adam-lr4")
+
+
+def parse_solvers(names) -> list[Solver]:
+    """``name`` or ``name:K1,K2`` (override the step counts) -> Solver records."""
+    out = []
+    for item in names:
+        name, _, ks = item.partition(":")
+        if name not in SOLVERS:
+            raise SystemExit(f"unknown solver {name!r} (use {', '.join(SOLVERS)})")
+        s = SOLVERS[name]
+        out.append(Solver(s.name, s.optimizer, tuple(int(k) for k in ks.split(",")), s.options) if ks else s)
+    return out
+
+
+# --------------------------------------------------------------------------- scenes
+def load_examples(root: Path, res: int, count: int, model_path: str, lam_scale: float = 1.0,
+                  num_target: int = 2, seed: int = 0) -> list[Example]:
+    """``count`` examples of the train split as ``diff3r train --data re10k`` samples them
+    (angle view sampler, native aspect, short side ``res``), θ0 and Λ from the model."""
+    from diff3r_cli.data.re10k import RE10KDataset, ViewSamplerConfig
+    from diff3r_cli.model.io import load_model
+
+    sampler = ViewSamplerConfig(num_context=2, num_target=num_target, mode="angle")
+    ds = RE10KDataset(root, "train", resolution=res, sampler=sampler, seed=seed, warn=False)
+    model = load_model(model_path).eval()
+    out = []
+    for s in ds:
+        with torch.no_grad():
+            pred = model(s["context_images"][None], s["context_K"][None], s["context_w2c"][None],
+                         s["near"][None], s["far"][None])
+        _, h, w, _ = s["context_images"].shape
+        out.append(Example(s["key"], Cameras(s["context_K"], s["context_w2c"], w, h), s["context_images"],
+                           Cameras(s["target_K"], s["target_w2c"], w, h), s["target_images"],
+                           pred.gaussians[0].detach(), pred.lam[0].detach() * lam_scale))
+        if len(out) == count:
+            break
+    return out
+
+
+def synthetic_example(res: int = 16, seed: int = 0, lam_pixels: float = 1.0) -> Example:
+    """A tiny pixel-aligned 2-view scene (wavy surface) with a perturbed θ0 and Λ·P ≈
+    ``lam_pixels`` in every group, float32 like the model's output: for the tests."""
     gen = torch.Generator().manual_seed(seed)
-    f = 1.0 * res
-    K = torch.tensor([[f, 0, res / 2], [0, f, res / 2], [0, 0, 1]], dtype=dt)
-
-    def cam_at(x: float) -> torch.Tensor:
-        w2c = torch.eye(4, dtype=dt)
-        w2c[0, 3] = -x
-        w2c[2, 3] = 2.0  # camera centre at (x, 0, -2), looking along +z
-        return w2c
-
-    baseline = 0.2
-    ctx = Cameras(K.expand(2, 3, 3).clone(), torch.stack([cam_at(-baseline / 2), cam_at(baseline / 2)]), res, res)
-    tgt = Cameras(K[None].clone(), cam_at(0.0)[None], res, res)
-    # One Gaussian per pixel of each context view, unprojected onto a wavy surface.
-    ys, xs = torch.meshgrid(torch.arange(res, dtype=dt) + 0.5, torch.arange(res, dtype=dt) + 0.5, indexing="ij")
-    means, scales = [], []
-    for v in range(2):
-        rx = (xs - res / 2) / f
-        ry = (ys - res / 2) / f
-        depth = 2.0 + 0.15 * torch.sin(3 * rx * 2 * math.pi) * torch.cos(2 * ry * 2 * math.pi)
-        pc = torch.stack([rx * depth, ry * depth, depth], -1).reshape(-1, 3)
-        c2w = torch.linalg.inv(ctx.w2c[v])
-        means.append(pc @ c2w[:3, :3].T + c2w[:3, 3])
-        scales.append((depth / f).reshape(-1, 1).expand(-1, 3) * 0.8)
-    means = torch.cat(means)
+    f = float(res)
+    K = torch.tensor([[f, 0, res / 2], [0, f, res / 2], [0, 0, 1]])
+    w2c = torch.eye(4).repeat(3, 1, 1)
+    w2c[:, 0, 3] = torch.tensor([0.1, -0.1, 0.0])
+    w2c[:, 2, 3] = 2.0
+    ctx, tgt = Cameras(K.repeat(2, 1, 1), w2c[:2], res, res), Cameras(K[None], w2c[2:], res, res)
+    ys, xs = torch.meshgrid(torch.arange(res) + 0.5, torch.arange(res) + 0.5, indexing="ij")
+    rx, ry = (xs - res / 2) / f, (ys - res / 2) / f
+    depth = 2.0 + 0.15 * torch.sin(6 * math.pi * rx) * torch.cos(4 * math.pi * ry)
+    pc = torch.stack([rx * depth, ry * depth, depth], -1).reshape(-1, 3)
+    means = torch.cat([pc @ torch.linalg.inv(w)[:3, :3].T + torch.linalg.inv(w)[:3, 3] for w in w2c[:2]])
     n = means.shape[0]
-    log_scales = torch.log(torch.cat(scales))
-    quats = torch.zeros(n, 4, dtype=dt)
-    quats[:, 0] = 1
-    opacity_logits = torch.full((n,), 1.5, dtype=dt)  # opacity ≈ 0.82
     colour = 0.5 + 0.35 * torch.stack([torch.sin(4 * means[:, 0] + 1), torch.sin(5 * means[:, 1]),
-                                        torch.cos(3 * (means[:, 0] + means[:, 1]))], -1)
-    gt = Gaussians(means, log_scales, quats, opacity_logits, rgb_to_sh_dc(colour)[:, None, :])
+                                        torch.cos(3 * means[:, 0] + 3 * means[:, 1])], -1)
+    gt = Gaussians(means, torch.log(0.8 * depth.reshape(-1, 1) / f).repeat(2, 3), torch.tensor([1.0, 0, 0, 0]).repeat(n, 1),
+                   torch.full((n,), 1.5), rgb_to_sh_dc(colour)[:, None, :])
     with torch.no_grad():
-        images = render(gt, ctx).rgb
-        tgt_img = render(gt, tgt).rgb
-    theta = gt.flatten()
-    noise = torch.randn(theta.shape, generator=gen, dtype=dt)
-    # Prediction error: position 2% of a pixel footprint·depth, others 0.1 in raw units.
-    sizes = gt.group_sizes()
-    scale = torch.cat([torch.full((n * s,), 0.01 if g == 0 else 0.1, dtype=dt) for g, s in enumerate(sizes)])
-    g0 = gt.unflatten(theta + scale * noise)
-    lam = 10 ** (torch.rand(n, 5, generator=gen, dtype=dt) * 3 - 3)  # Λ in [1e-3, 1]
-    return ctx, images, g0, lam, tgt, tgt_img
+        images, tgt_images = render(gt, ctx).rgb, render(gt, tgt).rgb
+    scale = torch.cat([torch.full((n * s,), 0.01 if gi == 0 else 0.1) for gi, s in enumerate(gt.group_sizes())])
+    g0 = gt.unflatten(gt.flatten() + scale * torch.randn(gt.flatten().shape, generator=gen))
+    lam = torch.full((n, 5), lam_pixels / images[..., 0].numel())
+    return Example(f"synthetic{res}", ctx, images, tgt, tgt_images, g0, lam)
 
 
-def outer_loss(g, tgt, tgt_img):
-    from diff3r_cli.render import render
-
-    r = render(g, tgt).rgb - tgt_img
+# --------------------------------------------------------------------------- measurements
+def outer_loss(g: Gaussians, ex: Example) -> torch.Tensor:
+    """The outer loss ℓ: MSE of the target views (train.py adds 0.05·(1−SSIM); the rhs only)."""
+    r = render(g, ex.tgt_cams).rgb - ex.tgt_images.to(g.dtype)
     return (r * r).mean()
 
 
-# --------------------------------------------------------------------------- worker
-_AUTOGRAD_RENDERER = None
+def loss_grad_fn(ex: Example, template: Gaussians):
+    """θ (flat, float64) -> ∇ℓ(θ)."""
+    def grad(theta: torch.Tensor) -> torch.Tensor:
+        with torch.enable_grad():
+            t = theta.detach().requires_grad_(True)
+            (out,) = torch.autograd.grad(outer_loss(template.unflatten(t), ex), t)
+        return out
+    return grad
 
 
-def _autograd_renderer():
-    """One RgbRenderer around render_rgb_autograd per process: render()'s projection and
-    binning with autograd compositing (twice differentiable, which unrolled differentiation
-    needs). Shared by the warm-up and the timed run, so its one-time Jv check (kept on the
-    renderer) stays out of the timings."""
-    global _AUTOGRAD_RENDERER
-    if _AUTOGRAD_RENDERER is None:
-        from diff3r_cli.optim.energy import RgbRenderer
-        from diff3r_cli.render.autograd_rgb import render_rgb_autograd
-
-        _AUTOGRAD_RENDERER = RgbRenderer(render_rgb_autograd)
-    return _AUTOGRAD_RENDERER
-
-def _warm_up(ctx, images, g0, lam, method: str) -> None:
-    """One-time costs out of the timings: torch's lazy imports on the first forward-mode AD
-    call (~3 s here) and the auto-jvp check, done on an 8-Gaussian copy of the scene."""
-    import torch
-
-    from diff3r_cli.optim.energy import Energy
-
-    small = g0[:8].detach()
-    render_fn = None if method == "ift" else _autograd_renderer()
-    e = Energy(small, small.flatten(), small.expand_groups(lam[:8]), ctx, images, render_fn=render_fn)
-    lin = e.linearize(small.flatten())
-    lin.gn_matvec(torch.ones_like(small.flatten()))
-    lin.release()
+def energy64(ex: Example, render_fn=None) -> Energy:
+    """E(θ; θ0, Λ) of the example in float64 (default backend, or ``render_fn``)."""
+    g = ex.g0.unflatten(ex.g0.flatten().double())
+    return Energy(g, g.flatten(), g.expand_groups(ex.lam.double()), ex.cams, ex.images.double(), render_fn=render_fn)
 
 
-
-def _maxrss_mb() -> float:
-    # Linux reports ru_maxrss in KiB.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def worker(res: int, steps: int, method: str, out: str, threads: int, pcg_compare: bool,
-           adam_eps: float = 1e-15, dtype: str = "float64") -> dict:
-    """One configuration: K Adam steps + outer loss on the target view + backward.
-
-    method "ift": optimization_layer (GN Hessian, PCG rtol 1e-3) rendering with render();
-    "ift_autograd": the same with the autograd-composited helper; "unrolled": the same Adam
-    kept in the autograd graph, rendering with the helper.
-    """
-    import torch
-
+def timed_layer(ex: Example, solver: Solver, steps: int, threads: int) -> tuple[dict, Grads, torch.Tensor]:
+    """One training step's layer work as train.py runs it; returns (record, IFT grads, θ_K)."""
     torch.set_num_threads(threads)
-    from diff3r_cli.optim.config import BackwardConfig
-    from diff3r_cli.optim.energy import Energy
-    from diff3r_cli.optim.implicit import ift_solve, optimization_layer_with_stats
-    from diff3r_cli.optim.tto import adam_lr_vector, adam_run, scene_extent
-
-    render_rgb_autograd = _autograd_renderer()
-
-    ctx, images, g0, lam, tgt, tgt_img = make_scene(res, dtype=dtype)
-    _warm_up(ctx, images, g0, lam, method)
-    theta0 = g0.flatten().detach().requires_grad_(True)
-    lam_ = lam.clone().requires_grad_(True)
-    base_rss = _maxrss_mb()
-    rec: dict = {"res": res, "steps": steps, "method": method, "gaussians": g0.num, "params": theta0.numel(),
-                 "threads": threads, "dtype": dtype}
+    theta0 = ex.g0.flatten().detach().clone().requires_grad_(True)
+    lam = ex.lam.detach().clone().requires_grad_(True)
     t0 = time.perf_counter()
-    if method in ("ift", "ift_autograd"):
-        render_fn = render_rgb_autograd if method == "ift_autograd" else None
-        gs, stats = optimization_layer_with_stats(g0.unflatten(theta0), lam_, ctx, images, steps, "adam", hessian="gn",
-                                                  pcg_rtol=1e-3, pcg_max_iter=200, adam_eps=adam_eps,
-                                                  render_fn=render_fn)
-        loss = outer_loss(gs, tgt, tgt_img)
-        t1 = time.perf_counter()
-        loss.backward()
-        t2 = time.perf_counter()
-        solve = stats.backward.solve
-        rec.update(pcg_iterations=solve.pcg_iterations, pcg_residual=solve.pcg_residual, fallback=solve.fallback)
-    else:
-        g0d = g0.detach()
-        energy = Energy(g0d, theta0.detach(), g0d.expand_groups(lam_.detach()), ctx, images,
-                        render_fn=render_rgb_autograd)
-        # Unrolled: the same Adam, every step in the autograd graph (Λ enters through the
-        # proximal term, so rebuild that term with the differentiable Λ and θ0).
-        lam_flat = g0d.expand_groups(lam_)
-
-        class _DiffEnergy:
-            num_pixels = energy.num_pixels
-
-            def value_and_grad(self, x, create_graph=False):
-                from diff3r_cli.optim.energy import EnergyTerms
-
-                r = energy.residual(x)
-                photo = 0.5 * (r * r).sum() / energy.num_pixels
-                d = x - theta0
-                prox = 0.5 * (lam_flat * d * d).sum()
-                e = photo + prox
-                (grad,) = torch.autograd.grad(e, x, create_graph=True)
-                return EnergyTerms(float(e.detach()), float(photo.detach()), float(prox.detach())), grad
-
-        lr_vec = adam_lr_vector(g0d, scene_extent(g0d, ctx))
-        x, _ = adam_run(_DiffEnergy(), theta0, steps, lr_vec, create_graph=True, eps=adam_eps)
-        loss = outer_loss(g0d.unflatten(x), tgt, tgt_img)
-        t1 = time.perf_counter()
-        loss.backward()
-        t2 = time.perf_counter()
-    rec.update(forward_s=t1 - t0, backward_s=t2 - t1, loss=float(loss.detach()), peak_rss_mb=_maxrss_mb(),
-               peak_increase_mb=_maxrss_mb() - base_rss)
-    torch.save({"theta0": theta0.grad.detach().clone(), "lam": lam_.grad.detach().clone()}, out)
-    if pcg_compare and method in ("ift", "ift_autograd"):
-        # PCG iterations to 1e-3 at θ* (the same system the backward solved), Jacobi vs plain CG.
-        g0d = g0.detach()
-        energy = Energy(g0d, g0d.flatten(), g0d.expand_groups(lam.detach()), ctx, images)
-        theta_star = gs.flatten().detach()
-        t = theta_star.clone().requires_grad_(True)
-        (rhs,) = torch.autograd.grad(outer_loss(g0d.unflatten(t), tgt, tgt_img), t)
-        for pre in ("jacobi", "none"):
-            _, info = ift_solve(energy, theta_star, rhs, BackwardConfig(pcg_rtol=1e-3, pcg_max_iter=1000,
-                                                                        preconditioner=pre))
-            rec[f"pcg_{pre}_iterations"] = info.pcg_iterations
-            rec[f"pcg_{pre}_converged"] = info.pcg_converged
-    return rec
+    gs, stats = optimization_layer_with_stats(ex.g0.unflatten(theta0), lam, ex.cams, ex.images, steps,
+                                              solver.optimizer, **{**TRAIN_BACKWARD, **solver.options})
+    loss = outer_loss(gs, ex)
+    t1 = time.perf_counter()
+    loss.backward()
+    t2 = time.perf_counter()
+    solve = stats.backward.solve
+    hist = stats.forward.history
+    rec = {"forward_s": t1 - t0, "backward_s": t2 - t1, "step_s": t2 - t0, "pcg_iterations": solve.pcg_iterations,
+           "pcg_residual": solve.pcg_residual, "pcg_miss": int(solve.pcg_miss), "fallback": solve.fallback,
+           "nonfinite_grad": stats.backward.nonfinite_grad,
+           "inner_pcg_iterations": sum(h.get("pcg_iterations", 0) for h in hist)}
+    return rec, Grads(theta0.grad.detach(), lam.grad.detach()), gs.flatten().detach()
 
 
-# --------------------------------------------------------------------------- driver
-def _run_worker(res: int, steps: int, method: str, threads: int, pcg_compare: bool, tmp: str, timeout: float,
-                adam_eps: float, dtype: str) -> dict:
-    out = os.path.join(tmp, f"{method}_{res}_{steps}.pt")
-    cmd = [sys.executable, __file__, "--worker", "--res", str(res), "--steps", str(steps), "--method", method,
-           "--out", out, "--threads", str(threads), "--adam-eps", repr(adam_eps), "--dtype", dtype] + \
-        (["--pcg-compare"] if pcg_compare else [])
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        return {"res": res, "steps": steps, "method": method, "error": f"timeout after {timeout:.0f} s"}
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        return {"res": res, "steps": steps, "method": method, "error": " | ".join(tail)}
-    rec = json.loads(proc.stdout.strip().splitlines()[-1])
-    rec["grad_file"] = out
-    return rec
+def warm_up(ex: Example, threads) -> None:
+    """Keep one-time costs (extension load, the Jv-mode check) out of the timings."""
+    for th in threads:
+        for opt in ("adam", "lm"):
+            timed_layer(ex, Solver("warm", opt, (1,)), 1, th)
 
 
-def _cos(a, b) -> float:
-    a, b = a.reshape(-1).double(), b.reshape(-1).double()
-    return float(a @ b / (a.norm() * b.norm()).clamp_min(1e-300))
+def measure_example(ex: Example, solvers, threads=(1,), ref_stage_steps: int = 150) -> tuple[list[dict], dict]:
+    """Rows (one per solver and K) for one example, and the converged reference's info."""
+    e64 = energy64(ex)
+    lg = loss_grad_fn(ex, e64.template)
+    g0_norm = float(e64.value_and_grad(e64.theta0)[1].norm())
+    warm_up(ex, threads)
+    t = time.perf_counter()
+    conv, conv_info = converged_reference(e64, e64.theta0, lg, ex.lam, ref_stage_steps)
+    conv_info["seconds"] = time.perf_counter() - t
+    print(f"  {ex.key}: converged reference {conv_info}", file=sys.stderr, flush=True)
+    rows = []
+    e_ag = energy64(ex, render_rgb_autograd)  # twice differentiable: the unrolled reference's E
+    for solver in solvers:
+        trace = None
+        if solver.optimizer == "adam":
+            lr = adam_lr_vector(e64.template, scene_extent(e64.template, e64.cameras), solver.options.get("lr"))
+            trace = adam_trace(e_ag, e_ag.theta0, max(solver.steps), lr)
+        for k in solver.steps:
+            rec = {"key": ex.key, "solver": solver.name, "steps": k}
+            for i, th in enumerate(threads):
+                r, grads, theta_k = timed_layer(ex, solver, k, th)
+                if i == 0:
+                    rec.update(r)
+                    ift = grads
+                rec[f"step_s_t{th}"] = r["step_s"]
+            rec["ratio"] = float(e64.value_and_grad(theta_k.double())[1].norm()) / g0_norm
+            rec.update(compare(ift, conv, ex.lam, "conv_"))
+            if trace is not None:
+                ref = adam_adjoint(e_ag, trace, k, lg, ex.lam)
+                rec.update(compare(ift, ref, ex.lam), reference="unrolled")
+                # The same IFT in float64 at the reference's own θ_K: float32 and trajectory effects apart.
+                ift64, _ = ift_grads(e_ag, trace.xs[k], lg, ex.lam, BackwardConfig(**TRAIN_BACKWARD))
+                rec.update(compare(ift64, ref, ex.lam, "f64_"))
+            else:
+                rec.update({key[5:]: v for key, v in rec.items() if key.startswith("conv_cos")}, reference="converged")
+            rows.append(rec)
+            print(f"  {ex.key:24s} {solver.name:10s} K={k:<4d} ratio {rec['ratio']:.3f} cos θ0 {rec['cos_theta0']:.3f}"
+                  f" Λ {rec['cos_lam']:.3f}  {rec['step_s']:.2f} s", file=sys.stderr, flush=True)
+        del trace
+    return rows, conv_info
+
+
+# --------------------------------------------------------------------------- report
+MEAN_KEYS = ("ratio", "cos_theta0", "cos_lam", "cos_loglam", "conv_cos_theta0", "conv_cos_lam", "conv_cos_loglam",
+             "f64_cos_theta0", "f64_cos_lam", "forward_s", "backward_s", "step_s", "pcg_iterations",
+             "inner_pcg_iterations")
+
+
+def aggregate(per_example: list[dict], threads) -> list[dict]:
+    """Means over examples per (solver, K); worst cosines and ratio; PCG misses summed."""
+    rows: dict = {}
+    for r in per_example:
+        rows.setdefault((r["solver"], r["steps"]), []).append(r)
+    out = []
+    for (solver, k), rs in rows.items():
+        agg = {"solver": solver, "steps": k, "reference": rs[0]["reference"], "examples": len(rs),
+               "pcg_misses": sum(r["pcg_miss"] for r in rs), "fallbacks": sum(bool(r["fallback"]) for r in rs)}
+        for key in MEAN_KEYS + tuple(f"step_s_t{t}" for t in threads):
+            vals = [r[key] for r in rs if r.get(key) is not None]
+            if vals:
+                agg[key] = sum(vals) / len(vals)
+        agg["worst_ratio"] = max(r["ratio"] for r in rs)
+        agg["worst_cos"] = min(min(r["cos_theta0"], r["cos_lam"]) for r in rs)
+        agg["meets_goal"] = (agg["ratio"] <= GOAL_RATIO and agg["cos_theta0"] >= GOAL_COS
+                             and agg["cos_lam"] >= GOAL_COS)
+        out.append(agg)
+    return out
+
+
+def recommend(rows: list[dict]) -> dict:
+    """The cheapest row meeting ratio ≤ 0.1 and both cosines ≥ 0.9, else the closest one."""
+    ok = [r for r in rows if r["meets_goal"]]
+    if ok:
+        best = min(ok, key=lambda r: r["step_s"])
+        return {"solver": best["solver"], "steps": best["steps"], "meets_goal": True, "step_s": best["step_s"]}
+
+    def shortfall(r):  # how far from the goal, in the goal's own terms
+        return (max(0.0, math.log10(r["ratio"] / GOAL_RATIO)) + max(0.0, GOAL_COS - r["cos_theta0"])
+                + max(0.0, GOAL_COS - r["cos_lam"]))
+    best = min(rows, key=shortfall)
+    return {"solver": best["solver"], "steps": best["steps"], "meets_goal": False, "step_s": best["step_s"]}
+
+
+def format_table(rows: list[dict], threads) -> str:
+    """The README table (markdown)."""
+    t_hdr = " | ".join(f"s/step ({t} thr)" for t in threads)
+    lines = [f"| solver | K | ratio | cos ∂θ0 | cos ∂Λ | cos ∂logΛ | reference | θ* cos ∂θ0 | θ* cos ∂Λ | {t_hdr} "
+             "| PCG its | misses | fallbacks |",
+             "|---" * (12 + len(threads)) + "|"]
+    for r in rows:
+        times = " | ".join(f"{r.get(f'step_s_t{t}', float('nan')):.2f}" for t in threads)
+        lines.append(f"| {r['solver']} | {r['steps']} | {r['ratio']:.3f} | {r['cos_theta0']:.3f} | {r['cos_lam']:.3f} "
+                     f"| {r['cos_loglam']:.3f} | {r['reference']} | {r['conv_cos_theta0']:.3f} "
+                     f"| {r['conv_cos_lam']:.3f} | {times} | {r['pcg_iterations']:.1f} | {r['pcg_misses']} | {r['fallbacks']} |")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--res", type=int, nargs="+", default=[64])
-    ap.add_argument("--steps", type=int, nargs="+", default=[5, 10, 20, 50, 100])
-    ap.add_argument("--methods", nargs="+", default=["ift", "ift_autograd", "unrolled"])
-    ap.add_argument("--pcg-method", default="ift_autograd", help="which IFT run also compares Jacobi PCG vs CG")
-    ap.add_argument("--max-unrolled-gb", type=float, default=8.0,
-                    help="skip unrolled runs whose memory, extrapolated from smaller K, would exceed this")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--dtype", default="float64", choices=["float32", "float64"],
-                    help="float64 by default: differentiating unrolled Adam in float32 overflows (1/sqrt(v) "
-                         "terms of coordinates with tiny gradients) and gives NaN gradients")
-    ap.add_argument("--adam-eps", type=float, default=1e-15, help="Adam ε for both methods (3DGS: 1e-15)")
-    ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per configuration")
+    ap.add_argument("--res", type=int, default=64, help="short side of the views (native aspect)")
+    ap.add_argument("--examples", type=int, default=2, help="training examples (train split only)")
+    ap.add_argument("--solvers", nargs="+", default=list(DEFAULT_SOLVERS),
+                    help=f"rows: name or name:K1,K2 with name in {', '.join(SOLVERS)}")
+    ap.add_argument("--model", default=str(ROOT / "models" / "diff3r-small.safetensors"))
+    ap.add_argument("--threads", type=int, nargs="+", default=[1], help="thread counts to time")
+    ap.add_argument("--lam-scale", type=float, default=1.0, help="multiply the model's Λ (conditioning study)")
+    ap.add_argument("--data", type=Path, default=DATA, help="RE10K-layout root; only its train/ split is read")
+    ap.add_argument("--ref-stage-steps", type=int, default=150,
+                    help="Adam steps per learning-rate stage of the converged reference θ*")
     ap.add_argument("--out-json", type=Path, default=RESULTS)
-    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--method", default="ift", help=argparse.SUPPRESS)
-    ap.add_argument("--out", default="", help=argparse.SUPPRESS)
-    ap.add_argument("--pcg-compare", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.worker:
-        rec = worker(args.res[0], args.steps[0], args.method, args.out, args.threads, args.pcg_compare, args.adam_eps,
-                     args.dtype)
-        print(json.dumps(rec))
-        return 0
-
-    import torch
-
-    rows = []
-    unrolled_mb_per_step: dict = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for res in args.res:
-            for k in args.steps:
-                recs = {}
-                for m in args.methods:
-                    per_step = unrolled_mb_per_step.get(res)
-                    if m == "unrolled" and per_step is not None and per_step * k > args.max_unrolled_gb * 1024:
-                        # The unrolled graph grows linearly in K: skip rather than swap the shared machine.
-                        recs[m] = {"skipped": f"predicted {per_step * k / 1024:.1f} GB > --max-unrolled-gb "
-                                              f"{args.max_unrolled_gb}"}
-                        print(f"  res {res} K {k:3d} {m:12s} skipped ({recs[m]['skipped']})", file=sys.stderr)
-                        continue
-                    t = time.perf_counter()
-                    recs[m] = _run_worker(res, k, m, args.threads, m == args.pcg_method, tmp, args.timeout,
-                                          args.adam_eps, args.dtype)
-                    print(f"  res {res} K {k:3d} {m:12s} done in {time.perf_counter() - t:6.1f} s "
-                          f"{recs[m].get('error', '')}", file=sys.stderr, flush=True)
-                    if m == "unrolled" and "peak_increase_mb" in recs[m]:
-                        unrolled_mb_per_step[res] = max(unrolled_mb_per_step.get(res, 0.0),
-                                                        recs[m]["peak_increase_mb"] / k)
-                row = {"res": res, "steps": k}
-                for m, r in recs.items():
-                    for key, val in r.items():
-                        if key not in ("res", "steps", "method", "grad_file"):
-                            row[f"{m}_{key}"] = val
-                for m in ("ift", "ift_autograd"):
-                    if "grad_file" in recs.get(m, {}) and "grad_file" in recs.get("unrolled", {}):
-                        gi = torch.load(recs[m]["grad_file"])
-                        gu = torch.load(recs["unrolled"]["grad_file"])
-                        row[f"{m}_cos_theta0"] = _cos(gi["theta0"], gu["theta0"])
-                        row[f"{m}_cos_lam"] = _cos(gi["lam"], gu["lam"])
-                rows.append(row)
-
-    hdr = (f"{'res':>4} {'K':>4} | {'peak RSS MB: IFT':>16} {'IFT-ag':>7} {'unrolled':>9} | "
-           f"{'(+MB over pre-layer) IFT':>24} {'IFT-ag':>7} {'unrolled':>9} | "
-           f"{'bwd s: IFT':>10} {'IFT-ag':>7} {'unrolled':>9} | {'PCG jac':>7} {'CG':>5} | {'cos θ0':>7} {'cos Λ':>7}")
-    print(hdr)
-    print("-" * len(hdr))
-
-    def fmt(v, width, prec=None):
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            return format("-", f">{width}")
-        return format(v, f">{width}.{prec}f") if prec is not None else format(v, f">{width}d")
-
-    pm = args.pcg_method
-    for r in rows:
-        print(f"{r['res']:>4} {r['steps']:>4} | {fmt(r.get('ift_peak_rss_mb'), 16, 0)} "
-              f"{fmt(r.get('ift_autograd_peak_rss_mb'), 7, 0)} {fmt(r.get('unrolled_peak_rss_mb'), 9, 0)} | "
-              f"{fmt(r.get('ift_peak_increase_mb'), 24, 0)} {fmt(r.get('ift_autograd_peak_increase_mb'), 7, 0)} "
-              f"{fmt(r.get('unrolled_peak_increase_mb'), 9, 0)} | "
-              f"{fmt(r.get('ift_backward_s'), 10, 2)} {fmt(r.get('ift_autograd_backward_s'), 7, 2)} "
-              f"{fmt(r.get('unrolled_backward_s'), 9, 2)} | "
-              f"{fmt(r.get(f'{pm}_pcg_jacobi_iterations'), 7)} {fmt(r.get(f'{pm}_pcg_none_iterations'), 5)} | "
-              f"{fmt(r.get('ift_cos_theta0', r.get('ift_autograd_cos_theta0')), 7, 3)} "
-              f"{fmt(r.get('ift_cos_lam', r.get('ift_autograd_cos_lam')), 7, 3)}")
-        for m in args.methods:
-            for tag in ("error", "skipped"):
-                if f"{m}_{tag}" in r:
-                    print(f"     {m} {tag}: {r[f'{m}_{tag}']}")
-    meta = {"device": "cpu", "threads": args.threads, "dtype": args.dtype, "adam_eps": args.adam_eps,
-            "torch": torch.__version__,
-            "command": " ".join(["python", "benchmarks/layer.py"] + (argv if argv is not None else sys.argv[1:])),
-            "inner_optimizer": "adam (3DGS per-group learning rates)",
-            "ift": "GN Hessian, PCG rtol 1e-3 (max 200), Jacobi from 4 probes",
-            "methods": {"ift": "IFT layer rendering with render() (torch backend)",
-                        "ift_autograd": "IFT layer rendering with diff3r_cli.render.autograd_rgb.render_rgb_autograd",
-                        "unrolled": "autograd through K Adam steps, rendering with render_rgb_autograd"},
-            "memory": "ru_maxrss of a fresh subprocess per configuration; +MB = increase over the footprint "
-                      "just before the layer call (scene built, torch loaded)",
-            "pcg": f"iterations to 1e-3 relative residual at θ* of the '{pm}' run: Jacobi vs plain CG (max 1000)"}
+    solvers = parse_solvers(args.solvers)
+    t_start = time.perf_counter()
+    examples = load_examples(args.data, args.res, args.examples, args.model, args.lam_scale)
+    per_example, refs = [], {}
+    for ex in examples:
+        rows, refs[ex.key] = measure_example(ex, solvers, args.threads, args.ref_stage_steps)
+        per_example += rows
+    rows = aggregate(per_example, args.threads)
+    table = format_table(rows, args.threads)
+    rec = recommend(rows)
+    print(table)
+    print(f"\nrecommended: {rec['solver']} K={rec['steps']} ({'meets' if rec['meets_goal'] else 'closest to'} "
+          f"ratio ≤ {GOAL_RATIO}, cos ≥ {GOAL_COS}; {rec['step_s']:.2f} s/step)")
+    meta = {"command": " ".join(["python", "benchmarks/layer.py"] + (argv if argv is not None else sys.argv[1:])),
+            "torch": torch.__version__, "res": args.res, "threads": args.threads, "lam_scale": args.lam_scale,
+            "model": Path(args.model).name, "data": f"{args.data.name}/train",
+            "examples": [{"key": ex.key, "size": [ex.cams.width, ex.cams.height], "gaussians": ex.g0.num,
+                          "lam_p_median": (ex.lam * ex.images[..., 0].numel()).median(0).values.tolist()}
+                         for ex in examples],
+            "timed": "float32, default backend, optimization_layer_with_stats(pcg_max_iter=50), MSE outer loss",
+            "references": {"unrolled": "reverse mode through the same K Adam steps, float64, render_rgb_autograd, "
+                                       "exact Hessian-vector products by double backward (layer_reference.py)",
+                           "converged": "exact-Hessian IFT (PCG 1e-6) at θ* from a 5-stage decaying-lr Adam run, "
+                                        "float64", "converged_info": refs},
+            "seconds": time.perf_counter() - t_start, "recommended": rec, "table": table}
     from diff3r_cli.fsio import atomic_write_json
 
-    atomic_write_json(args.out_json, {"meta": meta, "rows": rows})
-    print(f"wrote {args.out_json}", file=sys.stderr)
+    atomic_write_json(args.out_json, {"meta": meta, "rows": rows, "per_example": per_example})
+    print(f"wrote {args.out_json} ({meta['seconds']:.0f} s)", file=sys.stderr)
     return 0
 
 
