@@ -165,6 +165,22 @@ def _fused_forward_ad(geo: torch.Tensor, feat: torch.Tensor, bins: tuple) -> tor
     return fwAD.make_dual(out, tan)
 
 
+def _fused_project_forward_ad(ts: list, K: torch.Tensor, w2c: torch.Tensor, campos: torch.Tensor, W: int,
+                              H: int) -> tuple | None:
+    """Under forward-mode AD with no reverse-mode graph to build, the projection and its tangent
+    in one dual-number pass (the autograd.Function path would project twice: once in forward,
+    once in jvp). None when this does not apply."""
+    if torch.is_grad_enabled() and any(t.requires_grad for t in ts):
+        return None
+    unpacked = [fwAD.unpack_dual(t) for t in ts]
+    if all(tan is None for _, tan in unpacked):
+        return None
+    prim = [p.contiguous() for p, _ in unpacked]
+    tans = [_zeros_if_none(tan, p) for p, tan in zip(prim, (tan for _, tan in unpacked))]
+    geo, feat, cam, gid, box, tg, tf = _ops().project_forward_jvp(*prim, K, w2c, campos, W, H, *tans)
+    return fwAD.make_dual(geo, tg), fwAD.make_dual(feat, tf), cam, gid, box
+
+
 def render_cpu(gaussians: Gaussians, cameras, background=None, tile: int = DEFAULT_TILE, **kw) -> RenderOutput:
     """Render with the compiled CPU kernel. Same outputs and meaning as ``render_torch``.
 
@@ -188,7 +204,10 @@ def render_cpu(gaussians: Gaussians, cameras, background=None, tile: int = DEFAU
         return _empty_output(C, H, W, bg, g.means)
     campos = torch.linalg.inv(w2c)[:, :3, 3].contiguous()
     ts = [t.contiguous() for t in g.tensors()]
-    geo, feat, cam, gid, box = _Project.apply(*ts, K, w2c, campos, W, H)
+    projected = _fused_project_forward_ad(ts, K, w2c, campos, W, H)
+    if projected is None:
+        projected = _Project.apply(*ts, K, w2c, campos, W, H)
+    geo, feat, cam, gid, box = projected
     if cam.numel() == 0:
         return _empty_output(C, H, W, bg, g.means + 0 * sum(t.sum() for t in g.tensors()))
     with torch.no_grad():

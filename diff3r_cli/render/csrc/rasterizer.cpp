@@ -56,9 +56,11 @@ template <typename T> inline Dual<T> operator+(Dual<T> a, Dual<T> b) { return {a
 template <typename T> inline Dual<T> operator-(Dual<T> a, Dual<T> b) { return {a.v - b.v, a.d - b.d}; }
 template <typename T> inline Dual<T> operator-(Dual<T> a) { return {-a.v, -a.d}; }
 template <typename T> inline Dual<T> operator*(Dual<T> a, Dual<T> b) { return {a.v * b.v, a.d * b.v + a.v * b.d}; }
+// Divisions keep the primal a true quotient (not a·(1/b)), so a dual-number pass reproduces
+// the plain forward bit for bit (the fused forward+jvp projection relies on it).
 template <typename T> inline Dual<T> operator/(Dual<T> a, Dual<T> b) {
-  T r = T(1) / b.v;
-  return {a.v * r, (a.d - a.v * r * b.d) * r};
+  const T q = a.v / b.v;
+  return {q, (a.d - q * b.d) / b.v};
 }
 template <typename T> inline Dual<T> operator+(Dual<T> a, T b) { return {a.v + b, a.d}; }
 template <typename T> inline Dual<T> operator+(T a, Dual<T> b) { return {a + b.v, b.d}; }
@@ -68,8 +70,8 @@ template <typename T> inline Dual<T> operator*(Dual<T> a, T b) { return {a.v * b
 template <typename T> inline Dual<T> operator*(T a, Dual<T> b) { return {a * b.v, a * b.d}; }
 template <typename T> inline Dual<T> operator/(Dual<T> a, T b) { return {a.v / b, a.d / b}; }
 template <typename T> inline Dual<T> operator/(T a, Dual<T> b) {
-  T r = T(1) / b.v;
-  return {a * r, -a * r * r * b.d};
+  const T q = a / b.v;
+  return {q, -q * b.d / b.v};
 }
 template <typename T> inline Dual<T> exp_(Dual<T> a) { T e = std::exp(a.v); return {e, e * a.d}; }
 template <typename T> inline Dual<T> sqrt_(Dual<T> a) { T s = std::sqrt(a.v); return {s, a.d / (T(2) * s)}; }
@@ -218,6 +220,26 @@ int sh_degree_of(int64_t K) {
   return d;
 }
 
+// Culling and pixel box of one projected entry: false when it is culled (degenerate or
+// non-finite 2D covariance, or its footprint misses the image); else writes box b = x0, x1, y0, y1.
+template <typename T>
+inline bool entry_box(T a, T c, T det, T mx, T my, T o, int64_t W, int64_t H, int32_t* b) {
+  if (!(det > T(0)) || !std::isfinite(det) || !std::isfinite(mx) || !std::isfinite(my)) return false;
+  T ext = std::min(std::sqrt(T(2) * std::log(std::max(o / T(ALPHA_MIN), T(1)))), T(EXTEND_MAX));
+  T rx = std::ceil(ext * std::sqrt(std::max(a, T(0))));
+  T ry = std::ceil(ext * std::sqrt(std::max(c, T(0))));
+  if (!(rx > 0 || ry > 0)) return false;
+  if (!(mx + rx > 0 && mx - rx < T(W) && my + ry > 0 && my - ry < T(H))) return false;
+  // Tight box of the ellipse {dᵀΣ⁻¹d <= ext²}: pixel indices whose centres fall inside.
+  T hx = ext * std::sqrt(a) + T(1e-3), hy = ext * std::sqrt(c) + T(1e-3);
+  T x0 = std::min(std::max(std::ceil(mx - hx - T(0.5)), T(0)), T(W));
+  T x1 = std::min(std::max(std::floor(mx + hx - T(0.5)), T(-1)), T(W - 1));
+  T y0 = std::min(std::max(std::ceil(my - hy - T(0.5)), T(0)), T(H));
+  T y1 = std::min(std::max(std::floor(my + hy - T(0.5)), T(-1)), T(H - 1));
+  b[0] = (int32_t)x0; b[1] = (int32_t)x1; b[2] = (int32_t)y0; b[3] = (int32_t)y1;
+  return true;
+}
+
 // ---- projection: forward --------------------------------------------------------------
 
 template <typename T>
@@ -252,21 +274,7 @@ std::vector<at::Tensor> project_forward_impl(const at::Tensor& means, const at::
     if (!(z >= T(NEAR_PLANE) && z <= T(FAR_PLANE) && o >= T(ALPHA_MIN))) continue;
     ProjOut<T> r;
     project_core<T, T>(cm, m, pl + 3 * n, pq + 4 * n, po[n], ps + 3 * KS * n, deg, r);
-    T mx = r.geo[0], my = r.geo[1];
-    if (!(r.det > T(0)) || !std::isfinite(r.det) || !std::isfinite(mx) || !std::isfinite(my)) continue;
-    T ext = std::min(std::sqrt(T(2) * std::log(std::max(o / T(ALPHA_MIN), T(1)))), T(EXTEND_MAX));
-    T rx = std::ceil(ext * std::sqrt(std::max(r.a, T(0))));
-    T ry = std::ceil(ext * std::sqrt(std::max(r.c, T(0))));
-    if (!(rx > 0 || ry > 0)) continue;
-    if (!(mx + rx > 0 && mx - rx < T(W) && my + ry > 0 && my - ry < T(H))) continue;
-    // Tight box of the ellipse {dᵀΣ⁻¹d <= ext²}: pixel indices whose centres fall inside.
-    T hx = ext * std::sqrt(r.a) + T(1e-3), hy = ext * std::sqrt(r.c) + T(1e-3);
-    T x0 = std::min(std::max(std::ceil(mx - hx - T(0.5)), T(0)), T(W));
-    T x1 = std::min(std::max(std::floor(mx + hx - T(0.5)), T(-1)), T(W - 1));
-    T y0 = std::min(std::max(std::ceil(my - hy - T(0.5)), T(0)), T(H));
-    T y1 = std::min(std::max(std::floor(my + hy - T(0.5)), T(-1)), T(H - 1));
-    int32_t* b = dbox.data() + 4 * i;
-    b[0] = (int32_t)x0; b[1] = (int32_t)x1; b[2] = (int32_t)y0; b[3] = (int32_t)y1;
+    if (!entry_box<T>(r.a, r.c, r.det, r.geo[0], r.geo[1], o, W, H, dbox.data() + 4 * i)) continue;
     for (int k = 0; k < 6; ++k) dgeo[6 * i + k] = r.geo[k];
     for (int k = 0; k < 4; ++k) dfeat[4 * i + k] = r.feat[k];
     ok[i] = 1;
@@ -333,6 +341,73 @@ std::vector<at::Tensor> project_jvp_impl(const std::vector<at::Tensor>& P, const
     for (int k = 0; k < 4; ++k) tf[4 * e + k] = r.feat[k].d;
   }
   return {tgeo, tfeat};
+}
+
+// ---- projection: forward and jvp in one pass (forward-mode AD) ---------------------------
+// project_core on dual numbers yields the primal (.v, bit-identical to the plain forward:
+// the same operations in the same order) and the tangent (.d) together, so forward-mode AD
+// does not project twice. Culling and boxes are decided on the primal exactly as forward.
+template <typename T>
+std::vector<at::Tensor> project_forward_jvp_impl(const std::vector<at::Tensor>& P, const std::vector<at::Tensor>& D,
+                                                 const at::Tensor& K, const at::Tensor& w2c,
+                                                 const at::Tensor& campos, int64_t W, int64_t H) {
+  const int64_t N = P[0].size(0), C = K.size(0), KS = P[4].size(1);
+  const int deg = sh_degree_of(KS);
+  const T *pm = P[0].data_ptr<T>(), *pl = P[1].data_ptr<T>(), *pq = P[2].data_ptr<T>(),
+          *po = P[3].data_ptr<T>(), *ps = P[4].data_ptr<T>();
+  const T *dm = D[0].data_ptr<T>(), *dl = D[1].data_ptr<T>(), *dq = D[2].data_ptr<T>(),
+          *dop = D[3].data_ptr<T>(), *ds = D[4].data_ptr<T>();
+  std::vector<Cam<T>> cams;
+  for (int64_t c = 0; c < C; ++c)
+    cams.push_back(make_cam<T>(K.data_ptr<T>() + 9 * c, w2c.data_ptr<T>() + 16 * c,
+                               campos.data_ptr<T>() + 3 * c, (int)W, (int)H));
+  std::vector<T> dgeo(C * N * 6), dfeat(C * N * 4), tgeo(C * N * 6), tfeat(C * N * 4);
+  std::vector<int32_t> dbox(C * N * 4);
+  std::vector<uint8_t> ok(C * N, 0);
+  using D_ = Dual<T>;
+  const int nt = at::get_num_threads();
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (int64_t i = 0; i < C * N; ++i) {
+    const int64_t c = i / N, n = i % N;
+    const Cam<T>& cm = cams[c];
+    const T* mp = pm + 3 * n;
+    T z = cm.R[6] * mp[0] + cm.R[7] * mp[1] + cm.R[8] * mp[2] + cm.t[2];
+    T o = T(1) / (T(1) + std::exp(-po[n]));
+    if (!(z >= T(NEAR_PLANE) && z <= T(FAR_PLANE) && o >= T(ALPHA_MIN))) continue;
+    D_ m[3], ls[3], q[4], sh[48];
+    for (int k = 0; k < 3; ++k) { m[k] = D_(pm[3 * n + k], dm[3 * n + k]); ls[k] = D_(pl[3 * n + k], dl[3 * n + k]); }
+    for (int k = 0; k < 4; ++k) q[k] = D_(pq[4 * n + k], dq[4 * n + k]);
+    for (int k = 0; k < 3 * KS; ++k) sh[k] = D_(ps[3 * KS * n + k], ds[3 * KS * n + k]);
+    ProjOut<D_> r;
+    project_core<D_, T>(cm, m, ls, q, D_(po[n], dop[n]), sh, deg, r);
+    if (!entry_box<T>(r.a.v, r.c.v, r.det.v, r.geo[0].v, r.geo[1].v, o, W, H, dbox.data() + 4 * i)) continue;
+    for (int k = 0; k < 6; ++k) { dgeo[6 * i + k] = r.geo[k].v; tgeo[6 * i + k] = r.geo[k].d; }
+    for (int k = 0; k < 4; ++k) { dfeat[4 * i + k] = r.feat[k].v; tfeat[4 * i + k] = r.feat[k].d; }
+    ok[i] = 1;
+  }
+  std::vector<int64_t> idx;
+  idx.reserve(C * N);
+  for (int64_t i = 0; i < C * N; ++i)
+    if (ok[i]) idx.push_back(i);
+  const int64_t E = (int64_t)idx.size();
+  auto fopt = P[0].options();
+  at::Tensor geo = at::empty({E, 6}, fopt), feat = at::empty({E, 4}, fopt);
+  at::Tensor tg = at::empty({E, 6}, fopt), tf = at::empty({E, 4}, fopt);
+  at::Tensor cam = at::empty({E}, fopt.dtype(at::kLong)), gid = at::empty({E}, fopt.dtype(at::kLong));
+  at::Tensor box = at::empty({E, 4}, fopt.dtype(at::kInt));
+  T *g = geo.data_ptr<T>(), *f = feat.data_ptr<T>(), *g2 = tg.data_ptr<T>(), *f2 = tf.data_ptr<T>();
+  int64_t* pc = cam.data_ptr<int64_t>();
+  int64_t* pgd = gid.data_ptr<int64_t>();
+  int32_t* pb = box.data_ptr<int32_t>();
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t i = idx[e];
+    pc[e] = i / N; pgd[e] = i % N;
+    for (int k = 0; k < 6; ++k) { g[6 * e + k] = dgeo[6 * i + k]; g2[6 * e + k] = tgeo[6 * i + k]; }
+    for (int k = 0; k < 4; ++k) { f[4 * e + k] = dfeat[4 * i + k]; f2[4 * e + k] = tfeat[4 * i + k]; }
+    for (int k = 0; k < 4; ++k) pb[4 * e + k] = dbox[4 * i + k];
+  }
+  return {geo, feat, cam, gid, box, tg, tf};
 }
 
 // ---- projection: backward (hand-written reverse mode of project_core) -------------------
@@ -1032,6 +1107,25 @@ std::vector<at::Tensor> project_backward(const at::Tensor& means, const at::Tens
   return out;
 }
 
+std::vector<at::Tensor> project_forward_jvp(const at::Tensor& means, const at::Tensor& log_scales,
+                                            const at::Tensor& quats, const at::Tensor& opacity_logits,
+                                            const at::Tensor& sh, const at::Tensor& K, const at::Tensor& w2c,
+                                            const at::Tensor& campos, int64_t W, int64_t H,
+                                            const at::Tensor& t_means, const at::Tensor& t_log_scales,
+                                            const at::Tensor& t_quats, const at::Tensor& t_opacity_logits,
+                                            const at::Tensor& t_sh) {
+  std::vector<at::Tensor> P = {means, log_scales, quats, opacity_logits, sh};
+  std::vector<at::Tensor> D = {t_means, t_log_scales, t_quats, t_opacity_logits, t_sh};
+  for (auto& t : P) check_cpu(t, "input");
+  for (auto& t : D) check_cpu(t, "tangent");
+  for (auto* t : {&K, &w2c, &campos}) check_cpu(*t, "camera");
+  std::vector<at::Tensor> out;
+  AT_DISPATCH_FLOATING_TYPES(means.scalar_type(), "project_forward_jvp", [&] {
+    out = project_forward_jvp_impl<scalar_t>(P, D, K, w2c, campos, W, H);
+  });
+  return out;
+}
+
 std::vector<at::Tensor> project_jvp(const at::Tensor& means, const at::Tensor& log_scales,
                                     const at::Tensor& quats, const at::Tensor& opacity_logits,
                                     const at::Tensor& sh, const at::Tensor& K, const at::Tensor& w2c,
@@ -1149,6 +1243,7 @@ TORCH_LIBRARY(diff3r_cpu, m) {
   m.def("project_forward", torch::dispatch(c10::DispatchKey::CPU, &project_forward));
   m.def("project_backward", torch::dispatch(c10::DispatchKey::CPU, &project_backward));
   m.def("project_jvp", torch::dispatch(c10::DispatchKey::CPU, &project_jvp));
+  m.def("project_forward_jvp", torch::dispatch(c10::DispatchKey::CPU, &project_forward_jvp));
   m.def("bin_tiles", torch::dispatch(c10::DispatchKey::CPU, &bin_tiles));
   m.def("raster_forward", torch::dispatch(c10::DispatchKey::CPU, &raster_forward));
   m.def("raster_jvp", torch::dispatch(c10::DispatchKey::CPU, &raster_jvp));
