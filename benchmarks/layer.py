@@ -106,9 +106,11 @@ def parse_solvers(names) -> list[Solver]:
 
 # --------------------------------------------------------------------------- scenes
 def load_examples(root: Path, res: int, count: int, model_path: str, lam_scale: float = 1.0,
-                  num_target: int = 2, seed: int = 0) -> list[Example]:
+                  num_target: int = 2, seed: int = 0, lam_floor: float = 0.0) -> list[Example]:
     """``count`` examples of the train split as ``diff3r train --data re10k`` samples them
-    (angle view sampler, native aspect, short side ``res``), θ0 and Λ from the model."""
+    (angle view sampler, native aspect, short side ``res``), θ0 and Λ from the model; Λ is then
+    multiplied by ``lam_scale`` and raised by ``lam_floor`` in units of 1/P (P = context pixels),
+    the two ways of conditioning the inner problem this benchmark compares."""
     from diff3r_cli.data.re10k import RE10KDataset, ViewSamplerConfig
     from diff3r_cli.model.io import load_model
 
@@ -120,10 +122,11 @@ def load_examples(root: Path, res: int, count: int, model_path: str, lam_scale: 
         with torch.no_grad():
             pred = model(s["context_images"][None], s["context_K"][None], s["context_w2c"][None],
                          s["near"][None], s["far"][None])
-        _, h, w, _ = s["context_images"].shape
+        v, h, w, _ = s["context_images"].shape
+        lam = pred.lam[0].detach() * lam_scale + lam_floor / (v * h * w)
         out.append(Example(s["key"], Cameras(s["context_K"], s["context_w2c"], w, h), s["context_images"],
                            Cameras(s["target_K"], s["target_w2c"], w, h), s["target_images"],
-                           pred.gaussians[0].detach(), pred.lam[0].detach() * lam_scale))
+                           pred.gaussians[0].detach(), lam))
         if len(out) == count:
             break
     return out
@@ -314,6 +317,8 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default=str(ROOT / "models" / "diff3r-small.safetensors"))
     ap.add_argument("--threads", type=int, nargs="+", default=[1], help="thread counts to time")
     ap.add_argument("--lam-scale", type=float, default=1.0, help="multiply the model's Λ (conditioning study)")
+    ap.add_argument("--lam-floor", type=float, default=0.0,
+                    help="add this to every λ, in units of 1/P (P = context pixels): a floor on λ·P")
     ap.add_argument("--data", type=Path, default=DATA, help="RE10K-layout root; only its train/ split is read")
     ap.add_argument("--ref-stage-steps", type=int, default=150,
                     help="Adam steps per learning-rate stage of the converged reference θ*")
@@ -321,7 +326,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     solvers = parse_solvers(args.solvers)
     t_start = time.perf_counter()
-    examples = load_examples(args.data, args.res, args.examples, args.model, args.lam_scale)
+    examples = load_examples(args.data, args.res, args.examples, args.model, args.lam_scale,
+                             lam_floor=args.lam_floor)
     per_example, refs = [], {}
     for ex in examples:
         rows, refs[ex.key] = measure_example(ex, solvers, args.threads, args.ref_stage_steps)
@@ -333,7 +339,7 @@ def main(argv=None) -> int:
     print(f"\nrecommended: {rec['solver']} K={rec['steps']} ({'meets' if rec['meets_goal'] else 'closest to'} "
           f"ratio ≤ {GOAL_RATIO}, cos ≥ {GOAL_COS}; {rec['step_s']:.2f} s/step)")
     meta = {"command": " ".join(["python", "benchmarks/layer.py"] + (argv if argv is not None else sys.argv[1:])),
-            "torch": torch.__version__, "res": args.res, "threads": args.threads, "lam_scale": args.lam_scale,
+            "torch": torch.__version__, "res": args.res, "threads": args.threads, "lam_scale": args.lam_scale, "lam_floor": args.lam_floor,
             "model": Path(args.model).name, "data": f"{args.data.name}/train",
             "examples": [{"key": ex.key, "size": [ex.cams.width, ex.cams.height], "gaussians": ex.g0.num,
                           "lam_p_median": (ex.lam * ex.images[..., 0].numel()).median(0).values.tolist()}
