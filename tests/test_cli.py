@@ -301,6 +301,7 @@ def test_refine_render_train_eval_synth_dispatch(tmp_path, fake_engines):
     # omitted options are the trainer's own defaults (one set, TrainConfig())
     assert kw["lr"] == 0.001 and kw["seed"] == TrainConfig().seed and kw["inner_steps"] == TrainConfig().inner.steps
     assert "warmup" not in kw and "view_sampler" not in kw  # derived by the trainer when omitted
+    assert "lam_floor" not in kw  # omitted: the model keeps its own
 
     fake_engines["evaluate_main"].result = {"psnr": 20.5}
     res = run("eval", "--data-root", tmp_path, "--tto-steps", "0,10", "--json", tmp_path / "ev.json")

@@ -240,3 +240,32 @@ def test_sh_degree_and_base_preset():
     assert base.feat_dim > PredictorConfig.preset("small").feat_dim and base.size == "base"
     with pytest.raises(ValueError):
         PredictorConfig.preset("huge")
+
+
+def test_lam_floor_raises_every_weight_by_floor_over_p():
+    # λ = exp(head) (in units of 1/P) + floor/P; floor 0 leaves the output bit for bit unchanged
+    import math
+
+    torch.manual_seed(0)
+    cfg = dict(enc_channels=(4, 8), feat_dim=8, num_planes=4, refine_channels=8, head_channels=8, attn_heads=2,
+               attn_layers=1)
+    model = build_predictor("small", **cfg).eval()
+    gen = torch.Generator().manual_seed(1)
+    v, h, w = 2, 16, 16
+    imgs = torch.rand(1, v, h, w, 3, generator=gen)
+    K = torch.tensor([[16.0, 0, 8], [0, 16.0, 8], [0, 0, 1]]).repeat(1, v, 1, 1)
+    w2c = torch.eye(4).repeat(1, v, 1, 1)
+    w2c[0, 1, 0, 3] = -0.3
+    near, far = torch.tensor([1.0]), torch.tensor([10.0])
+    with torch.no_grad():
+        base = model(imgs, K, w2c, near, far)
+        model.cfg.lam_floor = 10.0
+        floored = model(imgs, K, w2c, near, far)
+        model.cfg.lam_floor = 0.0
+        again = model(imgs, K, w2c, near, far)
+    P = v * h * w
+    assert torch.equal(base.lam[0], again.lam[0])
+    assert torch.allclose(floored.lam[0], base.lam[0] + 10.0 / P, rtol=1e-6, atol=0)
+    assert float(floored.lam[0].min()) >= 10.0 / P * (1 - 1e-6)
+    assert torch.allclose(floored.log_lam[0], torch.log(floored.lam[0]))
+    assert math.isclose(float((floored.gaussians[0].means - base.gaussians[0].means).abs().max()), 0.0)

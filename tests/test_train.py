@@ -276,3 +276,13 @@ def test_context_weight_adds_the_context_views_loss():
         ctx_mse = float(((pred - batch.context_images[0]) ** 2).mean())
     assert ctx_mse > 1e-4
     assert with_ctx.loss_sum == pytest.approx(plain.loss_sum + w * ctx_mse, rel=1e-5)
+
+
+def test_lam_floor_is_set_in_the_trained_model(synth_root, tmp_path):
+    from diff3r_cli.train import train_main
+
+    out = tmp_path / "floor"
+    train_main(data_root=str(synth_root), steps=2, out=str(out), lam_floor=10.0, **COMMON)
+    model = load_model(out / "model.safetensors")
+    assert model.cfg.lam_floor == 10.0
+    assert json.loads((out / "config.json").read_text())["lam_floor"] == 10.0

@@ -51,6 +51,9 @@ def train(
     context_weight: Annotated[float, typer.Option(help="Weight of the loss of θ0 on the context views "
                                                        "themselves (a pixel-aligned predictor should reproduce "
                                                        "its inputs).")] = _D.loss.context_weight,
+    lam_floor: Annotated[Optional[float], typer.Option(help="Lower bound on every λ, in units of 1/P, set in the "
+                                                            "predictor (conditions the inner problem; see "
+                                                            "benchmarks/layer.py). Default: the model's own.")] = None,
     pcg_max_iter: Annotated[int, typer.Option(help="Stage diff3r: PCG iteration cap of the IFT "
                                                     "backward.")] = _D.inner.pcg_max_iter,
     warmup: Annotated[Optional[int], typer.Option(help="Warm-up steps of the cosine schedule.")] = None,
@@ -80,7 +83,8 @@ def train(
         require_exists(init, "--init checkpoint")
     check_output_dir(out)
     extra = {k: v for k, v in dict(warmup=warmup, threads=threads, time_limit=time_limit,
-                                   view_sampler=view_sampler, synthetic_root=synthetic_root).items()
+                                   view_sampler=view_sampler, synthetic_root=synthetic_root,
+                                   lam_floor=lam_floor).items()
              if v is not None}  # derived from other settings when omitted
     result = train_main(data=data.value, data_root=data_root, stage=stage.value, steps=steps, resolution=resolution,
                         batch=batch, out=out, resume=resume, init=init, outliers=outliers, model_size=model_size,

@@ -27,6 +27,10 @@ class PredictorConfig:
     # photometric curvature, whatever the resolution and number of views.
     lam_init: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0, 1.0)
     lam_relative: bool = True
+    # Lower bound added to every λ (units of 1/P with lam_relative). At the small Λ a model
+    # learns, H = JᵀJ/P + Λ is so ill-conditioned that the IFT backward does not converge and
+    # its gradient is far from the true one; a floor of ~10 fixes that (benchmarks/layer.py).
+    lam_floor: float = 0.0
 
     @staticmethod
     def preset(size: str, **overrides) -> "PredictorConfig":

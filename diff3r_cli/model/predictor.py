@@ -179,6 +179,9 @@ class Predictor(nn.Module):
         if c.lam_relative:
             log_lam = log_lam - math.log(v * H * W)
         lam = torch.exp(log_lam)
+        if c.lam_floor > 0:
+            lam = lam + (c.lam_floor / (v * H * W) if c.lam_relative else c.lam_floor)
+            log_lam = torch.log(lam)
 
         n = v * H * W
         gs, lams, log_lams = [], [], []

@@ -67,6 +67,7 @@ class ModelConfig:
     size: str = _opt("small", "model_size")
     overrides: Optional[dict] = _opt(None, "model_overrides")  # PredictorConfig fields (tests: tiny models)
     init: Union[str, Path, None] = _opt(None, "init")                 # weights to start from (.safetensors, run dir)
+    lam_floor: Optional[float] = _opt(None, "lam_floor", KEEP)  # set the predictor's λ·P floor (None: keep the model's)
 
 
 @dataclass
@@ -273,7 +274,7 @@ def saved_options(cfg: TrainConfig, data_root: Path, model_size: str, world_size
                 ff_weight=cfg.loss.ff_weight, grad_clip=o.grad_clip, warmup=sched.warmup, world_size=world_size,
                 init=str(cfg.model.init) if cfg.model.init else None,
                 synthetic_root=str(d.synthetic_root) if d.synthetic_root else None, real_fraction=d.real_fraction,
-                context_weight=cfg.loss.context_weight)
+                context_weight=cfg.loss.context_weight, lam_floor=cfg.model.lam_floor)
 
 
 __all__ = ["TrainConfig", "DataConfig", "ModelConfig", "OptimConfig", "LossConfig", "InnerConfig", "ScheduleConfig",

@@ -74,6 +74,8 @@ def _build_model(cfg: TrainConfig, resume: Optional[_Resume], dist: Dist) -> tor
         model = load_model(find_checkpoint(cfg.model.init).weights, "cpu").train()
     else:
         model = build_predictor(cfg.model.size, **(cfg.model.overrides or {}))
+    if cfg.model.lam_floor is not None:  # saved with the weights (the predictor's config)
+        model.cfg.lam_floor = float(cfg.model.lam_floor)
     model = model.to(dist.device)
     broadcast_module(model, dist)
     return model
