@@ -240,29 +240,33 @@ inline bool entry_box(T a, T c, T det, T mx, T my, T o, int64_t W, int64_t H, in
   return true;
 }
 
-// ---- projection: forward --------------------------------------------------------------
-
-template <typename T>
-std::vector<at::Tensor> project_forward_impl(const at::Tensor& means, const at::Tensor& log_scales,
-                                             const at::Tensor& quats, const at::Tensor& opac_logits,
-                                             const at::Tensor& sh, const at::Tensor& K,
-                                             const at::Tensor& w2c, const at::Tensor& campos,
+// ---- projection: forward (optionally with its jvp in the same pass) ----------------------
+// Dense pass over all (camera, Gaussian) pairs, then compaction in (camera, Gaussian) order.
+// With WithJvp (forward-mode AD), project_core runs on dual numbers: the primal (.v) is
+// bit-identical to the plain pass (the same operations in the same order, and dual divisions
+// form true quotients) and the tangent (.d) comes with it, so forward-mode AD does not project
+// twice. Culling and boxes are always decided on the primal.
+template <typename T, bool WithJvp>
+std::vector<at::Tensor> project_forward_impl(const std::vector<at::Tensor>& P, const std::vector<at::Tensor>& D,
+                                             const at::Tensor& K, const at::Tensor& w2c, const at::Tensor& campos,
                                              int64_t W, int64_t H) {
-  const int64_t N = means.size(0), C = K.size(0), KS = sh.size(1);
+  const int64_t N = P[0].size(0), C = K.size(0), KS = P[4].size(1);
   const int deg = sh_degree_of(KS);
-  const T* pm = means.data_ptr<T>();
-  const T* pl = log_scales.data_ptr<T>();
-  const T* pq = quats.data_ptr<T>();
-  const T* po = opac_logits.data_ptr<T>();
-  const T* ps = sh.data_ptr<T>();
+  const T *pm = P[0].data_ptr<T>(), *pl = P[1].data_ptr<T>(), *pq = P[2].data_ptr<T>(),
+          *po = P[3].data_ptr<T>(), *ps = P[4].data_ptr<T>();
+  const T *dm = nullptr, *dl = nullptr, *dq = nullptr, *dop = nullptr, *ds = nullptr;
+  if (WithJvp) {
+    dm = D[0].data_ptr<T>(); dl = D[1].data_ptr<T>(); dq = D[2].data_ptr<T>();
+    dop = D[3].data_ptr<T>(); ds = D[4].data_ptr<T>();
+  }
   std::vector<Cam<T>> cams;
   for (int64_t c = 0; c < C; ++c)
     cams.push_back(make_cam<T>(K.data_ptr<T>() + 9 * c, w2c.data_ptr<T>() + 16 * c,
                                campos.data_ptr<T>() + 3 * c, (int)W, (int)H));
-  // Dense pass over all (camera, Gaussian) pairs, then compaction in (camera, Gaussian) order.
-  std::vector<T> dgeo(C * N * 6), dfeat(C * N * 4);
+  std::vector<T> dgeo(C * N * 6), dfeat(C * N * 4), tgeo(WithJvp ? C * N * 6 : 0), tfeat(WithJvp ? C * N * 4 : 0);
   std::vector<int32_t> dbox(C * N * 4);
   std::vector<uint8_t> ok(C * N, 0);
+  using D_ = Dual<T>;
   const int nt = at::get_num_threads();
 #pragma omp parallel for schedule(static) num_threads(nt)
   for (int64_t i = 0; i < C * N; ++i) {
@@ -272,11 +276,23 @@ std::vector<at::Tensor> project_forward_impl(const at::Tensor& means, const at::
     T z = cm.R[6] * m[0] + cm.R[7] * m[1] + cm.R[8] * m[2] + cm.t[2];
     T o = T(1) / (T(1) + std::exp(-po[n]));
     if (!(z >= T(NEAR_PLANE) && z <= T(FAR_PLANE) && o >= T(ALPHA_MIN))) continue;
-    ProjOut<T> r;
-    project_core<T, T>(cm, m, pl + 3 * n, pq + 4 * n, po[n], ps + 3 * KS * n, deg, r);
-    if (!entry_box<T>(r.a, r.c, r.det, r.geo[0], r.geo[1], o, W, H, dbox.data() + 4 * i)) continue;
-    for (int k = 0; k < 6; ++k) dgeo[6 * i + k] = r.geo[k];
-    for (int k = 0; k < 4; ++k) dfeat[4 * i + k] = r.feat[k];
+    if constexpr (WithJvp) {
+      D_ md[3], ls[3], q[4], sh[48];
+      for (int k = 0; k < 3; ++k) { md[k] = D_(m[k], dm[3 * n + k]); ls[k] = D_(pl[3 * n + k], dl[3 * n + k]); }
+      for (int k = 0; k < 4; ++k) q[k] = D_(pq[4 * n + k], dq[4 * n + k]);
+      for (int k = 0; k < 3 * KS; ++k) sh[k] = D_(ps[3 * KS * n + k], ds[3 * KS * n + k]);
+      ProjOut<D_> r;
+      project_core<D_, T>(cm, md, ls, q, D_(po[n], dop[n]), sh, deg, r);
+      if (!entry_box<T>(r.a.v, r.c.v, r.det.v, r.geo[0].v, r.geo[1].v, o, W, H, dbox.data() + 4 * i)) continue;
+      for (int k = 0; k < 6; ++k) { dgeo[6 * i + k] = r.geo[k].v; tgeo[6 * i + k] = r.geo[k].d; }
+      for (int k = 0; k < 4; ++k) { dfeat[4 * i + k] = r.feat[k].v; tfeat[4 * i + k] = r.feat[k].d; }
+    } else {
+      ProjOut<T> r;
+      project_core<T, T>(cm, m, pl + 3 * n, pq + 4 * n, po[n], ps + 3 * KS * n, deg, r);
+      if (!entry_box<T>(r.a, r.c, r.det, r.geo[0], r.geo[1], o, W, H, dbox.data() + 4 * i)) continue;
+      for (int k = 0; k < 6; ++k) dgeo[6 * i + k] = r.geo[k];
+      for (int k = 0; k < 4; ++k) dfeat[4 * i + k] = r.feat[k];
+    }
     ok[i] = 1;
   }
   std::vector<int64_t> idx;
@@ -284,24 +300,28 @@ std::vector<at::Tensor> project_forward_impl(const at::Tensor& means, const at::
   for (int64_t i = 0; i < C * N; ++i)
     if (ok[i]) idx.push_back(i);
   const int64_t E = (int64_t)idx.size();
-  auto fopt = means.options();
-  auto lopt = fopt.dtype(at::kLong);
+  auto fopt = P[0].options();
   at::Tensor geo = at::empty({E, 6}, fopt), feat = at::empty({E, 4}, fopt);
-  at::Tensor cam = at::empty({E}, lopt), gid = at::empty({E}, lopt);
+  at::Tensor tg = at::empty({WithJvp ? E : 0, 6}, fopt), tf = at::empty({WithJvp ? E : 0, 4}, fopt);
+  at::Tensor cam = at::empty({E}, fopt.dtype(at::kLong)), gid = at::empty({E}, fopt.dtype(at::kLong));
   at::Tensor box = at::empty({E, 4}, fopt.dtype(at::kInt));
-  T* g = geo.data_ptr<T>();
-  T* f = feat.data_ptr<T>();
+  T *g = geo.data_ptr<T>(), *f = feat.data_ptr<T>(), *g2 = tg.data_ptr<T>(), *f2 = tf.data_ptr<T>();
   int64_t* pc = cam.data_ptr<int64_t>();
-  int64_t* pg = gid.data_ptr<int64_t>();
+  int64_t* pgd = gid.data_ptr<int64_t>();
   int32_t* pb = box.data_ptr<int32_t>();
 #pragma omp parallel for schedule(static) num_threads(nt)
   for (int64_t e = 0; e < E; ++e) {
-    int64_t i = idx[e];
-    pc[e] = i / N; pg[e] = i % N;
+    const int64_t i = idx[e];
+    pc[e] = i / N; pgd[e] = i % N;
     for (int k = 0; k < 6; ++k) g[6 * e + k] = dgeo[6 * i + k];
     for (int k = 0; k < 4; ++k) f[4 * e + k] = dfeat[4 * i + k];
     for (int k = 0; k < 4; ++k) pb[4 * e + k] = dbox[4 * i + k];
+    if (WithJvp) {
+      for (int k = 0; k < 6; ++k) g2[6 * e + k] = tgeo[6 * i + k];
+      for (int k = 0; k < 4; ++k) f2[4 * e + k] = tfeat[4 * i + k];
+    }
   }
+  if (WithJvp) return {geo, feat, cam, gid, box, tg, tf};
   return {geo, feat, cam, gid, box};
 }
 
@@ -341,73 +361,6 @@ std::vector<at::Tensor> project_jvp_impl(const std::vector<at::Tensor>& P, const
     for (int k = 0; k < 4; ++k) tf[4 * e + k] = r.feat[k].d;
   }
   return {tgeo, tfeat};
-}
-
-// ---- projection: forward and jvp in one pass (forward-mode AD) ---------------------------
-// project_core on dual numbers yields the primal (.v, bit-identical to the plain forward:
-// the same operations in the same order) and the tangent (.d) together, so forward-mode AD
-// does not project twice. Culling and boxes are decided on the primal exactly as forward.
-template <typename T>
-std::vector<at::Tensor> project_forward_jvp_impl(const std::vector<at::Tensor>& P, const std::vector<at::Tensor>& D,
-                                                 const at::Tensor& K, const at::Tensor& w2c,
-                                                 const at::Tensor& campos, int64_t W, int64_t H) {
-  const int64_t N = P[0].size(0), C = K.size(0), KS = P[4].size(1);
-  const int deg = sh_degree_of(KS);
-  const T *pm = P[0].data_ptr<T>(), *pl = P[1].data_ptr<T>(), *pq = P[2].data_ptr<T>(),
-          *po = P[3].data_ptr<T>(), *ps = P[4].data_ptr<T>();
-  const T *dm = D[0].data_ptr<T>(), *dl = D[1].data_ptr<T>(), *dq = D[2].data_ptr<T>(),
-          *dop = D[3].data_ptr<T>(), *ds = D[4].data_ptr<T>();
-  std::vector<Cam<T>> cams;
-  for (int64_t c = 0; c < C; ++c)
-    cams.push_back(make_cam<T>(K.data_ptr<T>() + 9 * c, w2c.data_ptr<T>() + 16 * c,
-                               campos.data_ptr<T>() + 3 * c, (int)W, (int)H));
-  std::vector<T> dgeo(C * N * 6), dfeat(C * N * 4), tgeo(C * N * 6), tfeat(C * N * 4);
-  std::vector<int32_t> dbox(C * N * 4);
-  std::vector<uint8_t> ok(C * N, 0);
-  using D_ = Dual<T>;
-  const int nt = at::get_num_threads();
-#pragma omp parallel for schedule(static) num_threads(nt)
-  for (int64_t i = 0; i < C * N; ++i) {
-    const int64_t c = i / N, n = i % N;
-    const Cam<T>& cm = cams[c];
-    const T* mp = pm + 3 * n;
-    T z = cm.R[6] * mp[0] + cm.R[7] * mp[1] + cm.R[8] * mp[2] + cm.t[2];
-    T o = T(1) / (T(1) + std::exp(-po[n]));
-    if (!(z >= T(NEAR_PLANE) && z <= T(FAR_PLANE) && o >= T(ALPHA_MIN))) continue;
-    D_ m[3], ls[3], q[4], sh[48];
-    for (int k = 0; k < 3; ++k) { m[k] = D_(pm[3 * n + k], dm[3 * n + k]); ls[k] = D_(pl[3 * n + k], dl[3 * n + k]); }
-    for (int k = 0; k < 4; ++k) q[k] = D_(pq[4 * n + k], dq[4 * n + k]);
-    for (int k = 0; k < 3 * KS; ++k) sh[k] = D_(ps[3 * KS * n + k], ds[3 * KS * n + k]);
-    ProjOut<D_> r;
-    project_core<D_, T>(cm, m, ls, q, D_(po[n], dop[n]), sh, deg, r);
-    if (!entry_box<T>(r.a.v, r.c.v, r.det.v, r.geo[0].v, r.geo[1].v, o, W, H, dbox.data() + 4 * i)) continue;
-    for (int k = 0; k < 6; ++k) { dgeo[6 * i + k] = r.geo[k].v; tgeo[6 * i + k] = r.geo[k].d; }
-    for (int k = 0; k < 4; ++k) { dfeat[4 * i + k] = r.feat[k].v; tfeat[4 * i + k] = r.feat[k].d; }
-    ok[i] = 1;
-  }
-  std::vector<int64_t> idx;
-  idx.reserve(C * N);
-  for (int64_t i = 0; i < C * N; ++i)
-    if (ok[i]) idx.push_back(i);
-  const int64_t E = (int64_t)idx.size();
-  auto fopt = P[0].options();
-  at::Tensor geo = at::empty({E, 6}, fopt), feat = at::empty({E, 4}, fopt);
-  at::Tensor tg = at::empty({E, 6}, fopt), tf = at::empty({E, 4}, fopt);
-  at::Tensor cam = at::empty({E}, fopt.dtype(at::kLong)), gid = at::empty({E}, fopt.dtype(at::kLong));
-  at::Tensor box = at::empty({E, 4}, fopt.dtype(at::kInt));
-  T *g = geo.data_ptr<T>(), *f = feat.data_ptr<T>(), *g2 = tg.data_ptr<T>(), *f2 = tf.data_ptr<T>();
-  int64_t* pc = cam.data_ptr<int64_t>();
-  int64_t* pgd = gid.data_ptr<int64_t>();
-  int32_t* pb = box.data_ptr<int32_t>();
-#pragma omp parallel for schedule(static) num_threads(nt)
-  for (int64_t e = 0; e < E; ++e) {
-    const int64_t i = idx[e];
-    pc[e] = i / N; pgd[e] = i % N;
-    for (int k = 0; k < 6; ++k) { g[6 * e + k] = dgeo[6 * i + k]; g2[6 * e + k] = tgeo[6 * i + k]; }
-    for (int k = 0; k < 4; ++k) { f[4 * e + k] = dfeat[4 * i + k]; f2[4 * e + k] = tfeat[4 * i + k]; }
-    for (int k = 0; k < 4; ++k) pb[4 * e + k] = dbox[4 * i + k];
-  }
-  return {geo, feat, cam, gid, box, tg, tf};
 }
 
 // ---- projection: backward (hand-written reverse mode of project_core) -------------------
@@ -1087,7 +1040,7 @@ std::vector<at::Tensor> project_forward(const at::Tensor& means, const at::Tenso
   for (auto* t : {&means, &log_scales, &quats, &opacity_logits, &sh, &K, &w2c, &campos}) check_cpu(*t, "input");
   std::vector<at::Tensor> out;
   AT_DISPATCH_FLOATING_TYPES(means.scalar_type(), "project_forward", [&] {
-    out = project_forward_impl<scalar_t>(means, log_scales, quats, opacity_logits, sh, K, w2c, campos, W, H);
+    out = project_forward_impl<scalar_t, false>({means, log_scales, quats, opacity_logits, sh}, {}, K, w2c, campos, W, H);
   });
   return out;
 }
@@ -1121,7 +1074,7 @@ std::vector<at::Tensor> project_forward_jvp(const at::Tensor& means, const at::T
   for (auto* t : {&K, &w2c, &campos}) check_cpu(*t, "camera");
   std::vector<at::Tensor> out;
   AT_DISPATCH_FLOATING_TYPES(means.scalar_type(), "project_forward_jvp", [&] {
-    out = project_forward_jvp_impl<scalar_t>(P, D, K, w2c, campos, W, H);
+    out = project_forward_impl<scalar_t, true>(P, D, K, w2c, campos, W, H);
   });
   return out;
 }
