@@ -286,3 +286,63 @@ def test_lam_floor_is_set_in_the_trained_model(synth_root, tmp_path):
     model = load_model(out / "model.safetensors")
     assert model.cfg.lam_floor == 10.0
     assert json.loads((out / "config.json").read_text())["lam_floor"] == 10.0
+
+
+@pytest.mark.parametrize("ff_weight", [0.0, 0.5])
+def test_context_weight_applies_in_stage_diff3r(ff_weight):
+    # stage diff3r adds w·ℓ(θ0 on the context views) too, with or without the ff loss
+    from diff3r_cli.cameras import Cameras
+    from diff3r_cli.model.predictor import build_predictor
+    from diff3r_cli.render import render
+    from diff3r_cli.train import Batch, TrainConfig, train_step
+    from diff3r_cli.train.config import InnerConfig, LossConfig
+    from diff3r_cli.train.steps import Timer
+
+    torch.manual_seed(0)
+    model = build_predictor("small", **TINY)
+    cpu = torch.device("cpu")
+    batch = Batch.from_collated(_step_batch(1, seed=3), cpu)
+    inner = InnerConfig(steps=1)
+
+    def step(w):
+        model.zero_grad()
+        cfg = TrainConfig(stage="diff3r", inner=inner, loss=LossConfig(ssim_weight=0.0, ff_weight=ff_weight,
+                                                                         context_weight=w))
+        return train_step(model, batch, cfg, Timer(cpu))
+
+    plain, w = step(0.0), 0.7
+    with_ctx = step(w)
+    with torch.no_grad():
+        out = model(batch.context_images, batch.context_K, batch.context_w2c, batch.near, batch.far)
+        h, w_px = batch.context_images.shape[2:4]
+        pred = render(out.gaussians[0], Cameras(batch.context_K[0], batch.context_w2c[0], w_px, h)).rgb
+        ctx_mse = float(((pred - batch.context_images[0]) ** 2).mean())
+    assert ctx_mse > 1e-4
+    assert with_ctx.loss_sum == pytest.approx(plain.loss_sum + w * ctx_mse, rel=1e-4)
+
+
+def test_inner_lr_and_hessian_reach_the_layer(monkeypatch):
+    from diff3r_cli.model.predictor import build_predictor
+    from diff3r_cli.optim import implicit
+    from diff3r_cli.train import Batch, TrainConfig, train_step
+    from diff3r_cli.train.config import InnerConfig
+    from diff3r_cli.train.steps import Timer
+
+    seen = {}
+    real = implicit.optimization_layer_with_stats
+
+    def spy(*args, **kw):
+        seen.update(kw)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(implicit, "optimization_layer_with_stats", spy)
+    torch.manual_seed(0)
+    model = build_predictor("small", **TINY)
+    batch = Batch.from_collated(_step_batch(1, seed=3), torch.device("cpu"))
+    cfg = TrainConfig(stage="diff3r", inner=InnerConfig(steps=1, lr=4.0, hessian="exact"))
+    train_step(model, batch, cfg, Timer(torch.device("cpu")))
+    assert seen["lr"] == 4.0 and seen["hessian"] == "exact"
+    cli = TrainConfig.from_options(inner_lr=4.0, inner_hessian="exact")
+    assert (cli.inner.lr, cli.inner.hessian) == (4.0, "exact")
+    with pytest.raises(UserError, match="inner-hessian"):
+        TrainConfig.from_options(inner_hessian="newton").validate()

@@ -56,6 +56,10 @@ def train(
                                                             "benchmarks/layer.py). Default: the model's own.")] = None,
     pcg_max_iter: Annotated[int, typer.Option(help="Stage diff3r: PCG iteration cap of the IFT "
                                                     "backward.")] = _D.inner.pcg_max_iter,
+    inner_lr: Annotated[Optional[float], typer.Option(help="Stage diff3r, Adam: multiplier of the inner "
+                                                           "TTO's learning rates.")] = None,
+    inner_hessian: Annotated[str, typer.Option(help="Stage diff3r: Hessian of the IFT backward, gn or exact.")]
+    = _D.inner.hessian,
     warmup: Annotated[Optional[int], typer.Option(help="Warm-up steps of the cosine schedule.")] = None,
     ckpt_every: Annotated[int, typer.Option(help="Checkpoint every N steps (and on Ctrl-C).")] = _D.schedule.ckpt_every,
     eval_every: Annotated[int, typer.Option(help="Evaluate target-view PSNR on the test split every "
@@ -84,13 +88,13 @@ def train(
     check_output_dir(out)
     extra = {k: v for k, v in dict(warmup=warmup, threads=threads, time_limit=time_limit,
                                    view_sampler=view_sampler, synthetic_root=synthetic_root,
-                                   lam_floor=lam_floor).items()
+                                   lam_floor=lam_floor, inner_lr=inner_lr).items()
              if v is not None}  # derived from other settings when omitted
     result = train_main(data=data.value, data_root=data_root, stage=stage.value, steps=steps, resolution=resolution,
                         batch=batch, out=out, resume=resume, init=init, outliers=outliers, model_size=model_size,
                         lr=lr, inner_steps=inner_steps, seed=seed, lam_lr=lam_lr, ff_weight=ff_weight,
                         context_weight=context_weight,
-                        pcg_max_iter=pcg_max_iter, ckpt_every=ckpt_every, eval_every=eval_every,
+                        pcg_max_iter=pcg_max_iter, inner_hessian=inner_hessian, ckpt_every=ckpt_every, eval_every=eval_every,
                         real_fraction=real_fraction, **extra)
     print_result(result)
     if isinstance(result, dict) and result.get("status") == "interrupted":

@@ -97,6 +97,11 @@ class InnerConfig:
     steps: int = _opt(5, "inner_steps", KEEP)
     optimizer: str = _opt("adam", "inner_optimizer")
     pcg_max_iter: int = _opt(50, "pcg_max_iter")
+    # Adam only: a multiplier of the 3DGS learning rates (None: 1). At a floored Λ the flat
+    # directions want larger steps: ×4 halves the steps to a given stationarity (benchmarks/layer.py).
+    lr: Optional[float] = _opt(None, "inner_lr")
+    # The IFT backward's Hessian: "gn" (JᵀJ/P + Λ) or "exact" (∇²E; what a converged θ* calls for).
+    hessian: str = _opt("gn", "inner_hessian", legacy="gn")
 
 
 @dataclass
@@ -199,6 +204,10 @@ class TrainConfig:
                             fix="e.g. --real-fraction 0.5")
         if d.context_views < 2:
             raise UserError("the predictor needs at least 2 context views", fix="use --context-views 2 or more")
+        if self.inner.hessian not in ("gn", "exact"):
+            raise UserError(f"unknown --inner-hessian {self.inner.hessian!r}", fix="use gn or exact")
+        if self.inner.lr is not None and not self.inner.lr > 0:
+            raise UserError(f"--inner-lr must be positive, got {self.inner.lr}", fix="e.g. --inner-lr 4")
 
     def with_defaults_resolved(self) -> "TrainConfig":
         """Fill the defaults that depend on other fields (after `resumed`): view sampler, gaps,
@@ -274,7 +283,8 @@ def saved_options(cfg: TrainConfig, data_root: Path, model_size: str, world_size
                 ff_weight=cfg.loss.ff_weight, grad_clip=o.grad_clip, warmup=sched.warmup, world_size=world_size,
                 init=str(cfg.model.init) if cfg.model.init else None,
                 synthetic_root=str(d.synthetic_root) if d.synthetic_root else None, real_fraction=d.real_fraction,
-                context_weight=cfg.loss.context_weight, lam_floor=cfg.model.lam_floor)
+                context_weight=cfg.loss.context_weight, lam_floor=cfg.model.lam_floor, inner_lr=cfg.inner.lr,
+                inner_hessian=cfg.inner.hessian)
 
 
 __all__ = ["TrainConfig", "DataConfig", "ModelConfig", "OptimConfig", "LossConfig", "InnerConfig", "ScheduleConfig",

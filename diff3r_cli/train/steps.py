@@ -172,7 +172,8 @@ def _inner_solve(g0: Gaussians, lam: torch.Tensor, batch: Batch, k: int, cfg: Tr
 
     return implicit.optimization_layer_with_stats(
         g0, lam, batch.context_cameras(k), batch.context_images[k], cfg.inner.steps, cfg.inner.optimizer,
-        backend=cfg.runtime.render_backend, pcg_max_iter=cfg.inner.pcg_max_iter)
+        backend=cfg.runtime.render_backend, pcg_max_iter=cfg.inner.pcg_max_iter, hessian=cfg.inner.hessian,
+        **({"lr": cfg.inner.lr} if cfg.inner.lr is not None and cfg.inner.optimizer == "adam" else {}))
 
 
 def _diff3r_loss(g0: Gaussians, g_star: Gaussians, batch: Batch, k: int, cfg: TrainConfig, timer: Timer,
@@ -194,7 +195,7 @@ def _diff3r_loss(g0: Gaussians, g_star: Gaussians, batch: Batch, k: int, cfg: Tr
     with torch.no_grad(), timer("render"):  # still log θ0's PSNR, to see what the inner TTO adds
         pred0 = _render(g0.detach(), cams, backend)
     result.mse0.append(float(((pred0 - tgt) ** 2).mean()))
-    return loss
+    return loss + _context_loss(g0, batch, k, cfg, timer)
 
 
 def _read_traces(traces: list[LayerStats], timer: Timer, result: StepResult) -> None:
