@@ -251,11 +251,21 @@ def test_resume_rule_keeps_the_runs_settings():
         TrainConfig.from_options(bogus=1)
 
 
+def _context_mse(model, batch) -> float:
+    """MSE of θ0 rendered into example 0's own context views."""
+    from diff3r_cli.cameras import Cameras
+    from diff3r_cli.render import render
+
+    with torch.no_grad():
+        out = model(batch.context_images, batch.context_K, batch.context_w2c, batch.near, batch.far)
+        h, w_px = batch.context_images.shape[2:4]
+        pred = render(out.gaussians[0], Cameras(batch.context_K[0], batch.context_w2c[0], w_px, h)).rgb
+        return float(((pred - batch.context_images[0]) ** 2).mean())
+
+
 def test_context_weight_adds_the_context_views_loss():
     # stage ff with context_weight w: loss = ℓ(targets) + w·ℓ(context views), written out by hand
-    from diff3r_cli.cameras import Cameras
     from diff3r_cli.model.predictor import build_predictor
-    from diff3r_cli.render import render
     from diff3r_cli.train import Batch, TrainConfig, train_step
     from diff3r_cli.train.config import LossConfig
     from diff3r_cli.train.steps import Timer
@@ -269,11 +279,7 @@ def test_context_weight_adds_the_context_views_loss():
     w = 0.7
     with_ctx = train_step(model, batch, TrainConfig(stage="ff", loss=LossConfig(ssim_weight=0.0, context_weight=w)),
                           Timer(cpu))
-    with torch.no_grad():
-        out = model(batch.context_images, batch.context_K, batch.context_w2c, batch.near, batch.far)
-        h, w_px = batch.context_images.shape[2:4]
-        pred = render(out.gaussians[0], Cameras(batch.context_K[0], batch.context_w2c[0], w_px, h)).rgb
-        ctx_mse = float(((pred - batch.context_images[0]) ** 2).mean())
+    ctx_mse = _context_mse(model, batch)
     assert ctx_mse > 1e-4
     assert with_ctx.loss_sum == pytest.approx(plain.loss_sum + w * ctx_mse, rel=1e-5)
 
@@ -291,9 +297,7 @@ def test_lam_floor_is_set_in_the_trained_model(synth_root, tmp_path):
 @pytest.mark.parametrize("ff_weight", [0.0, 0.5])
 def test_context_weight_applies_in_stage_diff3r(ff_weight):
     # stage diff3r adds w·ℓ(θ0 on the context views) too, with or without the ff loss
-    from diff3r_cli.cameras import Cameras
     from diff3r_cli.model.predictor import build_predictor
-    from diff3r_cli.render import render
     from diff3r_cli.train import Batch, TrainConfig, train_step
     from diff3r_cli.train.config import InnerConfig, LossConfig
     from diff3r_cli.train.steps import Timer
@@ -312,11 +316,7 @@ def test_context_weight_applies_in_stage_diff3r(ff_weight):
 
     plain, w = step(0.0), 0.7
     with_ctx = step(w)
-    with torch.no_grad():
-        out = model(batch.context_images, batch.context_K, batch.context_w2c, batch.near, batch.far)
-        h, w_px = batch.context_images.shape[2:4]
-        pred = render(out.gaussians[0], Cameras(batch.context_K[0], batch.context_w2c[0], w_px, h)).rgb
-        ctx_mse = float(((pred - batch.context_images[0]) ** 2).mean())
+    ctx_mse = _context_mse(model, batch)
     assert ctx_mse > 1e-4
     assert with_ctx.loss_sum == pytest.approx(plain.loss_sum + w * ctx_mse, rel=1e-4)
 
