@@ -43,6 +43,11 @@ DATA = HERE.parent.parent / "shared" / "data"
 GRID_COLUMNS = ("context", "target", "ff", "ff+TTO", "diff3r+TTO+unc")
 
 
+def model_convention(model) -> str:
+    """The model's near/far convention (PredictorConfig.depth_range)."""
+    return getattr(model.cfg, "depth_range", "fitted")
+
+
 def render_backend() -> str:
     """The backend render(backend="auto") uses for CPU tensors here (recorded with the figures)."""
     from diff3r_cli.render import resolve_backend
@@ -50,17 +55,17 @@ def render_backend() -> str:
     return resolve_backend("auto", torch.zeros(1))
 
 
-def real_split_tuples(short: int):
-    """(group, key, sample-like dict, near, far, source) for each evaluation tuple of the real test split."""
+def real_split_tuples(short: int, conventions):
+    """(group, key, sample-like dict, {convention: (near, far, source)}) for each evaluation tuple of
+    the real test split (each model's depth-range convention decided as `diff3r eval` does)."""
     root = DATA / "real"
     ds = RE10KDataset(root, "test", resolution=short, evaluation_index=root / "evaluation_index.json",
                       full_context=True)  # near/far triangulated at the stored size, as `diff3r eval` does
     for s in ds:
-        near, far, src = depth_range_for(s, "auto")
-        yield "real test split", s["key"], s, near, far, src
+        yield "real test split", s["key"], s, {c: depth_range_for(s, "auto", c) for c in conventions}
 
 
-def scene_tuples(name: str, short: int, count: int = 3):
+def scene_tuples(name: str, short: int, conventions, count: int = 3):
     """Tuples of a shared-data scene, drawn by the real-sequence sampler with seeds 0..count-1."""
     full = load_scene(DATA / name, progress=False)
     scene = resize_scene(full, *native_size(full.width, full.height, short))
@@ -74,12 +79,13 @@ def scene_tuples(name: str, short: int, count: int = 3):
             continue
         seen.add(tuple(ctx))
         tgt = sorted(set(tgt))
-        near, far, src = estimate_depth_range(full, ctx)  # stored size: more features to triangulate
+        # stored size: more features to triangulate
+        rng = {c: estimate_depth_range(full, ctx, convention=c) for c in conventions}
         c, t = scene.cameras, torch.as_tensor(tgt)
         s = {"context_images": scene.images[ctx], "context_K": c.K[ctx].float(), "context_w2c": c.w2c[ctx].float(),
              "target_images": scene.images[t], "target_K": c.K[t].float(), "target_w2c": c.w2c[t].float(),
              "context_indices": torch.tensor(ctx), "target_indices": t}
-        yield name, f"{name}_{ctx[0]}_{ctx[1]}", s, near, far, src
+        yield name, f"{name}_{ctx[0]}_{ctx[1]}", s, rng
 
 
 def strip(sample: dict, renders: dict, steps: int) -> np.ndarray:
@@ -128,6 +134,7 @@ def main() -> None:
     steps = sorted({int(s) for s in a.steps.split(",")})
     models = {"diff3r": load_model(a.model), "ff": load_model(a.ff_model)}
     runs = plan_runs(steps, True)
+    conventions = sorted({model_convention(m) for m in models.values()})
     cache = Path(a.cache)
     cache.mkdir(parents=True, exist_ok=True)
     rows_file = cache / f"rows_s{a.short}_{'-'.join(map(str, steps))}.jsonl"
@@ -140,14 +147,14 @@ def main() -> None:
     groups = []
     for g in a.only.split(","):
         if g == "real" and (DATA / "real" / "test").is_dir():
-            groups.append(real_split_tuples(a.short))
+            groups.append(real_split_tuples(a.short, conventions))
         elif g in ("llff_fern", "fox") and (DATA / g).is_dir():
-            groups.append(scene_tuples(g, a.short))
+            groups.append(scene_tuples(g, a.short, conventions))
         else:
             print(f"skip {g}: not found under {DATA}")
     for gen in groups:
         n = 0
-        for group, key, s, near, far, src in gen:
+        for group, key, s, rng in gen:
             if a.limit is not None and n >= a.limit:
                 break
             n += 1
@@ -155,13 +162,18 @@ def main() -> None:
                 continue
             t0 = time.perf_counter()
             renders: dict = {}
+            ranges = {n: rng[model_convention(m)] for n, m in models.items()}
+            near, far, src = ranges["diff3r"]
             metrics, fails = evaluate_views(models, runs, s["context_images"], s["context_K"], s["context_w2c"],
                                             s["target_images"], s["target_K"], s["target_w2c"], near, far,
-                                            torch.device("cpu"), renders=renders)
+                                            torch.device("cpu"), renders=renders,
+                                            ranges={n: r[:2] for n, r in ranges.items()})
             H, W = s["context_images"].shape[1:3]
             row = {"group": group, "key": key, "context": s["context_indices"].tolist(),
                    "target": s["target_indices"].tolist(), "size": [W, H],
-                   "depth_range": [round(near, 4), round(far, 4), src], "numerical_failures": fails,
+                   "depth_range": [round(near, 4), round(far, 4), src],
+                   "depth_ranges": {n: [round(r[0], 4), round(r[1], 4), r[2]] for n, r in ranges.items()},
+                   "numerical_failures": fails,
                    "seconds": round(time.perf_counter() - t0, 1), "render_backend": backend,
                    "threads": a.threads, **metrics}
             if steps[-1] > 0 and metrics.get(f"ff+TTO@{steps[-1]}") and metrics.get(f"diff3r+TTO+unc@{steps[-1]}"):

@@ -346,3 +346,12 @@ def test_inner_lr_and_hessian_reach_the_layer(monkeypatch):
     assert (cli.inner.lr, cli.inner.hessian) == (4.0, "exact")
     with pytest.raises(UserError, match="inner-hessian"):
         TrainConfig.from_options(inner_hessian="newton").validate()
+
+
+def test_depth_range_is_set_in_the_trained_model(synth_root, tmp_path):
+    from diff3r_cli.train import train_main
+
+    out = tmp_path / "norm"
+    train_main(data_root=str(synth_root), steps=1, out=str(out), depth_range="normalised", **COMMON)
+    assert load_model(out / "model.safetensors").cfg.depth_range == "normalised"
+    assert json.loads((out / "config.json").read_text())["depth_range"] == "normalised"

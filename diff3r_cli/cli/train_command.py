@@ -54,6 +54,11 @@ def train(
     lam_floor: Annotated[Optional[float], typer.Option(help="Lower bound on every λ, in units of 1/P, set in the "
                                                             "predictor (conditions the inner problem; see "
                                                             "benchmarks/layer.py). Default: the model's own.")] = None,
+    depth_range: Annotated[Optional[str], typer.Option(help="Near/far convention set in the predictor: fitted "
+                                                            "(around each view pair's depths) or normalised (the "
+                                                            "scene scaled so its 5th-percentile depth is 2, near 1, "
+                                                            "far 100; RE10K-style data). Default: the model's own.")]
+    = None,
     pcg_max_iter: Annotated[int, typer.Option(help="Stage diff3r: PCG iteration cap of the IFT "
                                                     "backward.")] = _D.inner.pcg_max_iter,
     inner_lr: Annotated[Optional[float], typer.Option(help="Stage diff3r, Adam: multiplier of the inner "
@@ -88,7 +93,7 @@ def train(
     check_output_dir(out)
     extra = {k: v for k, v in dict(warmup=warmup, threads=threads, time_limit=time_limit,
                                    view_sampler=view_sampler, synthetic_root=synthetic_root,
-                                   lam_floor=lam_floor, inner_lr=inner_lr).items()
+                                   lam_floor=lam_floor, inner_lr=inner_lr, depth_range=depth_range).items()
              if v is not None}  # derived from other settings when omitted
     result = train_main(data=data.value, data_root=data_root, stage=stage.value, steps=steps, resolution=resolution,
                         batch=batch, out=out, resume=resume, init=init, outliers=outliers, model_size=model_size,

@@ -65,7 +65,8 @@ class RE10KDataset(IterableDataset):
 
     Keys: context_images (V,H,W,3) float [0,1], context_K (V,3,3) pixels, context_w2c (V,4,4),
     target_images (T,H,W,3), target_K, target_w2c, near, far (0-d float tensors, in the units
-    of the returned cameras), depth_range_from ("depth maps" or "default": the near/far arguments), scale (the factor applied to world units), key (str),
+    of the returned cameras), depth_range_from ("depth maps" or "default": the near/far arguments),
+    depth_p5 (the context depth maps' 5th percentile, NaN without them), scale (the factor applied to world units), key (str),
     context_indices (V,), target_indices (T,), indices (V+T,) long, context_outlier_mask
     (V,H,W) bool (all False unless ``outliers`` is given).
 
@@ -78,6 +79,9 @@ class RE10KDataset(IterableDataset):
     (near/far from depth are scaled too; the default near/far are taken as already normalised,
     as in MVSplat). near/far: used when the example stores no depth. rank/world_size: DDP
     sharding (default: taken from an initialised torch.distributed group, else 0/1).
+    depth_range: near/far of examples with depth maps, "fitted" (their min/max widened by
+    depth_margin) or "normalised" (``engines.policy.normalised_range`` of their 5th percentile;
+    examples without depth maps take near/far, the RE10K convention, either way).
     full_context: also return the context views at their stored size (context_images_full,
     context_K_full; same w2c), e.g. to triangulate features where there are more of them. repeat: loop over epochs forever (the epoch counter advances each pass).
     """
@@ -87,7 +91,8 @@ class RE10KDataset(IterableDataset):
                  baseline_normalize: bool = False, near: float = 1.0, far: float = 100.0,
                  depth_margin: float = 0.8, seed: int = 0, rank: int | None = None, world_size: int | None = None,
                  shuffle: bool | None = None, repeat: bool = False, outliers=None,
-                 min_baseline: float = 1e-3, warn: bool = True, multiple: int = 16, full_context: bool = False):
+                 min_baseline: float = 1e-3, warn: bool = True, multiple: int = 16, full_context: bool = False,
+                 depth_range: str = "fitted"):
         root = Path(root)
         self.chunks = find_chunks(root, split)
         if not self.chunks:
@@ -110,6 +115,7 @@ class RE10KDataset(IterableDataset):
         self.eval_index = read_evaluation_index(evaluation_index) if evaluation_index is not None else None
         self.baseline_normalize = baseline_normalize
         self.near, self.far, self.depth_margin = float(near), float(far), float(depth_margin)
+        self.depth_range = depth_range  # with depth maps: "fitted" (min/max with a margin) or "normalised"
         self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
         self.shuffle = (self.eval_index is None) if shuffle is None else shuffle
         self.repeat = repeat
@@ -207,13 +213,18 @@ class RE10KDataset(IterableDataset):
                 return None
             scale = 1.0 / baseline
             w2c[:, :3, 3] *= scale  # scaling the world scales camera translations, not rotations
-        near, far, range_src = self.near, self.far, "default"
+        near, far, range_src, depth_p5 = self.near, self.far, "default", None
         if "depths" in example and len(example["depths"]) == example["cameras"].shape[0]:
             d = torch.stack([example["depths"][i].float() for i in context])
             d = d[torch.isfinite(d) & (d > 0)]
             if d.numel():
-                near = float(d.min()) * self.depth_margin * scale
-                far = float(d.max()) / self.depth_margin * scale
+                depth_p5 = float(torch.quantile(d.double(), 0.05)) * scale
+                if self.depth_range == "normalised":
+                    from diff3r_cli.engines.policy import normalised_range
+                    near, far = normalised_range(depth_p5)
+                else:
+                    near = float(d.min()) * self.depth_margin * scale
+                    far = float(d.max()) / self.depth_margin * scale
                 range_src = "depth maps"
         mask = torch.zeros(V, height, width, dtype=torch.bool)
         ctx_images = images[:V]
@@ -231,6 +242,8 @@ class RE10KDataset(IterableDataset):
             "target_images": images[V:], "target_K": K[V:], "target_w2c": w2c[V:],
             "near": torch.tensor(near, dtype=torch.float32), "far": torch.tensor(far, dtype=torch.float32),
             "scale": torch.tensor(scale, dtype=torch.float32), "key": example["key"], "depth_range_from": range_src,
+            # the 5th-percentile depth of the context views' depth maps (NaN without depth maps)
+            "depth_p5": torch.tensor(float("nan") if depth_p5 is None else depth_p5, dtype=torch.float32),
             "context_indices": torch.tensor(context, dtype=torch.long),
             "target_indices": torch.tensor(target, dtype=torch.long),
             "indices": torch.tensor(frames, dtype=torch.long),

@@ -94,6 +94,10 @@ def range_from_points(cams: Cameras, points: torch.Tensor) -> Optional[tuple[flo
     z = z[z > 1e-6]
     if z.numel() < 10:
         return None
+    return _widened_quantiles(z)
+
+
+def _widened_quantiles(z: torch.Tensor) -> tuple[float, float]:
     return float(torch.quantile(z, 0.02)) * 0.6, float(torch.quantile(z, 0.98)) * 1.6
 
 
@@ -119,36 +123,75 @@ def look_at_range(cams: Cameras) -> tuple[float, float]:
     return dist * 0.25, dist * 4.0
 
 
-def estimate_depth_range(scene, context: list[int], triangulate: bool = True) -> tuple[float, float, str]:
+DEPTH_RANGES = ("fitted", "normalised")
+# The "normalised" convention of models trained on scale-normalised data (RE10K practice; our real
+# corpus is scaled so the 5th percentile of SfM depths is 2 and read with near 1 / far 100): at
+# inference the scene is seen as if scaled the same way, i.e. near = p5/2 and far = 50·p5.
+NORMALISED_P5, NORMALISED_NEAR, NORMALISED_FAR = 2.0, 1.0, 100.0
+
+
+def normalised_range(p5: float) -> tuple[float, float]:
+    """near/far of the "normalised" convention for a scene whose 5th-percentile depth is ``p5``."""
+    s = p5 / NORMALISED_P5
+    return NORMALISED_NEAR * s, NORMALISED_FAR * s
+
+
+def _depth_evidence(scene, context: list[int], triangulate: bool):
+    """The best depth information the scene offers: ("scene", (near, far)) from hints, or
+    (source, z) with z the depths of stored depth maps / sparse or triangulated points in the
+    context cameras, or ("camera look-at", distance)."""
+    cams = scene.cameras[context]
+    ex = scene.extras
+    if "near" in ex and "far" in ex:
+        return "scene", (float(ex["near"]), float(ex["far"]))
+    if "depths" in ex:
+        d = ex["depths"][context].reshape(-1).float()
+        d = d[torch.isfinite(d) & (d > 0)]
+        if d.numel():
+            return "depth maps", d
+    if "points3d" in ex and len(ex["points3d"]) >= 10:
+        _, z = cams.project(ex["points3d"].to(torch.float64))
+        z = z[z > 1e-6]
+        if z.numel() >= 10:
+            return "sparse points", z
+    if triangulate and len(context) >= 2:
+        from diff3r_cli.scene_io.triangulate import triangulate_known_cameras
+
+        tri = triangulate_known_cameras(scene.images[context], cams)
+        if tri["num_points"] >= 10:
+            _, z = cams.project(tri["points3d"].to(torch.float64))
+            z = z[z > 1e-6]
+            if z.numel() >= 10:
+                return f"triangulated matches ({tri['num_points']} points, {tri['reprojection_error']:.2f} px)", z
+    near, far = look_at_range(cams)
+    return "camera look-at", math.sqrt(near * far)  # the look-at distance (near = d/4, far = 4d)
+
+
+def estimate_depth_range(scene, context: list[int], triangulate: bool = True,
+                         convention: str = "fitted") -> tuple[float, float, str]:
     """Near/far planes for the cost volume, from what the scene offers; returns (near, far, source).
 
     Priority: sidecar/transforms near/far hints, stored depths (synthetic/RE10K extras), sparse
     3D points (COLMAP/SfM), features of the context views triangulated with their known poses
     (transforms.json, RE10K: pycolmap), else the cameras' common look-at point.
+    convention: the model's (``PredictorConfig.depth_range``): "fitted" brackets the depths
+    seen (robust 2-98 % quantiles, widened); "normalised" places them as the model saw them in
+    training (:func:`normalised_range` of the 5th-percentile depth).
     """
-    cams = scene.cameras[context]
-    ex = scene.extras
-    if "near" in ex and "far" in ex:
-        return float(ex["near"]), float(ex["far"]), "scene"
-    if "depths" in ex:
-        d = ex["depths"][context].reshape(-1).float()
-        d = d[torch.isfinite(d) & (d > 0)]
-        if d.numel():
-            return float(d.min()) * 0.8, float(d.max()) * 1.2, "depth maps"
-    if "points3d" in ex and len(ex["points3d"]) >= 10:
-        rng = range_from_points(cams, ex["points3d"])
-        if rng is not None:
-            return rng[0], rng[1], "sparse points"
-    if triangulate and len(context) >= 2:
-        from diff3r_cli.scene_io.triangulate import triangulate_known_cameras
-
-        tri = triangulate_known_cameras(scene.images[context], cams)
-        rng = range_from_points(cams, tri["points3d"]) if tri["num_points"] >= 10 else None
-        if rng is not None:
-            return rng[0], rng[1], (f"triangulated matches ({tri['num_points']} points, "
-                                    f"{tri['reprojection_error']:.2f} px)")
-    near, far = look_at_range(cams)
-    return near, far, "camera look-at"
+    if convention not in DEPTH_RANGES:
+        raise ValueError(f"unknown depth-range convention {convention!r} (use {', '.join(DEPTH_RANGES)})")
+    source, ev = _depth_evidence(scene, context, triangulate)
+    if source == "scene":
+        return ev[0], ev[1], source
+    if source == "camera look-at":
+        if convention == "normalised":
+            return (*normalised_range(0.5 * ev), source)
+        return 0.25 * ev, 4.0 * ev, source
+    if convention == "normalised":
+        return (*normalised_range(float(torch.quantile(ev.double(), 0.05))), source)
+    if source == "depth maps":
+        return float(ev.min()) * 0.8, float(ev.max()) * 1.2, source
+    return (*_widened_quantiles(ev), source)
 
 
 def split_unseen(cameras: Cameras, context: list[int], max_interp: int = MAX_INTERP_VIEWS) -> tuple[list[int], list[int]]:
@@ -183,4 +226,5 @@ def split_unseen(cameras: Cameras, context: list[int], max_interp: int = MAX_INT
 
 __all__ = ["DEFAULT_MODEL", "MAX_SIDE", "MULTIPLE", "pick_device", "default_resolution", "working_resolution",
            "choose_context", "context_views", "range_from_points", "look_at_range", "estimate_depth_range",
+           "DEPTH_RANGES", "normalised_range",
            "split_unseen"]

@@ -79,7 +79,7 @@ def _predict(scene, context: list[int], model_path: Path, size: tuple[int, int],
         with report.step(f"resample {len(scene)} views to {size[0]}x{size[1]}"):
             scene = resize_scene(scene, size[0], size[1])
     with report.step("depth range"):
-        near, far, range_src = estimate_depth_range(scene, context)
+        near, far, range_src = estimate_depth_range(scene, context, convention=net.cfg.depth_range)
     t0 = time.perf_counter()
     with report.step(f"predict Gaussians from {len(context)} views"):
         g, lam = predict_gaussians(net, scene.images[context], scene.cameras[context], near, far, dev)

@@ -125,13 +125,23 @@ def _evaluate_scenes(ds, models: dict, runs: list[Run], device: torch.device, op
         if limit is not None and n >= limit:
             break
         H, W = sample["context_images"].shape[1:3]
-        near, far, src = depth_range_for(sample, depth_range)
+        # each model gets near/far by the convention it was trained with (PredictorConfig.depth_range)
+        found: dict[str, tuple[float, float, str]] = {}
+        for m in models.values():
+            conv = getattr(m.cfg, "depth_range", "fitted")
+            if conv not in found:  # triangulates at most once per convention
+                found[conv] = depth_range_for(sample, depth_range, conv)
+        ranges = {n: found[getattr(m.cfg, "depth_range", "fitted")] for n, m in models.items()}
+        near, far, src = next(iter(ranges.values()))
         row = {"key": sample["key"], "context": sample["context_indices"].tolist(),
                "target": sample["target_indices"].tolist(), "size": [W, H],
                "depth_range": [round(near, 4), round(far, 4), src]}
+        if len(found) > 1:
+            row["depth_ranges"] = {n: [round(a, 4), round(b, 4), c] for n, (a, b, c) in ranges.items()}
         metrics, nfail = evaluate_views(models, runs, sample["context_images"], sample["context_K"],
                                         sample["context_w2c"], sample["target_images"], sample["target_K"],
-                                        sample["target_w2c"], near, far, device, optimizer)
+                                        sample["target_w2c"], near, far, device, optimizer,
+                                        ranges={n: r[:2] for n, r in ranges.items()})
         row.update(metrics)
         failures += nfail
         rows.append(row)
@@ -140,9 +150,17 @@ def _evaluate_scenes(ds, models: dict, runs: list[Run], device: torch.device, op
     return rows, failures
 
 
-def depth_range_for(sample: dict, mode: str) -> tuple[float, float, str]:
-    """near, far, source for one dataset sample (see evaluate_main's depth_range)."""
+def depth_range_for(sample: dict, mode: str, convention: str = "fitted") -> tuple[float, float, str]:
+    """near, far, source for one dataset sample (see evaluate_main's depth_range), for a model of
+    the given near/far convention (PredictorConfig.depth_range)."""
     near, far, src = float(sample["near"]), float(sample["far"]), sample.get("depth_range_from", "default")
+    if convention == "normalised" and mode == "auto":
+        p5 = float(sample.get("depth_p5", float("nan")))
+        if src == "depth maps" and p5 == p5:
+            from diff3r_cli.engines.policy import normalised_range
+            return (*normalised_range(p5), "dataset depth maps (normalised)")
+        # no depth maps: RE10K-style data is scale-normalised already, which is what such a model saw
+        return near, far, "dataset default (scale-normalised data)"
     if mode == "auto" and src == "default":
         from diff3r_cli.engines.policy import range_from_points
         from diff3r_cli.scene_io.triangulate import triangulate_known_cameras

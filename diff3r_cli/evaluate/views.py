@@ -40,6 +40,13 @@ class EvalViews:
     target_w2c: torch.Tensor      # (T,4,4)
     near: float
     far: float
+    ranges: Optional[dict] = None  # model key -> (near, far) where a model's convention differs
+
+    def range_for(self, name: str) -> tuple[float, float]:
+        """near/far for the model ``name``."""
+        if self.ranges and name in self.ranges:
+            return tuple(self.ranges[name])
+        return self.near, self.far
 
     @classmethod
     def from_sample(cls, sample: dict, near: Optional[float] = None, far: Optional[float] = None) -> "EvalViews":
@@ -70,11 +77,14 @@ class ViewScores:
                 "ssim": sum(self.ssim) / len(self.ssim) if self.ssim else None, "context_psnr": self.context_psnr}
 
 
-def predict(model: torch.nn.Module, views: EvalViews, device: torch.device) -> tuple[Gaussians, torch.Tensor]:
-    """θ0 and Λ (N,5) of one model from the context views, without gradients (the one prediction entry)."""
+def predict(model: torch.nn.Module, views: EvalViews, device: torch.device,
+            depth_range: Optional[tuple[float, float]] = None) -> tuple[Gaussians, torch.Tensor]:
+    """θ0 and Λ (N,5) of one model from the context views, without gradients (the one prediction
+    entry); depth_range: (near, far) instead of the views' own."""
     w, h = views.size
     cams = Cameras(views.context_K, views.context_w2c, w, h)
-    g, lam = predict_gaussians(model, views.context_images, cams, views.near, views.far, device)
+    near, far = depth_range if depth_range is not None else (views.near, views.far)
+    g, lam = predict_gaussians(model, views.context_images, cams, near, far, device)
     return g, lam
 
 
@@ -130,7 +140,7 @@ def score_runs(models: dict[str, torch.nn.Module], runs: list[Run], views: EvalV
     w, h = views.size
     ctx_images = views.context_images.to(dev)
     ctx_cams = Cameras(views.context_K.to(dev), views.context_w2c.to(dev), w, h)
-    preds = {name: predict(net, views, dev) for name, net in models.items()}
+    preds = {name: predict(net, views, dev, views.range_for(name)) for name, net in models.items()}
     groups: dict[tuple[str, bool], list[tuple[str, int]]] = {}
     for method, mname, unc, s in runs:
         groups.setdefault((mname, unc), []).append((method, s))
@@ -152,13 +162,14 @@ def score_runs(models: dict[str, torch.nn.Module], runs: list[Run], views: EvalV
 def evaluate_views(models: dict, runs: list[Run], ctx_images: torch.Tensor, ctx_K: torch.Tensor,
                    ctx_w2c: torch.Tensor, tgt_images: torch.Tensor, tgt_K: torch.Tensor, tgt_w2c: torch.Tensor,
                    near: float, far: float, device: torch.device, optimizer: str = "adam",
-                   renders: Optional[dict] = None) -> tuple[dict, int]:
+                   renders: Optional[dict] = None, ranges: Optional[dict] = None) -> tuple[dict, int]:
     """`score_runs` with the per-scene means of `diff3r eval`: ({"<method>@<steps>": {"psnr", "ssim",
     "context_psnr"} or None}, failures). context_psnr: the context views re-rendered from the same
     Gaussians (high with a low target PSNR = overfitting). renders: when a dict is given, the target
-    renders (T,H,W,3) are stored in it under "<method>@<steps>".
+    renders (T,H,W,3) are stored in it under "<method>@<steps>". ranges: model key -> (near, far)
+    for models that take another depth range than near/far.
     """
-    views = EvalViews(ctx_images, ctx_K, ctx_w2c, tgt_images, tgt_K, tgt_w2c, float(near), float(far))
+    views = EvalViews(ctx_images, ctx_K, ctx_w2c, tgt_images, tgt_K, tgt_w2c, float(near), float(far), ranges)
     scores, failures = score_runs(models, runs, views, device, optimizer)
     if renders is not None:
         renders.update({k: v.renders for k, v in scores.items() if v is not None})

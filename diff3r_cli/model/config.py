@@ -31,6 +31,11 @@ class PredictorConfig:
     # learns, H = JᵀJ/P + Λ is so ill-conditioned that the IFT backward does not converge and
     # its gradient is far from the true one; a floor of ~10 fixes that (benchmarks/layer.py).
     lam_floor: float = 0.0
+    # How near/far were set in training, so inference sets them alike (engines.policy):
+    # "fitted" (tight around the depths of the context views; the synthetic-trained models) or
+    # "normalised" (the scene scaled so its 5th-percentile depth is 2, near 1, far 100: models
+    # trained on RE10K-style scale-normalised data such as the real corpus).
+    depth_range: str = "fitted"
 
     @staticmethod
     def preset(size: str, **overrides) -> "PredictorConfig":

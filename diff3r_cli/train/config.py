@@ -68,6 +68,9 @@ class ModelConfig:
     overrides: Optional[dict] = _opt(None, "model_overrides")  # PredictorConfig fields (tests: tiny models)
     init: Union[str, Path, None] = _opt(None, "init")                 # weights to start from (.safetensors, run dir)
     lam_floor: Optional[float] = _opt(None, "lam_floor", KEEP)  # set the predictor's λ·P floor (None: keep the model's)
+    # set the predictor's near/far convention, "fitted" | "normalised" (None: keep the model's); the
+    # training data's near/far follow the model's convention (PredictorConfig.depth_range)
+    depth_range: Optional[str] = _opt(None, "depth_range", KEEP)
 
 
 @dataclass
@@ -204,6 +207,8 @@ class TrainConfig:
                             fix="e.g. --real-fraction 0.5")
         if d.context_views < 2:
             raise UserError("the predictor needs at least 2 context views", fix="use --context-views 2 or more")
+        if self.model.depth_range not in (None, "fitted", "normalised"):
+            raise UserError(f"unknown --depth-range {self.model.depth_range!r}", fix="use fitted or normalised")
         if self.inner.hessian not in ("gn", "exact"):
             raise UserError(f"unknown --inner-hessian {self.inner.hessian!r}", fix="use gn or exact")
         if self.inner.lr is not None and not self.inner.lr > 0:
@@ -284,7 +289,7 @@ def saved_options(cfg: TrainConfig, data_root: Path, model_size: str, world_size
                 init=str(cfg.model.init) if cfg.model.init else None,
                 synthetic_root=str(d.synthetic_root) if d.synthetic_root else None, real_fraction=d.real_fraction,
                 context_weight=cfg.loss.context_weight, lam_floor=cfg.model.lam_floor, inner_lr=cfg.inner.lr,
-                inner_hessian=cfg.inner.hessian)
+                inner_hessian=cfg.inner.hessian, depth_range=cfg.model.depth_range)
 
 
 __all__ = ["TrainConfig", "DataConfig", "ModelConfig", "OptimConfig", "LossConfig", "InnerConfig", "ScheduleConfig",

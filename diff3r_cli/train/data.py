@@ -66,9 +66,11 @@ def resolve_data(data: DataConfig, seed: int, out: Path, dist: Dist) -> Path:
     return root
 
 
-def dataset_factory(data: DataConfig, root: Path, seed: int, dist: Dist) -> Callable[[], object]:
+def dataset_factory(data: DataConfig, root: Path, seed: int, dist: Dist,
+                    depth_range: str = "fitted") -> Callable[[], object]:
     """A function making this rank's training dataset afresh (the stream re-creates it every epoch).
 
+    depth_range: the model's near/far convention, which the examples' near/far follow.
     ``data`` has its defaults resolved (view sampler, gaps, the synthetic root of a mix).
     """
     from diff3r_cli.data.re10k import RE10KDataset, ViewSamplerConfig
@@ -82,7 +84,8 @@ def dataset_factory(data: DataConfig, root: Path, seed: int, dist: Dist) -> Call
         views = ViewSamplerConfig(num_context=data.context_views, num_target=data.target_views, mode=sampler,
                                   min_gap=data.min_gap, max_gap=data.max_gap)
         return lambda: RE10KDataset(src_root, "train", resolution=data.resolution, sampler=views, seed=seed,
-                                    rank=dist.rank, world_size=dist.world, outliers=outlier_cfg, warn=dist.main)
+                                    rank=dist.rank, world_size=dist.world, outliers=outlier_cfg, warn=dist.main,
+                                    depth_range=depth_range)
 
     if data.kind != "mix":
         return source(root, data.view_sampler)

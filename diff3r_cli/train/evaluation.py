@@ -42,7 +42,8 @@ def evaluate_predictor(model: torch.nn.Module, root: Path, resolution: int, num_
     was_training = model.training
     model.eval()
     try:
-        ds = RE10KDataset(root, "test", resolution=resolution, evaluation_index=ev, warn=False)
+        ds = RE10KDataset(root, "test", resolution=resolution, evaluation_index=ev, warn=False,
+                          depth_range=getattr(getattr(model, "cfg", None), "depth_range", "fitted"))
         for i, sample in enumerate(ds):
             if i >= max_scenes:
                 break

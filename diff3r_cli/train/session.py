@@ -76,6 +76,8 @@ def _build_model(cfg: TrainConfig, resume: Optional[_Resume], dist: Dist) -> tor
         model = build_predictor(cfg.model.size, **(cfg.model.overrides or {}))
     if cfg.model.lam_floor is not None:  # saved with the weights (the predictor's config)
         model.cfg.lam_floor = float(cfg.model.lam_floor)
+    if cfg.model.depth_range is not None:
+        model.cfg.depth_range = cfg.model.depth_range
     model = model.to(dist.device)
     broadcast_module(model, dist)
     return model
@@ -112,7 +114,8 @@ def open_session(cfg: TrainConfig) -> Session:
     stream_state = _stream_state(resume, dist)
     if resume is not None:
         restore_rng(resume.state.rng)
-    stream = DataStream(dataset_factory(cfg.data, root, cfg.seed, dist), cfg.data.batch, stream_state)
+    stream = DataStream(dataset_factory(cfg.data, root, cfg.seed, dist, model.cfg.depth_range), cfg.data.batch,
+                        stream_state)
     options = saved_options(cfg, root, model.cfg.size, dist.world)
     meta = {"stage": cfg.stage, "data": cfg.data.kind, "resolution": cfg.data.resolution, "options": options,
             "num_parameters": model.num_parameters()}
