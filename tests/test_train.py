@@ -355,3 +355,26 @@ def test_depth_range_is_set_in_the_trained_model(synth_root, tmp_path):
     train_main(data_root=str(synth_root), steps=1, out=str(out), depth_range="normalised", **COMMON)
     assert load_model(out / "model.safetensors").cfg.depth_range == "normalised"
     assert json.loads((out / "config.json").read_text())["depth_range"] == "normalised"
+
+
+def test_depth_weight_adds_the_reprojection_loss():
+    from diff3r_cli.model.predictor import build_predictor
+    from diff3r_cli.train import Batch, TrainConfig, train_step
+    from diff3r_cli.train.config import LossConfig
+    from diff3r_cli.train.depth_loss import reprojection_loss
+    from diff3r_cli.train.steps import Timer
+
+    torch.manual_seed(0)
+    model = build_predictor("small", **TINY)
+    cpu = torch.device("cpu")
+    batch = Batch.from_collated(_step_batch(1, seed=3), cpu)
+    plain = train_step(model, batch, TrainConfig(stage="ff", loss=LossConfig(ssim_weight=0.0)), Timer(cpu))
+    model.zero_grad()
+    w = 0.3
+    with_depth = train_step(model, batch, TrainConfig(stage="ff", loss=LossConfig(ssim_weight=0.0, depth_weight=w)),
+                            Timer(cpu))
+    with torch.no_grad():
+        out = model(batch.context_images, batch.context_K, batch.context_w2c, batch.near, batch.far)
+        ref = float(reprojection_loss(out.depth[0], batch.context_images[0], batch.context_K[0], batch.context_w2c[0]))
+    assert ref > 1e-4
+    assert with_depth.loss_sum == pytest.approx(plain.loss_sum + w * ref, rel=1e-5)

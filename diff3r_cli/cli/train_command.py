@@ -51,6 +51,9 @@ def train(
     context_weight: Annotated[float, typer.Option(help="Weight of the loss of θ0 on the context views "
                                                        "themselves (a pixel-aligned predictor should reproduce "
                                                        "its inputs).")] = _D.loss.context_weight,
+    depth_weight: Annotated[float, typer.Option(help="Weight of the self-supervised loss of the predicted depth "
+                                                     "(each context view rebuilt from the others through it).")]
+    = _D.loss.depth_weight,
     lam_floor: Annotated[Optional[float], typer.Option(help="Lower bound on every λ, in units of 1/P, set in the "
                                                             "predictor (conditions the inner problem; see "
                                                             "benchmarks/layer.py). Default: the model's own.")] = None,
@@ -98,7 +101,7 @@ def train(
     result = train_main(data=data.value, data_root=data_root, stage=stage.value, steps=steps, resolution=resolution,
                         batch=batch, out=out, resume=resume, init=init, outliers=outliers, model_size=model_size,
                         lr=lr, inner_steps=inner_steps, seed=seed, lam_lr=lam_lr, ff_weight=ff_weight,
-                        context_weight=context_weight,
+                        context_weight=context_weight, depth_weight=depth_weight,
                         pcg_max_iter=pcg_max_iter, inner_hessian=inner_hessian, ckpt_every=ckpt_every, eval_every=eval_every,
                         real_fraction=real_fraction, **extra)
     print_result(result)

@@ -86,11 +86,13 @@ class OptimConfig:
 @dataclass
 class LossConfig:
     """ℓ = MSE + ssim_weight·(1 − SSIM); stage diff3r adds ff_weight·ℓ(θ0); both add
-    context_weight·ℓ(θ0 on the context views)."""
+    context_weight·ℓ(θ0 on the context views) and depth_weight·(train.depth_loss of θ0's depth)."""
 
     ssim_weight: float = _opt(0.05, "ssim_weight", KEEP)
     ff_weight: float = _opt(0.0, "ff_weight", KEEP)
     context_weight: float = _opt(0.0, "context_weight", KEEP, legacy=0.0)  # ℓ(θ0) on the context views too
+    # self-supervised photometric loss of the predicted depth (context views rebuilt from each other)
+    depth_weight: float = _opt(0.0, "depth_weight", KEEP, legacy=0.0)
 
 
 @dataclass
@@ -289,7 +291,8 @@ def saved_options(cfg: TrainConfig, data_root: Path, model_size: str, world_size
                 init=str(cfg.model.init) if cfg.model.init else None,
                 synthetic_root=str(d.synthetic_root) if d.synthetic_root else None, real_fraction=d.real_fraction,
                 context_weight=cfg.loss.context_weight, lam_floor=cfg.model.lam_floor, inner_lr=cfg.inner.lr,
-                inner_hessian=cfg.inner.hessian, depth_range=cfg.model.depth_range)
+                inner_hessian=cfg.inner.hessian, depth_range=cfg.model.depth_range,
+                depth_weight=cfg.loss.depth_weight)
 
 
 __all__ = ["TrainConfig", "DataConfig", "ModelConfig", "OptimConfig", "LossConfig", "InnerConfig", "ScheduleConfig",

@@ -129,7 +129,8 @@ def ff_step(model: torch.nn.Module, batch: Batch, cfg: TrainConfig, timer: Timer
         with timer("render"):
             pred = _render(out.gaussians[k], batch.target_cameras(k), cfg.runtime.render_backend)
         loss, m = image_loss(pred, batch.target_images[k], cfg.loss.ssim_weight)
-        losses.append(loss + _context_loss(out.gaussians[k], batch, k, cfg, timer))
+        losses.append(loss + _context_loss(out.gaussians[k], batch, k, cfg, timer)
+                      + _depth_loss(out.depth[k], batch, k, cfg, timer))
         result.mse.append(m.item())
     return _backward(model, losses, timer, result)
 
@@ -148,6 +149,17 @@ def _context_loss(g0: Gaussians, batch: Batch, k: int, cfg: TrainConfig, timer: 
     return w * image_loss(pred, batch.context_images[k], cfg.loss.ssim_weight)[0]
 
 
+def _depth_loss(depth: torch.Tensor, batch: Batch, k: int, cfg: TrainConfig, timer: Timer) -> torch.Tensor | float:
+    """depth_weight · the self-supervised reprojection loss of example k's predicted depth (0 when off)."""
+    w = cfg.loss.depth_weight
+    if w <= 0:
+        return 0.0
+    from diff3r_cli.train.depth_loss import reprojection_loss
+
+    with timer("depth_loss"):
+        return w * reprojection_loss(depth, batch.context_images[k], batch.context_K[k], batch.context_w2c[k])
+
+
 def diff3r_step(model: torch.nn.Module, batch: Batch, cfg: TrainConfig, timer: Timer) -> StepResult:
     """Stage diff3r: the loss of θ* after the optimization layer (+ ff_weight · the loss of θ0)."""
     out = _forward(model, batch, timer)
@@ -160,7 +172,8 @@ def diff3r_step(model: torch.nn.Module, batch: Batch, cfg: TrainConfig, timer: T
             result.skipped += 1
             continue
         traces.append(trace)
-        losses.append(_diff3r_loss(out.gaussians[k], g_star, batch, k, cfg, timer, result))
+        losses.append(_diff3r_loss(out.gaussians[k], g_star, batch, k, cfg, timer, result)
+                      + _depth_loss(out.depth[k], batch, k, cfg, timer))
     _backward(model, losses, timer, result)
     _read_traces(traces, timer, result)  # the layer reports its backward once backward has run
     return result
