@@ -263,8 +263,8 @@ def _context_mse(model, batch) -> float:
         return float(((pred - batch.context_images[0]) ** 2).mean())
 
 
-def test_context_weight_adds_the_context_views_loss():
-    # stage ff with context_weight w: loss = ℓ(targets) + w·ℓ(context views), written out by hand
+def _ff_loss_with(**loss_kw):
+    """(model, batch, plain stage-ff step, the same step with the extra loss weights) on one tiny batch."""
     from diff3r_cli.model.predictor import build_predictor
     from diff3r_cli.train import Batch, TrainConfig, train_step
     from diff3r_cli.train.config import LossConfig
@@ -276,9 +276,14 @@ def test_context_weight_adds_the_context_views_loss():
     batch = Batch.from_collated(_step_batch(1, seed=3), cpu)
     plain = train_step(model, batch, TrainConfig(stage="ff", loss=LossConfig(ssim_weight=0.0)), Timer(cpu))
     model.zero_grad()
+    extra = train_step(model, batch, TrainConfig(stage="ff", loss=LossConfig(ssim_weight=0.0, **loss_kw)), Timer(cpu))
+    return model, batch, plain, extra
+
+
+def test_context_weight_adds_the_context_views_loss():
+    # stage ff with context_weight w: loss = ℓ(targets) + w·ℓ(context views), written out by hand
     w = 0.7
-    with_ctx = train_step(model, batch, TrainConfig(stage="ff", loss=LossConfig(ssim_weight=0.0, context_weight=w)),
-                          Timer(cpu))
+    model, batch, plain, with_ctx = _ff_loss_with(context_weight=w)
     ctx_mse = _context_mse(model, batch)
     assert ctx_mse > 1e-4
     assert with_ctx.loss_sum == pytest.approx(plain.loss_sum + w * ctx_mse, rel=1e-5)
@@ -358,21 +363,10 @@ def test_depth_range_is_set_in_the_trained_model(synth_root, tmp_path):
 
 
 def test_depth_weight_adds_the_reprojection_loss():
-    from diff3r_cli.model.predictor import build_predictor
-    from diff3r_cli.train import Batch, TrainConfig, train_step
-    from diff3r_cli.train.config import LossConfig
     from diff3r_cli.train.depth_loss import reprojection_loss
-    from diff3r_cli.train.steps import Timer
 
-    torch.manual_seed(0)
-    model = build_predictor("small", **TINY)
-    cpu = torch.device("cpu")
-    batch = Batch.from_collated(_step_batch(1, seed=3), cpu)
-    plain = train_step(model, batch, TrainConfig(stage="ff", loss=LossConfig(ssim_weight=0.0)), Timer(cpu))
-    model.zero_grad()
     w = 0.3
-    with_depth = train_step(model, batch, TrainConfig(stage="ff", loss=LossConfig(ssim_weight=0.0, depth_weight=w)),
-                            Timer(cpu))
+    model, batch, plain, with_depth = _ff_loss_with(depth_weight=w)
     with torch.no_grad():
         out = model(batch.context_images, batch.context_K, batch.context_w2c, batch.near, batch.far)
         ref = float(reprojection_loss(out.depth[0], batch.context_images[0], batch.context_K[0], batch.context_w2c[0]))
