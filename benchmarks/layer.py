@@ -252,7 +252,8 @@ def measure_example(ex: Example, solvers, threads=(1,), ref_stage_steps: int = 1
                 rec.update({key[5:]: v for key, v in rec.items() if key.startswith("conv_cos")}, reference="converged")
             rows.append(rec)
             print(f"  {ex.key:24s} {solver.name:10s} K={k:<4d} ratio {rec['ratio']:.3f} cos θ0 {rec['cos_theta0']:.3f}"
-                  f" Λ {rec['cos_lam']:.3f}  {rec['step_s']:.2f} s", file=sys.stderr, flush=True)
+                  f" Λ {rec['cos_lam']:.3f} (θ* {rec['conv_cos_theta0']:.3f} / {rec['conv_cos_lam']:.3f})"
+                  f"  {rec['step_s']:.2f} s", file=sys.stderr, flush=True)
         del trace
     return rows, conv_info
 
