@@ -279,22 +279,26 @@ def aggregate(per_example: list[dict], threads) -> list[dict]:
                 agg[key] = sum(vals) / len(vals)
         agg["worst_ratio"] = max(r["ratio"] for r in rs)
         agg["worst_cos"] = min(min(r["cos_theta0"], r["cos_lam"]) for r in rs)
-        agg["meets_goal"] = (agg["ratio"] <= GOAL_RATIO and agg["cos_theta0"] >= GOAL_COS
-                             and agg["cos_lam"] >= GOAL_COS)
+        # The goal's cosines are to the derivative of the converged argmin (θ* columns): that is what
+        # the IFT gradient claims to be. Reverse mode through Adam's own path ("unrolled") differentiates
+        # its per-coordinate step normalisation too, and drifts away from it (to ~0) as the solve
+        # converges, so it is reported but not the yardstick.
+        agg["meets_goal"] = (agg["ratio"] <= GOAL_RATIO and agg["conv_cos_theta0"] >= GOAL_COS
+                             and agg["conv_cos_lam"] >= GOAL_COS)
         out.append(agg)
     return out
 
 
 def recommend(rows: list[dict]) -> dict:
-    """The cheapest row meeting ratio ≤ 0.1 and both cosines ≥ 0.9, else the closest one."""
+    """The cheapest row meeting ratio ≤ 0.1 and both θ* cosines ≥ 0.9, else the closest one."""
     ok = [r for r in rows if r["meets_goal"]]
     if ok:
         best = min(ok, key=lambda r: r["step_s"])
         return {"solver": best["solver"], "steps": best["steps"], "meets_goal": True, "step_s": best["step_s"]}
 
     def shortfall(r):  # how far from the goal, in the goal's own terms
-        return (max(0.0, math.log10(r["ratio"] / GOAL_RATIO)) + max(0.0, GOAL_COS - r["cos_theta0"])
-                + max(0.0, GOAL_COS - r["cos_lam"]))
+        return (max(0.0, math.log10(r["ratio"] / GOAL_RATIO)) + max(0.0, GOAL_COS - r["conv_cos_theta0"])
+                + max(0.0, GOAL_COS - r["conv_cos_lam"]))
     best = min(rows, key=shortfall)
     return {"solver": best["solver"], "steps": best["steps"], "meets_goal": False, "step_s": best["step_s"]}
 

@@ -90,3 +90,15 @@ def test_measure_example_rows(example):
     table = layer.format_table(agg, (1,))
     assert "| adam | 3 |" in table and "| lm | 2 |" in table
     assert layer.recommend(agg)["solver"] in ("adam", "lm")
+
+
+def test_goal_is_judged_on_the_converged_reference():
+    # an Adam row near stationarity: ~0 cosine to its own unrolled path, 0.95 to the converged θ*
+    base = dict(key="a", steps=100, reference="unrolled", pcg_miss=0, fallback=None, step_s=1.0, pcg_iterations=30,
+                cos_loglam=0.0, conv_cos_loglam=0.9)
+    rows = [dict(base, solver="fast", ratio=0.05, cos_theta0=0.01, cos_lam=0.0, conv_cos_theta0=0.95, conv_cos_lam=0.93),
+            dict(base, solver="loose", ratio=0.3, cos_theta0=0.99, cos_lam=0.99, conv_cos_theta0=0.99,
+                 conv_cos_lam=0.99, step_s=0.5)]
+    agg = {r["solver"]: r for r in layer.aggregate(rows, (1,))}
+    assert agg["fast"]["meets_goal"] and not agg["loose"]["meets_goal"]
+    assert layer.recommend(list(agg.values()))["solver"] == "fast"
