@@ -20,6 +20,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <tuple>
 #include <type_traits>
 #include <limits>
 #include <mutex>
@@ -1033,6 +1034,18 @@ void check_cpu(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
 }
 
+// The Gaussians' five parameter tensors and their tangents, each checked: what the jvp ops take.
+std::pair<std::vector<at::Tensor>, std::vector<at::Tensor>> checked_primal_tangent(
+    const at::Tensor& means, const at::Tensor& log_scales, const at::Tensor& quats, const at::Tensor& opacity_logits,
+    const at::Tensor& sh, const at::Tensor& t_means, const at::Tensor& t_log_scales, const at::Tensor& t_quats,
+    const at::Tensor& t_opacity_logits, const at::Tensor& t_sh) {
+  std::vector<at::Tensor> P = {means, log_scales, quats, opacity_logits, sh};
+  std::vector<at::Tensor> D = {t_means, t_log_scales, t_quats, t_opacity_logits, t_sh};
+  for (auto& t : P) check_cpu(t, "input");
+  for (auto& t : D) check_cpu(t, "tangent");
+  return {P, D};
+}
+
 std::vector<at::Tensor> project_forward(const at::Tensor& means, const at::Tensor& log_scales,
                                         const at::Tensor& quats, const at::Tensor& opacity_logits,
                                         const at::Tensor& sh, const at::Tensor& K, const at::Tensor& w2c,
@@ -1067,10 +1080,9 @@ std::vector<at::Tensor> project_forward_jvp(const at::Tensor& means, const at::T
                                             const at::Tensor& t_means, const at::Tensor& t_log_scales,
                                             const at::Tensor& t_quats, const at::Tensor& t_opacity_logits,
                                             const at::Tensor& t_sh) {
-  std::vector<at::Tensor> P = {means, log_scales, quats, opacity_logits, sh};
-  std::vector<at::Tensor> D = {t_means, t_log_scales, t_quats, t_opacity_logits, t_sh};
-  for (auto& t : P) check_cpu(t, "input");
-  for (auto& t : D) check_cpu(t, "tangent");
+  std::vector<at::Tensor> P, D;  // not a structured binding: lambdas capture those only from C++20
+  std::tie(P, D) = checked_primal_tangent(means, log_scales, quats, opacity_logits, sh, t_means, t_log_scales, t_quats,
+                                          t_opacity_logits, t_sh);
   for (auto* t : {&K, &w2c, &campos}) check_cpu(*t, "camera");
   std::vector<at::Tensor> out;
   AT_DISPATCH_FLOATING_TYPES(means.scalar_type(), "project_forward_jvp", [&] {
@@ -1086,10 +1098,9 @@ std::vector<at::Tensor> project_jvp(const at::Tensor& means, const at::Tensor& l
                                     const at::Tensor& gid, const at::Tensor& t_means, const at::Tensor& t_log_scales,
                                     const at::Tensor& t_quats, const at::Tensor& t_opacity_logits,
                                     const at::Tensor& t_sh) {
-  std::vector<at::Tensor> P = {means, log_scales, quats, opacity_logits, sh};
-  std::vector<at::Tensor> D = {t_means, t_log_scales, t_quats, t_opacity_logits, t_sh};
-  for (auto& t : P) check_cpu(t, "input");
-  for (auto& t : D) check_cpu(t, "tangent");
+  std::vector<at::Tensor> P, D;  // not a structured binding: lambdas capture those only from C++20
+  std::tie(P, D) = checked_primal_tangent(means, log_scales, quats, opacity_logits, sh, t_means, t_log_scales, t_quats,
+                                          t_opacity_logits, t_sh);
   std::vector<at::Tensor> out;
   AT_DISPATCH_FLOATING_TYPES(means.scalar_type(), "project_jvp", [&] {
     out = project_jvp_impl<scalar_t>(P, D, K, w2c, campos, W, H, cam, gid);
