@@ -82,3 +82,14 @@ def test_eval_gives_each_model_its_own_depth_range(monkeypatch):
     score_runs({"diff3r": a, "ff": b}, [("ff", "ff", False, 0), ("diff3r", "diff3r", True, 0)], v, "cpu")
     assert seen == {"fitted": (2.0, 9.0), "normalised": (1.5, 150.0)}
 
+
+
+def test_look_at_fallback_in_both_conventions():
+    from diff3r_cli.engines.policy import look_at_distance
+
+    scene = _scene_with_points(np.array([5.0]))
+    scene.extras.clear()  # no hints, no points; triangulation off: the look-at point is all there is
+    d = look_at_distance(scene.cameras)
+    assert estimate_depth_range(scene, [0, 1], triangulate=False) == (0.25 * d, 4.0 * d, "camera look-at")
+    assert estimate_depth_range(scene, [0, 1], triangulate=False, convention="normalised") == \
+        (*normalised_range(0.5 * d), "camera look-at")

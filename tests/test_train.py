@@ -351,6 +351,8 @@ def test_inner_lr_and_hessian_reach_the_layer(monkeypatch):
     assert (cli.inner.lr, cli.inner.hessian) == (4.0, "exact")
     with pytest.raises(UserError, match="inner-hessian"):
         TrainConfig.from_options(inner_hessian="newton").validate()
+    with pytest.raises(UserError, match="inner-lr"):
+        TrainConfig.from_options(inner_lr=4.0, inner_optimizer="lm").validate()
 
 
 def test_depth_range_is_set_in_the_trained_model(synth_root, tmp_path):

@@ -101,8 +101,9 @@ def _widened_quantiles(z: torch.Tensor) -> tuple[float, float]:
     return float(torch.quantile(z, 0.02)) * 0.6, float(torch.quantile(z, 0.98)) * 1.6
 
 
-def look_at_range(cams: Cameras) -> tuple[float, float]:
-    """Near/far around the least-squares point closest to all optical axes (the last resort)."""
+def look_at_distance(cams: Cameras) -> float:
+    """Mean distance along the optical axes to the least-squares point closest to all of them
+    (10 × the baseline where the axes are parallel or meet behind the cameras)."""
     c2w = cams.c2w.to(torch.float64)
     o, d = c2w[:, :3, 3], c2w[:, :3, 2]
     A = torch.zeros(3, 3, dtype=torch.float64)
@@ -120,6 +121,12 @@ def look_at_range(cams: Cameras) -> tuple[float, float]:
     # parallel axes (no finite meeting point) or one behind the cameras: fall back to the baseline
     if not math.isfinite(dist) or dist <= 0 or dist > 1e3 * max(baseline, 1e-9):
         dist = 10 * max(baseline, 1e-3)
+    return dist
+
+
+def look_at_range(cams: Cameras) -> tuple[float, float]:
+    """Near/far around the cameras' common look-at point (the last resort)."""
+    dist = look_at_distance(cams)
     return dist * 0.25, dist * 4.0
 
 
@@ -163,8 +170,7 @@ def _depth_evidence(scene, context: list[int], triangulate: bool):
             z = z[z > 1e-6]
             if z.numel() >= 10:
                 return f"triangulated matches ({tri['num_points']} points, {tri['reprojection_error']:.2f} px)", z
-    near, far = look_at_range(cams)
-    return "camera look-at", math.sqrt(near * far)  # the look-at distance (near = d/4, far = 4d)
+    return "camera look-at", look_at_distance(cams)
 
 
 def estimate_depth_range(scene, context: list[int], triangulate: bool = True,
@@ -186,7 +192,7 @@ def estimate_depth_range(scene, context: list[int], triangulate: bool = True,
     if source == "camera look-at":
         if convention == "normalised":
             return (*normalised_range(0.5 * ev), source)
-        return 0.25 * ev, 4.0 * ev, source
+        return ev * 0.25, ev * 4.0, source
     if convention == "normalised":
         return (*normalised_range(float(torch.quantile(ev.double(), 0.05))), source)
     if source == "depth maps":
@@ -225,6 +231,6 @@ def split_unseen(cameras: Cameras, context: list[int], max_interp: int = MAX_INT
 
 
 __all__ = ["DEFAULT_MODEL", "MAX_SIDE", "MULTIPLE", "pick_device", "default_resolution", "working_resolution",
-           "choose_context", "context_views", "range_from_points", "look_at_range", "estimate_depth_range",
+           "choose_context", "context_views", "range_from_points", "look_at_distance", "look_at_range", "estimate_depth_range",
            "DEPTH_RANGES", "normalised_range",
            "split_unseen"]

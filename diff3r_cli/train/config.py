@@ -215,6 +215,8 @@ class TrainConfig:
             raise UserError(f"unknown --inner-hessian {self.inner.hessian!r}", fix="use gn or exact")
         if self.inner.lr is not None and not self.inner.lr > 0:
             raise UserError(f"--inner-lr must be positive, got {self.inner.lr}", fix="e.g. --inner-lr 4")
+        if self.inner.lr is not None and self.inner.optimizer != "adam":
+            raise UserError("--inner-lr sets the inner Adam's rates; LM has none", fix="drop --inner-lr or use adam")
 
     def with_defaults_resolved(self) -> "TrainConfig":
         """Fill the defaults that depend on other fields (after `resumed`): view sampler, gaps,

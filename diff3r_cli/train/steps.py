@@ -186,7 +186,7 @@ def _inner_solve(g0: Gaussians, lam: torch.Tensor, batch: Batch, k: int, cfg: Tr
     return implicit.optimization_layer_with_stats(
         g0, lam, batch.context_cameras(k), batch.context_images[k], cfg.inner.steps, cfg.inner.optimizer,
         backend=cfg.runtime.render_backend, pcg_max_iter=cfg.inner.pcg_max_iter, hessian=cfg.inner.hessian,
-        **({"lr": cfg.inner.lr} if cfg.inner.lr is not None and cfg.inner.optimizer == "adam" else {}))
+        **({"lr": cfg.inner.lr} if cfg.inner.lr is not None else {}))  # Adam only (validated)
 
 
 def _diff3r_loss(g0: Gaussians, g_star: Gaussians, batch: Batch, k: int, cfg: TrainConfig, timer: Timer,
