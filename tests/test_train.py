@@ -41,7 +41,11 @@ def test_resume_is_bit_exact(synth_root, tmp_path):
     with pytest.raises(UserError, match="--resume"):  # a fresh run never mixes into an old one
         train_main_(data_root=synth_root, steps=6, out=b)
     assert json.loads((b / "latest.json").read_text())["step"] == 3
-    rb2 = train_main_(data_root=synth_root, steps=6, out=b, resume=True)
+    # a process killed after the checkpoint left records past it (and a line cut short)
+    with open(b / "log.jsonl", "a") as f:
+        f.write(json.dumps({"type": "train", "step": 4, "loss": 9.0}) + "\n" + '{"type": "tra')
+    # a plain --resume (no steps given) continues the run's own 6-step schedule
+    rb2 = train_main_(data_root=synth_root, out=b, resume=True)
     assert rb2["status"] == "finished" and rb2["step"] == 6
     wa, wb = _weights(a / "model.safetensors"), _weights(b / "model.safetensors")
     assert wa.keys() == wb.keys()
@@ -229,6 +233,7 @@ def test_skipped_example_does_not_shrink_the_others_weight(monkeypatch):
 
 def test_resume_rule_keeps_the_runs_settings():
     from diff3r_cli.train import TrainConfig
+    from diff3r_cli.train.config import DEFAULT_STEPS
 
     cli = TrainConfig.from_options(data="synthetic", stage="ff", batch=8, seed=3, steps=50, inner_steps=9,
                                    inner_optimizer="lm", eval_every=5, data_root=None)
@@ -242,6 +247,10 @@ def test_resume_rule_keeps_the_runs_settings():
     assert r.data.view_sampler == "gap"  # saved before the angle sampler existed
     # ... the rest from the command line (steps may extend the run)
     assert (r.schedule.steps, r.inner.optimizer, r.eval.every, r.optim.lr) == (50, "lm", 5, cli.optim.lr)
+    # steps not given: the run's own (a plain --resume keeps the schedule); a new run: the default
+    plain = TrainConfig.from_options(data="synthetic")
+    assert plain.resumed(saved).with_defaults_resolved().schedule.steps == 10
+    assert plain.with_defaults_resolved().schedule.steps == DEFAULT_STEPS
     assert cli.resumed({**saved, "data_root": "/data/x"}).data.root == "/data/x"
     moved = TrainConfig.from_options(data_root="/data/moved").resumed(saved)
     assert moved.data.root == "/data/moved"  # the command line's root wins when given

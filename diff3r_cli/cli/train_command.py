@@ -11,7 +11,7 @@ from diff3r_cli.cli.checks import check_output_dir, require_exists
 from diff3r_cli.cli.guard import fail, guarded
 from diff3r_cli.cli.options import DataKind, Stage
 from diff3r_cli.cli.present import print_result
-from diff3r_cli.train.config import TrainConfig
+from diff3r_cli.train.config import DEFAULT_STEPS, TrainConfig
 
 _D = TrainConfig()  # the trainer's defaults, shown by --help and used when an option is omitted
 
@@ -32,7 +32,9 @@ def train(
     = _D.data.real_fraction,
     stage: Annotated[Stage, typer.Option(help="ff: train the feed-forward predictor alone; diff3r: train "
                                               "through the optimization layer (usually with --init).")] = Stage(_D.stage),
-    steps: Annotated[int, typer.Option(min=1, help="Training steps.")] = _D.schedule.steps,
+    steps: Annotated[Optional[int], typer.Option(min=1, help="Total training steps of the run. Default: "
+                                                   f"{DEFAULT_STEPS}; with --resume, the saved run's (given, "
+                                                   "it extends or shortens the schedule).")] = None,
     resolution: Annotated[int, typer.Option(min=16, help="Short side of the training images; each scene keeps "
                                                          "its aspect ratio (batches grouped by size).")] = _D.data.resolution,
     batch: Annotated[int, typer.Option(min=1, help="Scenes per step (per process under torchrun).")] = _D.data.batch,

@@ -9,8 +9,8 @@ Resume rule (`TrainConfig.resumed`): a resumed run is the same experiment contin
         unless given, resolution, batch, seed, views, outliers, real_fraction, stage, loss weights,
         inner steps, warm-up) comes from the saved options whatever the command line says;
   FILL  data_root, synthetic_root: the command line's when given (the data may have moved), else
-        the saved one;
-  all other fields (steps, which may extend the run, cadences, evaluation, device, threads, the
+        the saved one; steps likewise (given: extends or shortens the run; not given: the run's own);
+  all other fields (cadences, evaluation, device, threads, the
         inner optimizer, PCG cap, gradient clip) come from the command line. The optimizer's
         hyper-parameters (lr, lam_lr, weight decay) return with its saved state regardless.
 A saved run without ``view_sampler`` predates the angle sampler and keeps the gap sampler.
@@ -27,6 +27,7 @@ from diff3r_cli.errors import UserError
 STAGES = ("ff", "diff3r")
 DATA_KINDS = ("re10k", "synthetic", "mix")
 VIEW_SAMPLERS = ("angle", "gap")
+DEFAULT_STEPS = 20000
 AUTO_SYNTH_DIR = "synthetic_data"  # where a run without a synthetic root generates a small set
 KEEP = "keep"  # resume: the saved value wins
 FILL = "fill"  # resume: the command line's value wins, the saved one fills in when it gives none
@@ -113,7 +114,9 @@ class InnerConfig:
 class ScheduleConfig:
     """How long the run is and when it pauses to write a checkpoint."""
 
-    steps: int = _opt(20000, "steps")                            # total optimizer steps of the run
+    # Total optimizer steps of the run. None: DEFAULT_STEPS for a new run, the saved run's on resume
+    # (so a plain --resume continues the same cosine schedule instead of stretching it).
+    steps: Optional[int] = _opt(None, "steps", FILL)
     warmup: Optional[int] = _opt(None, "warmup", KEEP)           # None: min(200, steps // 20)
     ckpt_every: int = _opt(200, "ckpt_every")
     stop_after: Optional[int] = _opt(None, "stop_after")         # steps this process; schedule unchanged
@@ -199,7 +202,7 @@ class TrainConfig:
         d = self.data
         if self.stage not in STAGES:
             raise UserError(f"unknown --stage {self.stage!r}", fix=f"use one of {', '.join(STAGES)}")
-        if self.schedule.steps < 1 or d.batch < 1 or d.resolution < 16:
+        if (self.schedule.steps is not None and self.schedule.steps < 1) or d.batch < 1 or d.resolution < 16:
             raise UserError(f"invalid settings (steps={self.schedule.steps}, batch={d.batch}, "
                             f"resolution={d.resolution})", fix="use steps >= 1, batch >= 1, resolution >= 16")
         if not 0.0 <= d.outliers <= 1.0:
@@ -232,11 +235,12 @@ class TrainConfig:
                        max_gap=defaults.max_gap if d.max_gap is None else d.max_gap)
         if d.kind == "mix" and not d.synthetic_root:
             data = replace(data, synthetic_root=Path(self.out) / AUTO_SYNTH_DIR)
-        warmup = sched.warmup if sched.warmup is not None else min(200, max(1, sched.steps // 20))
+        steps = sched.steps if sched.steps is not None else DEFAULT_STEPS
+        warmup = sched.warmup if sched.warmup is not None else min(200, max(1, steps // 20))
         tto = self.eval.tto_steps
         if tto is None:
             tto = self.inner.steps if self.stage == "diff3r" else 0
-        return replace(self, data=data, schedule=replace(sched, warmup=warmup),
+        return replace(self, data=data, schedule=replace(sched, steps=steps, warmup=warmup),
                        eval=replace(self.eval, tto_steps=tto))
 
 
@@ -297,6 +301,6 @@ def saved_options(cfg: TrainConfig, data_root: Path, model_size: str, world_size
                 depth_weight=cfg.loss.depth_weight)
 
 
-__all__ = ["TrainConfig", "DataConfig", "ModelConfig", "OptimConfig", "LossConfig", "InnerConfig", "ScheduleConfig",
+__all__ = ["DEFAULT_STEPS", "TrainConfig", "DataConfig", "ModelConfig", "OptimConfig", "LossConfig", "InnerConfig", "ScheduleConfig",
            "EvalConfig", "LoggingConfig", "RuntimeConfig", "STAGES", "DATA_KINDS", "KEEP", "FILL", "flat_fields",
            "saved_options", "default_sampler", "AUTO_SYNTH_DIR"]

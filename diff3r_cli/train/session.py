@@ -6,6 +6,7 @@ random states are restored after everything that is built from them.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -13,7 +14,7 @@ from typing import Optional
 import torch
 
 from diff3r_cli.errors import UserError
-from diff3r_cli.fsio import atomic_write_json
+from diff3r_cli.fsio import atomic_write_bytes, atomic_write_json
 from diff3r_cli.train.checkpoint import TrainState, find_checkpoint, load_state, restore_rng
 from diff3r_cli.train.config import TrainConfig, saved_options
 from diff3r_cli.train.data import dataset_factory, resolve_data
@@ -94,6 +95,26 @@ def _stream_state(resume: Optional[_Resume], dist: Dist) -> Optional[dict]:
     return streams[dist.rank]
 
 
+def trim_log(log: Path, step: int) -> int:
+    """Drop the records of log.jsonl past ``step`` (written after the checkpoint a resume starts
+    from, by a process that was killed), so the resumed run's curve has each step once.
+    Returns how many records were dropped; the file is rewritten atomically only if any were."""
+    if not log.exists():
+        return 0
+    lines = log.read_text().splitlines(keepends=True)
+    kept = []
+    for line in lines:
+        try:
+            rec_step = json.loads(line).get("step")
+        except (json.JSONDecodeError, AttributeError):
+            continue  # a line cut short by the kill
+        if rec_step is None or rec_step <= step:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    if len(kept) != len(lines):
+        atomic_write_bytes(log, "".join(kept).encode())
+    return len(lines) - len(kept)
+
+
 def open_session(cfg: TrainConfig) -> Session:
     """Set up a run from a validated config: resumed (with the saved settings) or new."""
     dist = setup_distributed(cfg.runtime.device)
@@ -121,8 +142,10 @@ def open_session(cfg: TrainConfig) -> Session:
             "num_parameters": model.num_parameters()}
     if dist.main:
         atomic_write_json(out / "config.json", options)
+        if resume is not None:
+            trim_log(out / "log.jsonl", resume.state.step)
     return Session(cfg, dist, root, model, [p for p in model.parameters() if p.requires_grad], optimizer, scheduler,
                    stream, resume.state.step if resume else 0, meta)
 
 
-__all__ = ["Session", "open_session"]
+__all__ = ["Session", "open_session", "trim_log"]
