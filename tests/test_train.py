@@ -233,24 +233,33 @@ def test_skipped_example_does_not_shrink_the_others_weight(monkeypatch):
 
 def test_resume_rule_keeps_the_runs_settings():
     from diff3r_cli.train import TrainConfig
-    from diff3r_cli.train.config import DEFAULT_STEPS
+    from diff3r_cli.train.config import DEFAULT_PCG_MAX_ITER, DEFAULT_STEPS
 
     cli = TrainConfig.from_options(data="synthetic", stage="ff", batch=8, seed=3, steps=50, inner_steps=9,
                                    inner_optimizer="lm", eval_every=5, data_root=None)
     saved = {"data": "re10k", "data_root": "/data/x", "stage": "diff3r", "steps": 10, "batch": 2, "seed": 0,
-             "inner_steps": 4, "inner_optimizer": "adam", "warmup": 7, "lr": 0.5}
+             "inner_steps": 4, "inner_optimizer": "adam", "warmup": 7, "lr": 0.5, "inner_lr": 4.0,
+             "inner_hessian": "exact", "pcg_max_iter": 150, "init": "runs/ff/model.safetensors"}
     r = cli.resumed(saved)
     # what defines the experiment comes from the saved run ...
     kept = (r.data.kind, r.stage, r.data.batch, r.seed, r.inner.steps, r.schedule.warmup)
     assert kept == ("re10k", "diff3r", 2, 0, 4, 7)
     assert r.data.root == "/data/x"  # filled in: the command line gave none
     assert r.data.view_sampler == "gap"  # saved before the angle sampler existed
+    # ... and so do the inner problem and the optimizer's rates (restored with its state anyway)
+    assert (r.inner.optimizer, r.optim.lr) == ("adam", 0.5)
     # ... the rest from the command line (steps may extend the run)
-    assert (r.schedule.steps, r.inner.optimizer, r.eval.every, r.optim.lr) == (50, "lm", 5, cli.optim.lr)
+    assert (r.schedule.steps, r.eval.every) == (50, 5)
     # steps not given: the run's own (a plain --resume keeps the schedule); a new run: the default
     plain = TrainConfig.from_options(data="synthetic")
     assert plain.resumed(saved).with_defaults_resolved().schedule.steps == 10
     assert plain.with_defaults_resolved().schedule.steps == DEFAULT_STEPS
+    # a plain resume keeps the inner solver it trained with (rate, Hessian, PCG cap) and its origin
+    kept = plain.resumed(saved).with_defaults_resolved()
+    assert (kept.inner.lr, kept.inner.hessian, kept.inner.pcg_max_iter) == (4.0, "exact", 150)
+    assert str(kept.model.init) == "runs/ff/model.safetensors"
+    assert TrainConfig.from_options(pcg_max_iter=300).resumed(saved).inner.pcg_max_iter == 300
+    assert plain.with_defaults_resolved().inner.pcg_max_iter == DEFAULT_PCG_MAX_ITER
     assert cli.resumed({**saved, "data_root": "/data/x"}).data.root == "/data/x"
     moved = TrainConfig.from_options(data_root="/data/moved").resumed(saved)
     assert moved.data.root == "/data/moved"  # the command line's root wins when given

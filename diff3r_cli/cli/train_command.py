@@ -11,7 +11,7 @@ from diff3r_cli.cli.checks import check_output_dir, require_exists
 from diff3r_cli.cli.guard import fail, guarded
 from diff3r_cli.cli.options import DataKind, Stage
 from diff3r_cli.cli.present import print_result
-from diff3r_cli.train.config import DEFAULT_STEPS, TrainConfig
+from diff3r_cli.train.config import DEFAULT_PCG_MAX_ITER, DEFAULT_STEPS, TrainConfig
 
 _D = TrainConfig()  # the trainer's defaults, shown by --help and used when an option is omitted
 
@@ -64,8 +64,9 @@ def train(
                                                             "scene scaled so its 5th-percentile depth is 2, near 1, "
                                                             "far 100; RE10K-style data). Default: the model's own.")]
     = None,
-    pcg_max_iter: Annotated[int, typer.Option(help="Stage diff3r: PCG iteration cap of the IFT "
-                                                    "backward.")] = _D.inner.pcg_max_iter,
+    pcg_max_iter: Annotated[Optional[int], typer.Option(help="Stage diff3r: PCG iteration cap of the IFT "
+                                                              f"backward. Default: {DEFAULT_PCG_MAX_ITER}; with "
+                                                              "--resume, the saved run's.")] = None,
     inner_lr: Annotated[Optional[float], typer.Option(help="Stage diff3r, Adam: multiplier of the inner "
                                                            "TTO's learning rates.")] = None,
     inner_hessian: Annotated[str, typer.Option(help="Stage diff3r: Hessian of the IFT backward, gn or exact.")]

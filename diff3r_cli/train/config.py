@@ -5,14 +5,16 @@ Every field has a flat name: the keyword argument of `train_main` and the `diff3
 builds the tree from flat names; the defaults below are the only ones (the CLI reads them).
 
 Resume rule (`TrainConfig.resumed`): a resumed run is the same experiment continued.
-  KEEP  what defines the data stream, the objective and the schedule's shape (data, data_root
-        unless given, resolution, batch, seed, views, outliers, real_fraction, stage, loss weights,
-        inner steps, warm-up) comes from the saved options whatever the command line says;
+  KEEP  what defines the data stream, the objective and the schedule's shape (data, resolution,
+        batch, seed, views, outliers, real_fraction, stage, loss weights, the inner problem: its
+        steps, optimizer, rate multiplier and Hessian; warm-up), the optimizer's hyper-parameters
+        (lr, lam_lr, weight decay: they return with its saved state regardless) and init (the
+        run's provenance) come from the saved options whatever the command line says;
   FILL  data_root, synthetic_root: the command line's when given (the data may have moved), else
-        the saved one; steps likewise (given: extends or shortens the run; not given: the run's own);
-  all other fields (cadences, evaluation, device, threads, the
-        inner optimizer, PCG cap, gradient clip) come from the command line. The optimizer's
-        hyper-parameters (lr, lam_lr, weight decay) return with its saved state regardless.
+        the saved one; steps and the PCG cap likewise (given: changed from here on; not given: the
+        run's own);
+  all other fields (cadences, evaluation, device, threads, gradient clip) come from the command
+        line.
 A saved run without ``view_sampler`` predates the angle sampler and keeps the gap sampler.
 """
 
@@ -28,6 +30,7 @@ STAGES = ("ff", "diff3r")
 DATA_KINDS = ("re10k", "synthetic", "mix")
 VIEW_SAMPLERS = ("angle", "gap")
 DEFAULT_STEPS = 20000
+DEFAULT_PCG_MAX_ITER = 50
 AUTO_SYNTH_DIR = "synthetic_data"  # where a run without a synthetic root generates a small set
 KEEP = "keep"  # resume: the saved value wins
 FILL = "fill"  # resume: the command line's value wins, the saved one fills in when it gives none
@@ -67,7 +70,8 @@ class ModelConfig:
 
     size: str = _opt("small", "model_size")
     overrides: Optional[dict] = _opt(None, "model_overrides")  # PredictorConfig fields (tests: tiny models)
-    init: Union[str, Path, None] = _opt(None, "init")                 # weights to start from (.safetensors, run dir)
+    # weights the run started from (.safetensors, run dir); kept on resume as the run's provenance
+    init: Union[str, Path, None] = _opt(None, "init", KEEP)
     lam_floor: Optional[float] = _opt(None, "lam_floor", KEEP)  # set the predictor's λ·P floor (None: keep the model's)
     # set the predictor's near/far convention, "fitted" | "normalised" (None: keep the model's); the
     # training data's near/far follow the model's convention (PredictorConfig.depth_range)
@@ -78,9 +82,10 @@ class ModelConfig:
 class OptimConfig:
     """AdamW on the network; Λ's per-group log-scale has its own rate."""
 
-    lr: float = _opt(2e-4, "lr")
-    lam_lr: float = _opt(1e-2, "lam_lr")
-    weight_decay: float = _opt(0.0, "weight_decay")
+    # KEEP: a resume restores them with the optimizer's state anyway; the record must say so too
+    lr: float = _opt(2e-4, "lr", KEEP)
+    lam_lr: float = _opt(1e-2, "lam_lr", KEEP)
+    weight_decay: float = _opt(0.0, "weight_decay", KEEP)
     grad_clip: float = _opt(1.0, "grad_clip")  # 0: no clipping
 
 
@@ -101,13 +106,14 @@ class InnerConfig:
     """The inner problem of stage diff3r: TTO forward, IFT backward."""
 
     steps: int = _opt(5, "inner_steps", KEEP)
-    optimizer: str = _opt("adam", "inner_optimizer")
-    pcg_max_iter: int = _opt(50, "pcg_max_iter")
+    optimizer: str = _opt("adam", "inner_optimizer", KEEP)
+    # None: DEFAULT_PCG_MAX_ITER for a new run, the saved run's on resume
+    pcg_max_iter: Optional[int] = _opt(None, "pcg_max_iter", FILL)
     # Adam only: a multiplier of the 3DGS learning rates (None: 1). At a floored Λ the flat
     # directions want larger steps: ×4 halves the steps to a given stationarity (benchmarks/layer.py).
-    lr: Optional[float] = _opt(None, "inner_lr")
+    lr: Optional[float] = _opt(None, "inner_lr", KEEP)
     # The IFT backward's Hessian: "gn" (JᵀJ/P + Λ) or "exact" (∇²E; what a converged θ* calls for).
-    hessian: str = _opt("gn", "inner_hessian", legacy="gn")
+    hessian: str = _opt("gn", "inner_hessian", KEEP, legacy="gn")
 
 
 @dataclass
@@ -240,7 +246,9 @@ class TrainConfig:
         tto = self.eval.tto_steps
         if tto is None:
             tto = self.inner.steps if self.stage == "diff3r" else 0
+        pcg = self.inner.pcg_max_iter if self.inner.pcg_max_iter is not None else DEFAULT_PCG_MAX_ITER
         return replace(self, data=data, schedule=replace(sched, steps=steps, warmup=warmup),
+                       inner=replace(self.inner, pcg_max_iter=pcg),
                        eval=replace(self.eval, tto_steps=tto))
 
 
@@ -298,9 +306,9 @@ def saved_options(cfg: TrainConfig, data_root: Path, model_size: str, world_size
                 synthetic_root=str(d.synthetic_root) if d.synthetic_root else None, real_fraction=d.real_fraction,
                 context_weight=cfg.loss.context_weight, lam_floor=cfg.model.lam_floor, inner_lr=cfg.inner.lr,
                 inner_hessian=cfg.inner.hessian, depth_range=cfg.model.depth_range,
-                depth_weight=cfg.loss.depth_weight)
+                depth_weight=cfg.loss.depth_weight, pcg_max_iter=cfg.inner.pcg_max_iter)
 
 
-__all__ = ["DEFAULT_STEPS", "TrainConfig", "DataConfig", "ModelConfig", "OptimConfig", "LossConfig", "InnerConfig", "ScheduleConfig",
+__all__ = ["DEFAULT_STEPS", "DEFAULT_PCG_MAX_ITER", "TrainConfig", "DataConfig", "ModelConfig", "OptimConfig", "LossConfig", "InnerConfig", "ScheduleConfig",
            "EvalConfig", "LoggingConfig", "RuntimeConfig", "STAGES", "DATA_KINDS", "KEEP", "FILL", "flat_fields",
            "saved_options", "default_sampler", "AUTO_SYNTH_DIR"]
