@@ -87,6 +87,8 @@ SOLVERS = {s.name: s for s in (
     # The trainer's backward (PCG ≤ 50 its) misses 1e-3 on every real example measured and
     # returns the Jacobi fallback M⁻¹∇ℓ: the same inner solve with a backward run to convergence.
     Solver("adam-lr4-bwd600", "adam", (50, 100), {"lr": 4.0, "pcg_max_iter": 600}),
+    # What the real-photo diff3r fine-tune trains with (README: --inner-lr 4 --pcg-max-iter 150).
+    Solver("adam-lr4-bwd150", "adam", (100,), {"lr": 4.0, "pcg_max_iter": 150}),
     # The converged reference differentiates with the exact Hessian; the layer's default is
     # Gauss-Newton. Near stationarity the gap between the two is what is left of the cosine.
     Solver("adam-exact", "adam", (100, 200), {"hessian": "exact"}),

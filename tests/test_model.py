@@ -269,3 +269,29 @@ def test_lam_floor_raises_every_weight_by_floor_over_p():
     assert float(floored.lam[0].min()) >= 10.0 / P * (1 - 1e-6)
     assert torch.allclose(floored.log_lam[0], torch.log(floored.lam[0]))
     assert math.isclose(float((floored.gaussians[0].means - base.gaussians[0].means).abs().max()), 0.0)
+
+
+def test_bundled_pairs_differ_only_in_stage_and_are_documented():
+    """Each bundled diff3r/ff pair was trained identically except for the stage, the defaults
+    exist, and the model card names every bundled file (with the real pair's licence terms)."""
+    from pathlib import Path
+
+    from diff3r_cli.engines.policy import DEFAULT_FF_MODEL, DEFAULT_MODEL
+    from diff3r_cli.model.io import MODELS_DIR, read_metadata, resolve_model_path
+
+    assert resolve_model_path(DEFAULT_MODEL).is_file() and resolve_model_path(DEFAULT_FF_MODEL).is_file()
+    card = (Path(MODELS_DIR) / "MODEL_CARD.md").read_text()
+    for f in Path(MODELS_DIR).glob("*.safetensors"):
+        assert f"`{f.name}`" in card, f"{f.name} is not in the model card"
+    # the small pair also differs in what stage ff ignores (inner steps, ff weight) and in init
+    # (each branch's second leg started from its own first leg: MODEL_CARD.md)
+    ignored_by_ff = {"stage", "inner_steps", "ff_weight", "init"}
+    for diff3r, ff, allowed in (("diff3r-real", "ff-real", {"stage"}), ("diff3r-small", "ff-small", ignored_by_ff)):
+        a, b = read_metadata(diff3r), read_metadata(ff)
+        assert a["config"] == b["config"]
+        oa, ob = a["meta"]["options"], b["meta"]["options"]
+        differ = {k for k in set(oa) | set(ob) if oa.get(k) != ob.get(k)}
+        assert "stage" in differ and differ <= allowed, differ
+        assert (a["meta"]["stage"], b["meta"]["stage"]) == ("diff3r", "ff")
+    assert read_metadata(DEFAULT_MODEL)["config"]["depth_range"] == "normalised"
+    assert "research-only" in card and "CC BY-NC" in card

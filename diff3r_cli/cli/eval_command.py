@@ -21,7 +21,7 @@ def eval_cmd(
                                                       "Default: the bundled default.")] = None,
     ff_model: Annotated[Optional[str], typer.Option(help="Feed-forward baseline model to compare against "
                                                          "(bundled name or checkpoint). Default: the bundled "
-                                                         "ff-small when present.")] = None,
+                                                         "ff-real when present; '' for none.")] = None,
     tto_steps: Annotated[str, typer.Option(help="Comma-separated TTO step counts to evaluate.")] = "0,50,200",
     outliers: Annotated[float, typer.Option(min=0.0, max=1.0, help="Probability that a test scene's context "
                                                                    "views get occluders / exposure changes "

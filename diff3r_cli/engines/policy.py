@@ -16,7 +16,10 @@ import torch
 from diff3r_cli.cameras import Cameras
 from diff3r_cli.errors import UserError
 
-DEFAULT_MODEL = "diff3r-small"
+# The bundled defaults: the pair fine-tuned on real photos (models/MODEL_CARD.md; research-only
+# use, inherited from its training data). diff3r-small / ff-small (synthetic rooms) stay bundled.
+DEFAULT_MODEL = "diff3r-real"
+DEFAULT_FF_MODEL = "ff-real"
 MAX_SIDE = 256          # default working resolution cap (long side): chosen by measurement so that the
                         # default reconstruct and `refine --steps 200` finish in minutes on 2 CPU cores
 MULTIPLE = 16           # the predictor works on multiples of 16
@@ -230,7 +233,7 @@ def split_unseen(cameras: Cameras, context: list[int], max_interp: int = MAX_INT
     return interp, [j for j in others if j not in set(interp)]
 
 
-__all__ = ["DEFAULT_MODEL", "MAX_SIDE", "MULTIPLE", "pick_device", "default_resolution", "working_resolution",
+__all__ = ["DEFAULT_MODEL", "DEFAULT_FF_MODEL", "MAX_SIDE", "MULTIPLE", "pick_device", "default_resolution", "working_resolution",
            "choose_context", "context_views", "range_from_points", "look_at_distance", "look_at_range", "estimate_depth_range",
            "DEPTH_RANGES", "normalised_range",
            "split_unseen"]

@@ -39,7 +39,7 @@ def plan_runs(steps_list: list[int], with_ff: bool) -> list[Run]:
     return runs
 
 
-def evaluate_main(data_root: Path, data: str = "re10k", model: str = "diff3r-small", ff_model: Optional[str] = "ff-small",
+def evaluate_main(data_root: Path, data: str = "re10k", model: Optional[str] = None, ff_model: Optional[str] = None,
                   tto_steps: list[int] | tuple[int, ...] = (0, 50, 200), outliers: float = 0.0,
                   limit: Optional[int] = None, device: str = "auto", resolution: Optional[int] = None,
                   optimizer: str = "adam", split: str = "test", json_out: Optional[Path] = None,
@@ -54,7 +54,7 @@ def evaluate_main(data_root: Path, data: str = "re10k", model: str = "diff3r-sma
     Returns {"summary": [{method, steps, psnr, ssim, context_psnr, scenes}], "scenes": [per-scene rows], ...}.
     """
     from diff3r_cli.model.io import resolve_model_path
-    from diff3r_cli.engines.policy import pick_device
+    from diff3r_cli.engines.policy import DEFAULT_FF_MODEL, DEFAULT_MODEL, pick_device
 
     root = Path(data_root)
     index = root / "evaluation_index.json"
@@ -64,9 +64,9 @@ def evaluate_main(data_root: Path, data: str = "re10k", model: str = "diff3r-sma
     if depth_range not in DEPTH_RANGE_MODES:
         raise UserError(f"unknown depth range mode {depth_range!r}", None, "use auto or dataset")
     dev = pick_device(device)
-    model = model or "diff3r-small"
-    if ff_model is None and resolve_model_path("ff-small").is_file():
-        ff_model = "ff-small"
+    model = model or DEFAULT_MODEL
+    if ff_model is None and resolve_model_path(DEFAULT_FF_MODEL).is_file():
+        ff_model = DEFAULT_FF_MODEL
     models = _load_models({"diff3r": model, "ff": ff_model}, dev)
     res = resolution or _model_resolution(models["diff3r"]) or 64
     steps_list = sorted({int(s) for s in tto_steps})
