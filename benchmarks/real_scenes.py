@@ -13,7 +13,7 @@ All five configurations (ff, ff+TTO, diff3r, diff3r+TTO+unc, diff3r+TTO) at each
 target PSNR/SSIM and context PSNR (the inputs re-rendered from the same Gaussians). Every finished
 tuple is appended to a cache (so an interrupted run resumes where it stopped); the summary goes to
 benchmarks/results/real_scenes.json and a picture grid (context, target, ff, ff+TTO,
-diff3r+TTO+unc at the largest budget) to benchmarks/results/real_grid.png.
+diff3r+TTO+unc at the largest budget) to benchmarks/results/real_grid.png (--out, --grid-out).
 
     python benchmarks/real_scenes.py [--short 128] [--steps 0,50,200] [--only real,fern,fox] [--limit N]
 """
@@ -41,6 +41,19 @@ from diff3r_cli.scene_io.images import native_size, resize_scene
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data"
 GRID_COLUMNS = ("context", "target", "ff", "ff+TTO", "diff3r+TTO+unc")
+
+
+def models_tag(*names: str) -> str:
+    """A short name for a set of weights files: their stems and a hash of their bytes."""
+    import hashlib
+
+    from diff3r_cli.model.io import resolve_model_path
+
+    paths = [resolve_model_path(n) for n in names]
+    h = hashlib.sha1()
+    for p in paths:
+        h.update(p.read_bytes())
+    return "+".join(p.stem for p in paths) + "-" + h.hexdigest()[:8]
 
 
 def model_convention(model) -> str:
@@ -128,6 +141,7 @@ def main() -> None:
     ap.add_argument("--grid", default="viking_0,tum_freiburg_desk_1,colosseum_0,opensfm_lund_1",
                     help="tuple keys whose renders make up the PNG grid (plus the first fern and fox tuple)")
     ap.add_argument("--out", default=str(HERE / "results" / "real_scenes.json"))
+    ap.add_argument("--grid-out", default=str(HERE / "results" / "real_grid.png"))
     ap.add_argument("--cache", default=str(HERE / "results" / "real_cache"))
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -137,7 +151,9 @@ def main() -> None:
     conventions = sorted({model_convention(m) for m in models.values()})
     cache = Path(a.cache)
     cache.mkdir(parents=True, exist_ok=True)
-    rows_file = cache / f"rows_s{a.short}_{'-'.join(map(str, steps))}.jsonl"
+    # rows and strips are keyed by the models too: another pair must never reuse them
+    tag = models_tag(a.model, a.ff_model)
+    rows_file = cache / f"rows_{tag}_s{a.short}_{'-'.join(map(str, steps))}.jsonl"
     done = {}
     if rows_file.exists():
         for line in rows_file.read_text().splitlines():
@@ -177,7 +193,7 @@ def main() -> None:
                    "seconds": round(time.perf_counter() - t0, 1), "render_backend": backend,
                    "threads": a.threads, **metrics}
             if steps[-1] > 0 and metrics.get(f"ff+TTO@{steps[-1]}") and metrics.get(f"diff3r+TTO+unc@{steps[-1]}"):
-                Image.fromarray(strip(s, renders, steps[-1])).save(cache / f"{key}_s{a.short}.png")
+                Image.fromarray(strip(s, renders, steps[-1])).save(cache / f"{key}_{tag}_s{a.short}.png")
             with rows_file.open("a") as f:
                 f.write(json.dumps(row) + "\n")
             done[key] = row
@@ -202,10 +218,11 @@ def main() -> None:
     print(f"wrote {a.out}")
     keys = [k for k in a.grid.split(",") if k]
     keys += [next((k for k, r in done.items() if r["group"] == g), "") for g in ("llff_fern", "fox")]
-    strips = [cache / f"{k}_s{a.short}.png" for k in keys if k and (cache / f"{k}_s{a.short}.png").exists()]
+    strips = [cache / f"{k}_{tag}_s{a.short}.png" for k in keys if k]
+    strips = [p for p in strips if p.exists()]
     if strips:
-        compose_grid(strips, HERE / "results" / "real_grid.png", steps[-1])
-        print(f"wrote {HERE / 'results' / 'real_grid.png'} ({len(strips)} rows)")
+        compose_grid(strips, Path(a.grid_out), steps[-1])
+        print(f"wrote {a.grid_out} ({len(strips)} rows)")
 
 
 if __name__ == "__main__":
