@@ -64,6 +64,13 @@ def train(
                                                             "scene scaled so its 5th-percentile depth is 2, near 1, "
                                                             "far 100; RE10K-style data). Default: the model's own.")]
     = None,
+    range_jitter: Annotated[float, typer.Option(help="Log-amplitude of a random per-example scene scale and "
+                                                     "near/far shift (0: off), so depth must come from matching, "
+                                                     "not from the range (e.g. 1.1).")] = _D.data.range_jitter,
+    depth_residual: Annotated[Optional[str], typer.Option(help="Depth refinement set in the predictor: t (free "
+                                                               "within near/far) or log (bounded factor around "
+                                                               "the cost volume's depth). Default: the model's own.")]
+    = None,
     pcg_max_iter: Annotated[Optional[int], typer.Option(help="Stage diff3r: PCG iteration cap of the IFT "
                                                               f"backward. Default: {DEFAULT_PCG_MAX_ITER}; with "
                                                               "--resume, the saved run's.")] = None,
@@ -99,14 +106,15 @@ def train(
     check_output_dir(out)
     extra = {k: v for k, v in dict(warmup=warmup, threads=threads, time_limit=time_limit,
                                    view_sampler=view_sampler, synthetic_root=synthetic_root,
-                                   lam_floor=lam_floor, inner_lr=inner_lr, depth_range=depth_range).items()
+                                   lam_floor=lam_floor, inner_lr=inner_lr, depth_range=depth_range,
+                                   depth_residual=depth_residual).items()
              if v is not None}  # derived from other settings when omitted
     result = train_main(data=data.value, data_root=data_root, stage=stage.value, steps=steps, resolution=resolution,
                         batch=batch, out=out, resume=resume, init=init, outliers=outliers, model_size=model_size,
                         lr=lr, inner_steps=inner_steps, seed=seed, lam_lr=lam_lr, ff_weight=ff_weight,
                         context_weight=context_weight, depth_weight=depth_weight,
                         pcg_max_iter=pcg_max_iter, inner_hessian=inner_hessian, ckpt_every=ckpt_every, eval_every=eval_every,
-                        real_fraction=real_fraction, **extra)
+                        real_fraction=real_fraction, range_jitter=range_jitter, **extra)
     print_result(result)
     if isinstance(result, dict) and result.get("status") == "interrupted":
         # the checkpoint is written; a script must still see that the run did not finish

@@ -14,6 +14,7 @@ sharding.
 
 from __future__ import annotations
 
+import math
 import warnings
 import zlib
 from pathlib import Path
@@ -47,6 +48,21 @@ def mix_seed(*parts: int) -> int:
 def key_seed(key: str) -> int:
     """Stable integer of an example key."""
     return zlib.crc32(key.encode())
+
+
+def jitter_factors(amplitude: float, g: torch.Generator) -> tuple[float, float, float]:
+    """Random (world scale, near factor, far factor) of log-amplitude ``amplitude``.
+
+    The world (camera translations, near and far) is scaled by exp(U(-a, a)); near is then moved by
+    exp(U(-a, a/10)) and far by exp(U(-a/4, a)), so the range mostly widens (little geometry is cut)
+    while depth/near and depth/far vary from example to example.
+    """
+    a = float(amplitude)
+    u = torch.rand(3, generator=g, dtype=torch.float64)
+    world = math.exp(a * (2 * float(u[0]) - 1))
+    near = math.exp(-a + float(u[1]) * 1.1 * a)
+    far = math.exp(-0.25 * a + float(u[2]) * 1.25 * a)
+    return world, near, far
 
 
 def _resize_crop_images(images: torch.Tensor, size: tuple[int, int], crop: tuple[int, int, int, int]) -> torch.Tensor:
@@ -92,7 +108,7 @@ class RE10KDataset(IterableDataset):
                  depth_margin: float = 0.8, seed: int = 0, rank: int | None = None, world_size: int | None = None,
                  shuffle: bool | None = None, repeat: bool = False, outliers=None,
                  min_baseline: float = 1e-3, warn: bool = True, multiple: int = 16, full_context: bool = False,
-                 depth_range: str = "fitted"):
+                 depth_range: str = "fitted", range_jitter: float = 0.0):
         root = Path(root)
         self.chunks = find_chunks(root, split)
         if not self.chunks:
@@ -116,6 +132,7 @@ class RE10KDataset(IterableDataset):
         self.baseline_normalize = baseline_normalize
         self.near, self.far, self.depth_margin = float(near), float(far), float(depth_margin)
         self.depth_range = depth_range  # with depth maps: "fitted" (min/max with a margin) or "normalised"
+        self.range_jitter = float(range_jitter)
         self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
         self.shuffle = (self.eval_index is None) if shuffle is None else shuffle
         self.repeat = repeat
@@ -226,6 +243,13 @@ class RE10KDataset(IterableDataset):
                     near = float(d.min()) * self.depth_margin * scale
                     far = float(d.max()) / self.depth_margin * scale
                 range_src = "depth maps"
+        if self.range_jitter > 0:
+            g = torch.Generator().manual_seed(mix_seed(self.seed, epoch, 5, key_seed(example["key"])))
+            s_world, s_near, s_far = jitter_factors(self.range_jitter, g)
+            w2c[:, :3, 3] *= s_world
+            scale *= s_world
+            near, far = near * s_world * s_near, far * s_world * s_far
+            depth_p5 = None if depth_p5 is None else depth_p5 * s_world
         mask = torch.zeros(V, height, width, dtype=torch.bool)
         ctx_images = images[:V]
         if self.outliers is not None:

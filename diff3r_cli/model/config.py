@@ -36,6 +36,11 @@ class PredictorConfig:
     # "normalised" (the scene scaled so its 5th-percentile depth is 2, near 1, far 100: models
     # trained on RE10K-style scale-normalised data such as the real corpus).
     depth_range: str = "fitted"
+    # How the decoder refines the cost volume's depth: "t" (a free residual in normalised inverse
+    # depth, anywhere inside near..far: what the earlier models use, and what let them read depth off
+    # the range) or "log" (depth = cost-volume depth · exp(DEPTH_LOG_BOUND·tanh(r)): the matching
+    # decides, the head only corrects within a bounded factor).
+    depth_residual: str = "t"
 
     @staticmethod
     def preset(size: str, **overrides) -> "PredictorConfig":
@@ -62,7 +67,8 @@ class PredictorConfig:
         for k in ("enc_channels", "lam_init"):
             if k in d:
                 d[k] = tuple(d[k])
-        d.setdefault("lam_relative", False)  # files written before the 1/P convention
+        d.setdefault("lam_relative", False)
+        d.setdefault("depth_residual", "t")  # files written before the 1/P convention
         known = {f for f in PredictorConfig.__dataclass_fields__}
         return PredictorConfig(**{k: v for k, v in d.items() if k in known})
 

@@ -40,6 +40,7 @@ from diff3r_cli.model.config import PredictorConfig
 from diff3r_cli.model.costvolume import inverse_depth_planes, plane_sweep_cost
 
 PAD_MULTIPLE = 16
+DEPTH_LOG_BOUND = 0.4  # depth_residual "log": the head moves the cost volume's depth by at most e^±0.4
 
 
 @dataclass
@@ -149,11 +150,15 @@ class Predictor(nn.Module):
         r_depth, r_opac, r_scale, r_rot = take(1), take(1), take(3), take(4)
         r_col, r_lam = take(3 * self.n_sh), take(len(GROUPS))
 
-        # depth refinement in normalised inverse depth, kept inside (far, near)
         t = t1.permute(0, 2, 3, 1).clamp(1e-4, 1 - 1e-4)
-        t = torch.sigmoid(torch.logit(t) + r_depth)
-        inv_depth = inv_far.reshape(-1, 1, 1, 1) + t * (inv_near - inv_far).reshape(-1, 1, 1, 1)
-        depth = 1.0 / inv_depth                                         # (BV,H,W,1)
+        span = (inv_near - inv_far).reshape(-1, 1, 1, 1)
+        if c.depth_residual == "log":
+            # a bounded factor around the cost volume's depth: the matching decides depth
+            depth = torch.exp(DEPTH_LOG_BOUND * torch.tanh(r_depth)) / (inv_far.reshape(-1, 1, 1, 1) + t * span)
+        else:
+            # depth refinement in normalised inverse depth, kept inside (far, near)
+            t = torch.sigmoid(torch.logit(t) + r_depth)
+            depth = 1.0 / (inv_far.reshape(-1, 1, 1, 1) + t * span)     # (BV,H,W,1)
 
         Kf = K.reshape(b * v, 3, 3)
         c2w = torch.linalg.inv(w2c.reshape(b * v, 4, 4))

@@ -61,6 +61,10 @@ class DataConfig:
     min_gap: Optional[int] = _opt(None, "min_gap", KEEP)      # None: the view sampler's default
     max_gap: Optional[int] = _opt(None, "max_gap", KEEP)
     view_sampler: Optional[str] = _opt(None, "view_sampler", KEEP, legacy="gap")  # None: angle for re10k
+    # Per example, a random global scale of the scene and an independent widening/shift of near/far
+    # (log-amplitude; 0 = off). Any near/far convention held constant in training lets the network read
+    # depth off the range instead of matching (issue 20: halving near halved every depth).
+    range_jitter: float = _opt(0.0, "range_jitter", KEEP, legacy=0.0)
     # (for mix: angle on the real part, gap on the synthetic part)
 
 
@@ -76,6 +80,8 @@ class ModelConfig:
     # set the predictor's near/far convention, "fitted" | "normalised" (None: keep the model's); the
     # training data's near/far follow the model's convention (PredictorConfig.depth_range)
     depth_range: Optional[str] = _opt(None, "depth_range", KEEP)
+    # set the predictor's depth refinement, "t" | "log" (None: keep the model's); see PredictorConfig
+    depth_residual: Optional[str] = _opt(None, "depth_residual", KEEP)
 
 
 @dataclass
@@ -220,6 +226,10 @@ class TrainConfig:
             raise UserError("the predictor needs at least 2 context views", fix="use --context-views 2 or more")
         if self.model.depth_range not in (None, "fitted", "normalised"):
             raise UserError(f"unknown --depth-range {self.model.depth_range!r}", fix="use fitted or normalised")
+        if self.model.depth_residual not in (None, "t", "log"):
+            raise UserError(f"unknown --depth-residual {self.model.depth_residual!r}", fix="use t or log")
+        if not 0.0 <= d.range_jitter <= 3.0:
+            raise UserError(f"--range-jitter must be in [0, 3], got {d.range_jitter}", fix="e.g. --range-jitter 1.1")
         if self.inner.hessian not in ("gn", "exact"):
             raise UserError(f"unknown --inner-hessian {self.inner.hessian!r}", fix="use gn or exact")
         if self.inner.lr is not None and not self.inner.lr > 0:
@@ -306,7 +316,8 @@ def saved_options(cfg: TrainConfig, data_root: Path, model_size: str, world_size
                 synthetic_root=str(d.synthetic_root) if d.synthetic_root else None, real_fraction=d.real_fraction,
                 context_weight=cfg.loss.context_weight, lam_floor=cfg.model.lam_floor, inner_lr=cfg.inner.lr,
                 inner_hessian=cfg.inner.hessian, depth_range=cfg.model.depth_range,
-                depth_weight=cfg.loss.depth_weight, pcg_max_iter=cfg.inner.pcg_max_iter)
+                depth_weight=cfg.loss.depth_weight, pcg_max_iter=cfg.inner.pcg_max_iter,
+                range_jitter=d.range_jitter, depth_residual=cfg.model.depth_residual)
 
 
 __all__ = ["DEFAULT_STEPS", "DEFAULT_PCG_MAX_ITER", "TrainConfig", "DataConfig", "ModelConfig", "OptimConfig", "LossConfig", "InnerConfig", "ScheduleConfig",

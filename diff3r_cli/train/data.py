@@ -85,7 +85,7 @@ def dataset_factory(data: DataConfig, root: Path, seed: int, dist: Dist,
                                   min_gap=data.min_gap, max_gap=data.max_gap)
         return lambda: RE10KDataset(src_root, "train", resolution=data.resolution, sampler=views, seed=seed,
                                     rank=dist.rank, world_size=dist.world, outliers=outlier_cfg, warn=dist.main,
-                                    depth_range=depth_range)
+                                    depth_range=depth_range, range_jitter=data.range_jitter)
 
     if data.kind != "mix":
         return source(root, data.view_sampler)

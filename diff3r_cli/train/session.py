@@ -79,6 +79,8 @@ def _build_model(cfg: TrainConfig, resume: Optional[_Resume], dist: Dist) -> tor
         model.cfg.lam_floor = float(cfg.model.lam_floor)
     if cfg.model.depth_range is not None:
         model.cfg.depth_range = cfg.model.depth_range
+    if cfg.model.depth_residual is not None:
+        model.cfg.depth_residual = cfg.model.depth_residual
     model = model.to(dist.device)
     broadcast_module(model, dist)
     return model
