@@ -50,6 +50,9 @@ def reconstruct(
                                                               "context cameras) and report psnr_extrap.")] = False,
     gif: Annotated[bool, typer.Option("--gif", help="Write the camera path as path.gif instead of "
                                                     "path.mp4.")] = False,
+    sweep: Annotated[bool, typer.Option("--sweep/--no-sweep", help="Correct the predicted depth by photometric "
+                                                               "matching (ZNCC plane sweep) between the context "
+                                                               "views where the photos decide it.")] = True,
     compact_ply: Annotated[bool, typer.Option("--compact-ply", help="Store SH at its own degree with Λ in the "
                                               "vertex element (smaller; the reference SIBR viewer cannot read it). "
                                               "Default: the 62-property layout every viewer reads.")] = False,
@@ -70,7 +73,7 @@ def reconstruct(
         result = reconstruct_scene(path=path, out=out, model=model, views=parse_int_list(views, "--views"),
                                    resolution=parse_resolution(resolution), device=device.value,
                                    refine_steps=refine_steps, uncertainty=not no_uncertainty, render=render,
-                                   eval_all=eval_all, video="gif" if gif else "mp4", progress=progress,
+                                   eval_all=eval_all, video="gif" if gif else "mp4", progress=progress, sweep=sweep,
                                    **({"ply_layout": "compact"} if compact_ply else {}))
     print_result(reconstruct_rows(result))
 

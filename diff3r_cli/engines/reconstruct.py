@@ -53,6 +53,7 @@ class _Prediction:
     far: float
     range_from: str
     seconds: float
+    sweep_accepted: Optional[float] = None  # share of pixels whose depth the photometric sweep set
 
 
 def _read_input(path: Path, report: Reporter):
@@ -65,9 +66,20 @@ def _read_input(path: Path, report: Reporter):
         return load_scene(path)
 
 
+def _match_depth(g: Gaussians, scene, context: list[int], report: Reporter) -> tuple[Gaussians, float]:
+    """Move each pixel's Gaussian to the depth the photos agree on (ZNCC sweep), where they decide it."""
+    from diff3r_cli.depth import sweep_depth, view_depths, with_depths
+
+    cams, imgs = scene.cameras[context], scene.images[context]
+    with report.step(f"match depth across {len(context)} views"):
+        res = sweep_depth(imgs.to(g.device), cams.to(g.device), view_depths(g, cams.to(g.device)))
+        return with_depths(g, cams.to(g.device), res.depth), res.accepted_fraction
+
+
 def _predict(scene, context: list[int], model_path: Path, size: tuple[int, int], dev: torch.device,
-             report: Reporter) -> _Prediction:
-    """Load the model, resample the views to the working size, find the depth range, predict."""
+             report: Reporter, sweep: bool = True) -> _Prediction:
+    """Load the model, resample the views to the working size, find the depth range, predict, and
+    (sweep) correct the predicted depth by photometric matching between the context views."""
     from diff3r_cli.engines.policy import estimate_depth_range
     from diff3r_cli.model.inference import predict_gaussians
     from diff3r_cli.model.io import load_model
@@ -83,7 +95,10 @@ def _predict(scene, context: list[int], model_path: Path, size: tuple[int, int],
     t0 = time.perf_counter()
     with report.step(f"predict Gaussians from {len(context)} views"):
         g, lam = predict_gaussians(net, scene.images[context], scene.cameras[context], near, far, dev)
-    return _Prediction(scene, g, lam, near, far, range_src, time.perf_counter() - t0)
+    accepted = None
+    if sweep:
+        g, accepted = _match_depth(g, scene, context, report)
+    return _Prediction(scene, g, lam, near, far, range_src, time.perf_counter() - t0, accepted)
 
 
 def _write_splat(out: Path, scene, context: list[int], g: Gaussians, lam: Optional[torch.Tensor], info: dict,
@@ -120,13 +135,16 @@ def reconstruct_scene(path: Path, out: Path, model: Optional[str] = None, views:
                       resolution: Optional[int | tuple[int, int]] = None, device: str = "auto", refine_steps: int = 0,
                       uncertainty: bool = True, render: bool = True, optimizer: str = "adam",
                       frames: int = PATH_FRAMES, eval_all: bool = False, video: str = "mp4",
-                      progress: Optional[ProgressCallback] = None, ply_layout: str = "viewer") -> ReconstructResult:
+                      progress: Optional[ProgressCallback] = None, ply_layout: str = "viewer",
+                      sweep: bool = True) -> ReconstructResult:
     """Load posed images, predict Gaussians, optionally refine, write .ply + sidecar (+ renders).
 
     resolution: the short side (int, native aspect), (W, H), or None (native, long side capped).
     Renders (render=True): the context views, the unseen views between or near them
     (``split_unseen``), a camera path through the context cameras (PNG frames and path.mp4, or
     path.gif with video="gif", none with video=""); with eval_all also every other unseen view.
+    sweep: correct the predicted depth by a photometric (ZNCC) sweep between the context views
+    (diff3r_cli.depth) where matching decides it; the prediction's depth elsewhere.
     """
     from diff3r_cli.engines.policy import DEFAULT_MODEL, context_views, pick_device, split_unseen, working_resolution
     from diff3r_cli.engines.refine import refine_gaussians
@@ -142,7 +160,7 @@ def reconstruct_scene(path: Path, out: Path, model: Optional[str] = None, views:
     t_load = time.perf_counter() - t0
     context = context_views(scene, views, path)
     size = working_resolution(scene.width, scene.height, resolution)
-    p = _predict(scene, context, model_path, size, dev, report)
+    p = _predict(scene, context, model_path, size, dev, report, sweep=sweep)
     scene, g = p.scene, p.gaussians
     t_ref = 0.0
     if refine_steps > 0:
@@ -156,7 +174,8 @@ def reconstruct_scene(path: Path, out: Path, model: Optional[str] = None, views:
     info = scene_info(scene, context_views=context, model=model_path.stem,
                       extras={"input": str(Path(path).resolve()), "format": scene.format, "near": p.near,
                               "far": p.far, "depth_range_from": p.range_from, "refine_steps": refine_steps,
-                              "uncertainty": uncertainty, "held_out_views": held, "interp_views": interp})
+                              "uncertainty": uncertainty, "held_out_views": held, "interp_views": interp,
+                              "depth_sweep_accepted": p.sweep_accepted})
     _write_splat(out, scene, context, g, p.lam.detach().cpu() if uncertainty else None, info, ply_layout, report)
     result = ReconstructResult(out, len(g), context, interp, extrap, scene.width, scene.height, p.near, p.far,
                                p.range_from, str(dev), t_load, p.seconds, t_ref)

@@ -1,0 +1,70 @@
+"""Depth of pixel-aligned Gaussians in their own views, and moving them along their rays.
+
+A predictor puts one Gaussian per context pixel (view-major, row-major). Its z-depth in its own
+camera is what the sweep refines; a new depth moves the mean along the camera ray through it and
+scales its footprint alike (a Gaussian covering one pixel keeps covering one pixel).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from diff3r_cli.cameras import Cameras
+from diff3r_cli.gaussians import Gaussians
+
+
+def _per_view(g: Gaussians, cameras: Cameras) -> tuple[int, int, int]:
+    v, h, w = len(cameras), cameras.height, cameras.width
+    if len(g) != v * h * w:
+        raise ValueError(f"{len(g)} Gaussians are not pixel-aligned to {v} views of {w}x{h}")
+    return v, h, w
+
+
+def view_depths(g: Gaussians, cameras: Cameras) -> torch.Tensor:
+    """(V,H,W) z-depth of each pixel's Gaussian in its own (context) camera."""
+    v, h, w = _per_view(g, cameras)
+    m = g.means.reshape(v, h * w, 3)
+    w2c = cameras.w2c.to(m)
+    z = (m @ w2c[:, 2, :3].unsqueeze(-1)).squeeze(-1) + w2c[:, 2, 3:4]
+    return z.reshape(v, h, w)
+
+
+def with_depths(g: Gaussians, cameras: Cameras, depth: torch.Tensor) -> Gaussians:
+    """The Gaussians moved along their own camera rays to z-depth ``depth`` (V,H,W); scales follow."""
+    v, h, w = _per_view(g, cameras)
+    ratio = (depth.to(g.means) / view_depths(g, cameras).clamp_min(1e-9)).reshape(v, h * w, 1)
+    centres = cameras.centers.to(g.means)[:, None, :]
+    means = centres + (g.means.reshape(v, h * w, 3) - centres) * ratio
+    log_scales = g.log_scales.reshape(v, h * w, 3) + torch.log(ratio)
+    return Gaussians(means.reshape(-1, 3), log_scales.reshape(-1, 3), g.quats, g.opacity_logits, g.sh)
+
+
+def sparse_depth_error(depth: torch.Tensor, cameras: Cameras, points: torch.Tensor) -> dict:
+    """Relative error of per-view depth maps (V,H,W) at the pixels where sparse world points project.
+
+    Returns {"median": median |d - z|/z, "bias": median (d - z)/z, "count": samples} over all views
+    (points behind a camera or outside its image are skipped).
+    """
+    v, h, w = depth.shape
+    pts = points.to(torch.float64)
+    rel, signed = [], []
+    for i in range(v):
+        w2c = cameras.w2c[i].to(torch.float64)
+        pc = pts @ w2c[:3, :3].T + w2c[:3, 3]
+        z = pc[:, 2]
+        keep = z > 1e-6
+        uv = (pc[keep] @ cameras.K[i].to(torch.float64).T)
+        u, vv = uv[:, 0] / uv[:, 2], uv[:, 1] / uv[:, 2]
+        inside = (u >= 0) & (u < w) & (vv >= 0) & (vv < h)
+        zi = z[keep][inside]
+        d = depth[i].to(torch.float64)[vv[inside].long(), u[inside].long()]
+        signed.append((d - zi) / zi)
+        rel.append(((d - zi) / zi).abs())
+    r = torch.cat(rel) if rel else torch.zeros(0)
+    s = torch.cat(signed) if signed else torch.zeros(0)
+    if r.numel() == 0:
+        return {"median": float("nan"), "bias": float("nan"), "count": 0}
+    return {"median": float(r.median()), "bias": float(s.median()), "count": int(r.numel())}
+
+
+__all__ = ["view_depths", "with_depths", "sparse_depth_error"]

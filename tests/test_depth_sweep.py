@@ -1,0 +1,149 @@
+"""The classical depth stage (diff3r_cli.depth): ZNCC sweep, its gates, moving Gaussians along rays.
+
+Reference scenes are analytic: a slanted textured plane seen by cameras with known poses, each
+image computed exactly by intersecting every pixel's ray with the plane, so the true depth of each
+pixel is known in closed form.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from diff3r_cli.cameras import Cameras
+from diff3r_cli.depth import SweepConfig, sparse_depth_error, sweep_depth, view_depths, with_depths
+from diff3r_cli.depth.sweep import _box
+from diff3r_cli.gaussians import Gaussians
+from diff3r_cli.geometry import pixel_centres, unproject
+
+H, W = 48, 64
+
+
+def _texture(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """A non-repeating RGB texture on the plane's (x, y) coordinates: random values on a 0.05-unit
+    grid, bicubically interpolated (so every window is distinctive), in [0, 1]."""
+    g = torch.Generator().manual_seed(3)
+    tex = torch.rand(1, 3, 96, 96, generator=g, dtype=torch.float64)
+    grid = torch.stack([x / 2.4, y / 2.4], -1).reshape(1, 1, -1, 2)   # plane x, y in [-2.4, 2.4] -> [-1, 1]
+    col = F.grid_sample(tex, grid, mode="bicubic", padding_mode="reflection", align_corners=False)
+    return col[0, :, 0].T.clamp(0, 1)
+
+
+def _cameras(centres: list[list[float]], f: float = 60.0) -> Cameras:
+    """Cameras at the given centres, all looking down +z (OpenCV axes)."""
+    K = torch.tensor([[f, 0, W / 2], [0, f, H / 2], [0, 0, 1]], dtype=torch.float64).expand(len(centres), 3, 3)
+    w2c = torch.eye(4, dtype=torch.float64).repeat(len(centres), 1, 1)
+    w2c[:, :3, 3] = -torch.tensor(centres, dtype=torch.float64)
+    return Cameras(K.clone(), w2c, W, H)
+
+
+def _plane_scene(cams: Cameras, z0: float = 4.0, slope: float = 0.15, flat: bool = False):
+    """Images (V,H,W,3) of the plane z = z0 + slope·x and each view's exact z-depth (V,H,W)."""
+    imgs, depths = [], []
+    p = pixel_centres(H, W, dtype=torch.float64)
+    for i in range(len(cams)):
+        c = cams.centers[i]
+        d = torch.linalg.inv(cams.K[i]) @ p                   # camera rays (z = 1); R = I
+        # c_z + t = z0 + slope·(c_x + t·d_x)  ->  t
+        t = (z0 + slope * c[0] - c[2]) / (1 - slope * d[0])
+        x, y = c[0] + t * d[0], c[1] + t * d[1]
+        col = torch.full((H * W, 3), 0.5, dtype=torch.float64) if flat else _texture(x, y)
+        imgs.append(col.reshape(H, W, 3))
+        depths.append(t.reshape(H, W))
+    return torch.stack(imgs).float(), torch.stack(depths).float()
+
+
+def test_box_filter_matches_avg_pool_with_clipped_windows():
+    x = torch.rand(3, 19, 27, dtype=torch.float64)
+    ref = F.avg_pool2d(x[:, None], 7, stride=1, padding=3, count_include_pad=False)[:, 0]
+    assert torch.allclose(_box(x, 7), ref, atol=1e-12)
+
+
+def test_sweep_recovers_the_depth_of_a_slanted_plane_from_a_wrong_guess():
+    cams = _cameras([[0.0, 0, 0], [0.5, 0.05, 0], [-0.45, -0.05, 0.1]])
+    imgs, depth = _plane_scene(cams)
+    guess = depth * 1.5                                        # 50 % too far, everywhere
+    res = sweep_depth(imgs, cams, guess)
+    assert res.accepted_fraction > 0.6
+    rel = ((res.depth - depth).abs() / depth)[res.valid]
+    assert float(rel.median()) < 0.01, float(rel.median())
+    assert float((rel > 0.05).float().mean()) < 0.02          # rare misses (at the other views' frame edges)
+    # rejected pixels keep the guess
+    assert torch.equal(res.depth[~res.valid], guess[~res.valid])
+
+
+def test_sweep_works_from_a_guess_too_near_and_with_two_views():
+    cams = _cameras([[0.0, 0, 0], [0.6, 0.0, 0]])
+    imgs, depth = _plane_scene(cams, z0=3.0, slope=-0.2)
+    res = sweep_depth(imgs, cams, depth * 0.6)
+    assert res.accepted_fraction > 0.4
+    assert float(((res.depth - depth).abs() / depth)[res.valid].median()) < 0.01
+
+
+def test_gates_reject_textureless_views_and_a_zero_baseline():
+    cams = _cameras([[0.0, 0, 0], [0.5, 0, 0]])
+    flat, depth = _plane_scene(cams, flat=True)
+    res = sweep_depth(flat, cams, depth * 1.3)
+    assert res.accepted_fraction == 0.0
+    faint = 0.5 + 0.02 * (_plane_scene(cams)[0] - 0.5)         # texture too faint to trust (std < 0.02)
+    assert sweep_depth(faint, cams, depth * 1.3).accepted_fraction == 0.0
+    for baseline in (0.0, 0.003):                              # none, or a shift < 1 px for ±10 % depth
+        near_same = _cameras([[0.0, 0, 0], [baseline, 0, 0]])
+        imgs, depth = _plane_scene(near_same)
+        res = sweep_depth(imgs, near_same, depth * 1.3)
+        assert res.accepted_fraction == 0.0                    # no parallax: depth is not observable
+        assert torch.equal(res.depth, depth * 1.3)
+
+
+def test_sweep_rejects_bad_shapes():
+    cams = _cameras([[0.0, 0, 0], [0.5, 0, 0]])
+    imgs, depth = _plane_scene(cams)
+    with pytest.raises(ValueError):
+        sweep_depth(imgs[:1], cams[:1], depth[:1])
+    with pytest.raises(ValueError):
+        sweep_depth(imgs, cams, depth[:, :-1])
+
+
+def _pixel_gaussians(cams: Cameras, depth: torch.Tensor) -> Gaussians:
+    v = len(cams)
+    pix = pixel_centres(H, W, dtype=torch.float64)
+    means = unproject(cams.K, cams.c2w, pix, depth.double().reshape(v, -1)).reshape(-1, 3)
+    n = means.shape[0]
+    return Gaussians(means, torch.full((n, 3), -3.0, dtype=torch.float64), torch.tensor([[1.0, 0, 0, 0]]).double()
+                     .expand(n, 4).clone(), torch.zeros(n, dtype=torch.float64), torch.zeros(n, 1, 3, dtype=torch.float64))
+
+
+def test_with_depths_moves_gaussians_along_their_rays_and_scales_them():
+    cams = _cameras([[0.0, 0, 0], [0.5, 0.1, -0.2]])
+    cams = Cameras(cams.K, cams.w2c.clone(), W, H)
+    # a rotated second camera, so the ray direction is not the world z axis
+    a = math.radians(20)
+    R = torch.tensor([[math.cos(a), 0, math.sin(a)], [0, 1, 0], [-math.sin(a), 0, math.cos(a)]], dtype=torch.float64)
+    cams.w2c[1, :3, :3] = R
+    cams.w2c[1, :3, 3] = -R @ torch.tensor([0.5, 0.1, -0.2], dtype=torch.float64)
+    d = torch.rand(2, H, W, dtype=torch.float64) * 3 + 1
+    g = _pixel_gaussians(cams, d)
+    assert torch.allclose(view_depths(g, cams), d, atol=1e-9)
+    new = d * torch.exp(torch.randn(2, H, W, dtype=torch.float64) * 0.2)
+    g2 = with_depths(g, cams, new)
+    assert torch.allclose(view_depths(g2, cams), new, atol=1e-9)
+    for i in range(2):                                          # same pixels
+        uv1, _ = cams[i:i + 1].project(g.means.reshape(2, -1, 3)[i])
+        uv2, _ = cams[i:i + 1].project(g2.means.reshape(2, -1, 3)[i])
+        assert torch.allclose(uv1, uv2, atol=1e-7)
+    assert torch.allclose(g2.log_scales - g.log_scales, torch.log(new / d).reshape(-1, 1).expand(-1, 3), atol=1e-9)
+
+
+def test_sparse_depth_error_is_zero_on_the_truth_and_sees_a_bias():
+    cams = _cameras([[0.0, 0, 0], [0.5, 0.05, 0]])
+    _, depth = _plane_scene(cams)
+    g = _pixel_gaussians(cams, depth)
+    pts = g.means[:: 37]
+    # points sit at pixel centres of view 0; in view 1 they fall between pixels (a plane: small error)
+    e = sparse_depth_error(depth[:1], cams[:1], pts)
+    assert e["count"] > 0 and e["median"] < 1e-5
+    e = sparse_depth_error(depth * 1.1, cams, pts)
+    assert abs(e["bias"] - 0.1) < 0.01 and abs(e["median"] - 0.1) < 0.01
