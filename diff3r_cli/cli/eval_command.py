@@ -31,6 +31,9 @@ def eval_cmd(
                                                                    "ratio. Default: the model's training resolution.")] = None,
     optimizer: Annotated[Optimizer, typer.Option(help="TTO optimizer.")] = Optimizer.adam,
     device: Annotated[Device, typer.Option(help="Where to run.")] = Device.auto,
+    sweep: Annotated[bool, typer.Option("--sweep/--no-sweep", help="Correct each prediction's depth by "
+                                                               "photometric matching between the context views, "
+                                                               "as reconstruct does.")] = True,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the results (summary and "
                                                                     "per-scene rows) to this JSON file.")] = None,
 ) -> None:
@@ -46,7 +49,7 @@ def eval_cmd(
         check_output_file(json_out)
     result = evaluate_main(data_root=data_root, data=data.value, model=model, ff_model=ff_model, tto_steps=steps,
                            outliers=outliers, limit=limit, device=device.value, resolution=resolution,
-                           optimizer=optimizer.value, json_out=json_out)
+                           optimizer=optimizer.value, json_out=json_out, sweep=sweep)
     if isinstance(result, dict) and "summary" in result:  # the library returns; the CLI presents
         from diff3r_cli.evaluate.report import print_summary
 

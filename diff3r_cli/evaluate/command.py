@@ -43,7 +43,7 @@ def evaluate_main(data_root: Path, data: str = "re10k", model: Optional[str] = N
                   tto_steps: list[int] | tuple[int, ...] = (0, 50, 200), outliers: float = 0.0,
                   limit: Optional[int] = None, device: str = "auto", resolution: Optional[int] = None,
                   optimizer: str = "adam", split: str = "test", json_out: Optional[Path] = None,
-                  progress: bool = True, seed: int = 0, depth_range: str = "auto") -> dict:
+                  progress: bool = True, seed: int = 0, depth_range: str = "auto", sweep: bool = True) -> dict:
     """Evaluate on the fixed test views of an RE10K-format root (evaluation_index.json); prints nothing
     but the progress bar (present the result with `report.print_summary`).
 
@@ -51,6 +51,7 @@ def evaluate_main(data_root: Path, data: str = "re10k", model: Optional[str] = N
     multiple of 16, intrinsics exact). depth_range "auto": an example without stored depth maps
     (real data) gets near/far from its context views' features triangulated with the known poses,
     as `reconstruct` does; "dataset": the dataset's near/far (1..100, the RE10K convention).
+    sweep: θ0's depth corrected by the photometric sweep between the context views, as in `reconstruct`.
     Returns {"summary": [{method, steps, psnr, ssim, context_psnr, scenes}], "scenes": [per-scene rows], ...}.
     """
     from diff3r_cli.model.io import resolve_model_path
@@ -74,10 +75,11 @@ def evaluate_main(data_root: Path, data: str = "re10k", model: Optional[str] = N
     ds = _test_dataset(root, split, int(res), index, seed, outliers, depth_range)
     t_start = time.perf_counter()
     with progress_bar(limit) if progress else nullcontext(None) as advance:
-        rows, failures = _evaluate_scenes(ds, models, runs, dev, optimizer, depth_range, limit, advance)
+        rows, failures = _evaluate_scenes(ds, models, runs, dev, optimizer, depth_range, limit, advance, sweep)
     if not rows:
         raise UserError("no evaluation scenes found", index, "check that the index keys match the chunks")
     result = {"data_root": str(root), "resolution": res, "outliers": bool(outliers), "optimizer": optimizer,
+              "sweep": sweep,
               "models": {k: str(resolve_model_path(v)) for k, v in (("diff3r", model), ("ff", ff_model)) if v},
               "tto_steps": steps_list, "num_scenes": len(rows), "numerical_failures": failures,
               "seconds": round(time.perf_counter() - t_start, 1), "summary": summarize(rows, runs), "scenes": rows}
@@ -116,7 +118,7 @@ def _test_dataset(root: Path, split: str, resolution: int, index: Path, seed: in
 
 
 def _evaluate_scenes(ds, models: dict, runs: list[Run], device: torch.device, optimizer: str, depth_range: str,
-                     limit: Optional[int], advance) -> tuple[list[dict], int]:
+                     limit: Optional[int], advance, sweep: bool = False) -> tuple[list[dict], int]:
     """One row per scene (key, views, size, depth range, every configuration's means) and the failures."""
     rows: list[dict] = []
     failures = 0
@@ -141,7 +143,7 @@ def _evaluate_scenes(ds, models: dict, runs: list[Run], device: torch.device, op
         metrics, nfail = evaluate_views(models, runs, sample["context_images"], sample["context_K"],
                                         sample["context_w2c"], sample["target_images"], sample["target_K"],
                                         sample["target_w2c"], near, far, device, optimizer,
-                                        ranges={n: r[:2] for n, r in ranges.items()})
+                                        ranges={n: r[:2] for n, r in ranges.items()}, sweep=sweep)
         row.update(metrics)
         failures += nfail
         rows.append(row)

@@ -41,6 +41,7 @@ class EvalViews:
     near: float
     far: float
     ranges: Optional[dict] = None  # model key -> (near, far) where a model's convention differs
+    sweep: bool = False            # correct θ0's depth by the photometric sweep (as `reconstruct` does)
 
     def range_for(self, name: str) -> tuple[float, float]:
         """near/far for the model ``name``."""
@@ -85,6 +86,11 @@ def predict(model: torch.nn.Module, views: EvalViews, device: torch.device,
     cams = Cameras(views.context_K, views.context_w2c, w, h)
     near, far = depth_range if depth_range is not None else (views.near, views.far)
     g, lam = predict_gaussians(model, views.context_images, cams, near, far, device)
+    if views.sweep:
+        from diff3r_cli.depth import sweep_depth, view_depths, with_depths
+
+        cams = cams.to(g.device)
+        g = with_depths(g, cams, sweep_depth(views.context_images.to(g.device), cams, view_depths(g, cams)).depth)
     return g, lam
 
 
@@ -162,14 +168,17 @@ def score_runs(models: dict[str, torch.nn.Module], runs: list[Run], views: EvalV
 def evaluate_views(models: dict, runs: list[Run], ctx_images: torch.Tensor, ctx_K: torch.Tensor,
                    ctx_w2c: torch.Tensor, tgt_images: torch.Tensor, tgt_K: torch.Tensor, tgt_w2c: torch.Tensor,
                    near: float, far: float, device: torch.device, optimizer: str = "adam",
-                   renders: Optional[dict] = None, ranges: Optional[dict] = None) -> tuple[dict, int]:
+                   renders: Optional[dict] = None, ranges: Optional[dict] = None,
+                   sweep: bool = False) -> tuple[dict, int]:
     """`score_runs` with the per-scene means of `diff3r eval`: ({"<method>@<steps>": {"psnr", "ssim",
     "context_psnr"} or None}, failures). context_psnr: the context views re-rendered from the same
     Gaussians (high with a low target PSNR = overfitting). renders: when a dict is given, the target
     renders (T,H,W,3) are stored in it under "<method>@<steps>". ranges: model key -> (near, far)
-    for models that take another depth range than near/far.
+    for models that take another depth range than near/far. sweep: every model's θ0 gets the
+    photometric depth correction of `reconstruct` (diff3r_cli.depth).
     """
-    views = EvalViews(ctx_images, ctx_K, ctx_w2c, tgt_images, tgt_K, tgt_w2c, float(near), float(far), ranges)
+    views = EvalViews(ctx_images, ctx_K, ctx_w2c, tgt_images, tgt_K, tgt_w2c, float(near), float(far), ranges,
+                      sweep)
     scores, failures = score_runs(models, runs, views, device, optimizer)
     if renders is not None:
         renders.update({k: v.renders for k, v in scores.items() if v is not None})
