@@ -296,6 +296,54 @@ def test_failed_solve_falls_back_without_nan(scene):
     assert torch.isfinite(v).all() and info.fallback is not None
 
 
+def _dense_gn_diagonal(e, theta):
+    """diag(JᵀJ)/P + Λ from the dense autograd Jacobian (the reference of the ±1-probe estimate)."""
+    J = torch.autograd.functional.jacobian(e.residual, theta).reshape(-1, theta.numel())
+    return (J * J).sum(0) / e.num_pixels + e.lam
+
+
+def _scaled_problem(scene):
+    """Energy, dense GN diagonal (+ damping) and rhs of a solve whose diagonal is far from 1
+    everywhere, so that a missing inversion (d instead of 1/d) cannot pass."""
+    cams, g0, lam, images, _, _ = _setup(scene, 0.05, 1e-2)
+    e = _energy(g0, lam, cams, images)
+    damping = 0.05
+    diag = _dense_gn_diagonal(e, e.theta0) + damping
+    assert float(diag.max()) < 0.5 and float(diag.min()) > 0, (diag.min(), diag.max())
+    rhs = torch.randn(e.theta0.numel(), dtype=torch.float64, generator=torch.Generator().manual_seed(12))
+    return e, damping, diag, rhs
+
+
+def test_jacobi_fallback_value_is_rhs_over_the_diagonal(scene):
+    e, damping, diag, rhs = _scaled_problem(scene)
+    # no PCG iterations: the solve is unusable and v falls back to M⁻¹ rhs = rhs / diag
+    v, info = ift_solve(e, e.theta0, rhs, BackwardConfig(pcg_max_iter=0, num_probes=256, damping=damping))
+    assert info.fallback == "jacobi", info
+    ratio = v * diag / rhs      # 1 up to the error of the 256-probe estimate
+    err = (ratio - 1).abs()
+    assert float(err.mean()) < 0.1 and float(err.max()) < 0.5, (float(err.mean()), float(err.max()))
+
+
+def test_ift_pcg_gets_the_inverse_of_the_jacobi_diagonal(scene, monkeypatch):
+    import diff3r_cli.optim.implicit as implicit
+
+    e, damping, diag, rhs = _scaled_problem(scene)
+    seen = {}
+    real_pcg = implicit.pcg
+
+    def spy(matvec, b, M_inv=None, **kw):
+        seen["M_inv"] = M_inv
+        return real_pcg(matvec, b, M_inv=M_inv, **kw)
+
+    monkeypatch.setattr(implicit, "pcg", spy)
+    ift_solve(e, e.theta0, rhs, BackwardConfig(num_probes=256, damping=damping, pcg_max_iter=5))
+    m_inv = seen["M_inv"]
+    assert isinstance(m_inv, torch.Tensor) and m_inv.shape == diag.shape
+    ratio = m_inv * diag        # M⁻¹ ≈ 1 / diag(H): 1 up to the estimate's error
+    err = (ratio - 1).abs()
+    assert float(err.mean()) < 0.1 and float(err.max()) < 0.5, (float(err.mean()), float(err.max()))
+
+
 def test_layer_guards(scene):
     cams, g0, lam, images, _, _ = _setup(scene, 0.05, 1e-2)
     bad = g0.clone()

@@ -194,6 +194,68 @@ def test_warp_with_true_plane_reproduces_reference_features():
     assert int(best) == 2
 
 
+class _PlaneEncoder(torch.nn.Module):
+    """Stands in for the trained encoder: fixed analytic features at 1/4 resolution (and zeros at
+    1/1 and 1/2), so what the cost volume shows depends on the wiring alone, not on weights."""
+
+    def __init__(self, f4: torch.Tensor, c0: int, c1: int):
+        super().__init__()
+        self.f4, self.c0, self.c1 = f4, c0, c1
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        n, _, h, w = x.shape
+        return (x.new_zeros(n, self.c0, h, w), x.new_zeros(n, self.c1, h // 2, w // 2), self.f4.to(x.dtype))
+
+
+def test_predictor_builds_the_cost_volume_at_feature_resolution(monkeypatch):
+    """A textured fronto-parallel plane at depth 2 seen by two cameras 0.4 apart: with encoder
+    features that are exact functions of the plane's points, the cost volume the predictor
+    builds (intrinsics scaled to the 1/4-resolution features) peaks at the plane's depth."""
+    import diff3r_cli.model.predictor as predictor
+
+    H, W, v, d_true = 64, 96, 2, 2.0
+    K = torch.tensor([[0.9 * W, 0, W / 2 + 1.5], [0, 0.9 * W, H / 2 - 2.0], [0, 0, 1]], dtype=torch.float64)
+    w2c = torch.eye(4, dtype=torch.float64).repeat(v, 1, 1)
+    w2c[1, 0, 3] = -0.4                     # camera 1 sits 0.4 to the right of camera 0
+    # feature pixel (i, j) covers full-resolution pixels [4j, 4j+4) x [4i, 4i+4): centre (4j+2, 4i+2)
+    h4, w4 = H // 4, W // 4
+    ys, xs = torch.meshgrid(4 * (torch.arange(h4) + 0.5), 4 * (torch.arange(w4) + 0.5), indexing="ij")
+    pix = torch.stack([xs.reshape(-1), ys.reshape(-1), torch.ones(h4 * w4)], 0).double()
+    f4 = []
+    for c in range(v):
+        centre = -w2c[c, :3, 3]
+        points = centre[:, None] + d_true * (torch.linalg.inv(K) @ pix)   # rays hit z = d_true
+        f4.append(_plane_features(3.0 * points.T).reshape(4, h4, w4))    # 3x: a finer texture
+    cfg = PredictorConfig.preset("small", enc_channels=(4, 4), feat_dim=4, num_planes=8, refine_channels=4,
+                                 head_channels=4, attn_layers=0)
+    model = Predictor(cfg)
+    model.encoder = _PlaneEncoder(torch.stack(f4).float(), *cfg.enc_channels)
+    seen = {}
+    real = predictor.plane_sweep_cost
+
+    def spy(feat, K4, w2c_, inv_depths):
+        seen["cost"] = cost = real(feat, K4, w2c_, inv_depths)
+        seen["inv_depths"] = inv_depths
+        return cost
+
+    monkeypatch.setattr(predictor, "plane_sweep_cost", spy)
+    with torch.no_grad():
+        model(torch.zeros(1, v, H, W, 3), K.float().expand(1, v, 3, 3), w2c.float()[None],
+              torch.tensor([1.0]), torch.tensor([8.0]))
+    planes = 1.0 / seen["inv_depths"][0]
+    true_index = int((planes - d_true).abs().argmin())
+    assert abs(float(planes[true_index]) - d_true) < 1e-5   # 1/d: 1, 0.875, ..., 0.125: d = 2 is plane 4
+    cost = seen["cost"][0]                                   # (V,D,h4,w4)
+    assert cost.shape == (v, 8, h4, w4)
+    # the argmax over the planes, at reference pixels whose source samples stay inside the source
+    # image at every plane (view 0 samples view 1 up to 0.4·(f/4)/1 = 8.64 feature pixels to the
+    # left, view 1 samples view 0 as far to the right)
+    best = cost.argmax(1)                                    # (V,h4,w4)
+    for view, cols in ((0, slice(10, -1)), (1, slice(1, -10))):
+        hit = (best[view, 1:-1, cols] == true_index).double().mean()
+        assert float(hit) > 0.9, (view, best[view])
+
+
 def test_inverse_depth_planes():
     inv = inverse_depth_planes(torch.tensor([0.5]), torch.tensor([10.0]), 5)
     assert torch.allclose(inv[0, 0], torch.tensor(2.0)) and torch.allclose(inv[0, -1], torch.tensor(0.1))

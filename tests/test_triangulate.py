@@ -49,6 +49,36 @@ def test_triangulated_points_lie_on_the_ray_cast_surface(two_views):
     assert float((err < 0.05).float().mean()) > 0.6
 
 
+def test_triangulated_points_reproject_onto_their_keypoints_through_our_cameras(two_views, monkeypatch):
+    # Direct check of the intrinsics handed to COLMAP (fx, fy, cx, cy in its PINHOLE order): every
+    # triangulated point, projected with *our* cameras, lands on the keypoints it was made from.
+    # With cx and cy swapped, COLMAP's cameras disagree with ours by |cx - cy| = 32 px.
+    import pycolmap
+
+    images, _, cams = two_views
+    seen = {}
+    real = pycolmap.triangulate_points
+
+    def spy(*args, **kwargs):
+        seen["rec"] = rec = real(*args, **kwargs)
+        return rec
+
+    monkeypatch.setattr(pycolmap, "triangulate_points", spy)
+    r = triangulate_known_cameras(images, cams)
+    rec = seen["rec"]
+    assert r["num_points"] >= 30 and len(rec.points3D) == r["num_points"]
+    errs = []
+    for p in rec.points3D.values():
+        uv, _ = cams.project(torch.tensor(p.xyz, dtype=torch.float64)[None])
+        for el in p.track.elements:
+            im = rec.images[el.image_id]
+            view = int(Path(im.name).stem)           # images are saved as 0000.png, 0001.png, ...
+            kp = torch.tensor(im.points2D[el.point2D_idx].xy, dtype=torch.float64)
+            errs.append(float((uv[view, 0] - kp).norm()))
+    errs = torch.tensor(errs)
+    assert float(errs.median()) < 0.5 and float(errs.max()) < 3.0, (errs.median(), errs.max())
+
+
 def test_depth_range_comes_from_triangulation_and_brackets_the_scene(two_views):
     images, depths, cams = two_views
     scene = Scene(images, cams, ["a", "b"], "transforms")

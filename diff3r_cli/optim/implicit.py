@@ -32,18 +32,17 @@ from diff3r_cli.gaussians import Gaussians
 from diff3r_cli.optim.config import BackwardConfig, TTOConfig, layer_configs
 from diff3r_cli.optim.energy import Energy, RenderFn
 from diff3r_cli.optim.linearization import Linearization
-from diff3r_cli.optim.pcg import PCGResult, floor_diagonal, pcg
+from diff3r_cli.optim.pcg import PCGResult, floor_diagonal, pcg, probe_generator
 from diff3r_cli.optim.stats import BackwardStats, LayerStats, SolveInfo
 from diff3r_cli.optim.tto import prepare_energy, run_tto
 
 
-def _jacobi_diagonal(lin: Linearization, config: BackwardConfig, device: torch.device) -> Optional[torch.Tensor]:
-    """diag(JᵀJ)/P + Λ + damping from ±1 probes, floored; None when neither the
-    preconditioner nor the fallback needs it."""
+def _jacobi_diagonal(lin: Linearization, config: BackwardConfig) -> Optional[torch.Tensor]:
+    """diag(JᵀJ)/P + Λ + damping from ±1 probes (a generator of their own, seeded with
+    ``config.seed``), floored; None when neither the preconditioner nor the fallback needs it."""
     if config.preconditioner != "jacobi" and config.fallback != "jacobi":
         return None
-    gen = torch.Generator().manual_seed(config.seed) if device.type == "cpu" else None
-    return floor_diagonal(lin.gn_diag(config.num_probes, gen) + config.damping)
+    return floor_diagonal(lin.gn_diag(config.num_probes, probe_generator(config.seed)) + config.damping)
 
 
 def _hessian_product(energy: Energy, lin: Linearization, theta_star: torch.Tensor,
@@ -65,7 +64,7 @@ def ift_solve(energy: Energy, theta_star: torch.Tensor, rhs: torch.Tensor,
               config: BackwardConfig = BackwardConfig()) -> tuple[torch.Tensor, SolveInfo]:
     """Solve (H + damping·I) v = rhs at θ*; returns (v, info). Never returns non-finite v."""
     lin = energy.linearize(theta_star, config.jvp)
-    diag = _jacobi_diagonal(lin, config, theta_star.device)
+    diag = _jacobi_diagonal(lin, config)
     matvec = _hessian_product(energy, lin, theta_star, config)
     m_inv = 1.0 / diag if (config.preconditioner == "jacobi" and diag is not None) else None
     res = pcg(matvec, rhs, M_inv=m_inv, rtol=config.pcg_rtol, max_iter=config.pcg_max_iter)

@@ -17,7 +17,7 @@ import torch
 from diff3r_cli.errors import NumericalError
 from diff3r_cli.optim.config import LMConfig
 from diff3r_cli.optim.guards import check_finite, check_value
-from diff3r_cli.optim.pcg import PCGResult, floor_diagonal, pcg
+from diff3r_cli.optim.pcg import PCGResult, floor_diagonal, pcg, probe_generator
 
 # μ beyond this means no step can lower E any more: stop.
 MU_MAX = 1e16
@@ -74,8 +74,8 @@ def lm_run(
     when ‖∇E‖ ≤ ``config.gtol``, or when μ explodes. history[k]: E at the current iterate
     before iteration k (+ a final record).
     """
-    # Probes come from a CPU generator; on other devices the default generator draws them.
-    gen = torch.Generator(device="cpu").manual_seed(config.seed) if theta.device.type == "cpu" else None
+    # Probes come from a CPU generator of their own (on every device), never from a global one.
+    gen = probe_generator(config.seed)
     x = theta.detach().clone()
     damp = _Damping(float(config.mu0))
     hist: list[dict] = []

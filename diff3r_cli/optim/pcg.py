@@ -147,9 +147,22 @@ def _cg_iterations(A_fn: Callable[[torch.Tensor], torch.Tensor], M_fn: Optional[
 
 
 def rademacher(shape, dtype: torch.dtype, device=None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Random ±1 tensor."""
-    bits = torch.randint(0, 2, shape, generator=generator, device=device)
-    return (2 * bits - 1).to(dtype)
+    """Random ±1 tensor on ``device``, drawn on the generator's own device (so a CPU generator
+    gives the same probes for tensors on any device)."""
+    src = generator.device if generator is not None else device
+    bits = torch.randint(0, 2, shape, generator=generator, device=src)
+    return (2 * bits - 1).to(device=device, dtype=dtype)
+
+
+def probe_generator(seed: int) -> torch.Generator:
+    """A CPU generator of its own for the ±1 probes, seeded with ``seed``.
+
+    Probes never draw from torch's global generators, on any device: a solve does not shift
+    the random stream of its caller (training's dropout, samplers), and the probes are the
+    same on the CPU and on a GPU and after a resume (``train.checkpoint.restore_rng`` puts the
+    global states back, which the probes do not depend on).
+    """
+    return torch.Generator(device="cpu").manual_seed(int(seed))
 
 
 def estimate_jtj_diag(
@@ -205,5 +218,5 @@ def jacobi_preconditioner(
     return 1.0 / floor_diagonal(d, floor_rel)
 
 
-__all__ = ["PCGResult", "pcg", "rademacher", "estimate_jtj_diag", "jacobi_preconditioner", "floor_diagonal",
-           "JACOBI_FLOOR"]
+__all__ = ["PCGResult", "pcg", "rademacher", "probe_generator", "estimate_jtj_diag", "jacobi_preconditioner",
+           "floor_diagonal", "JACOBI_FLOOR"]
