@@ -64,6 +64,9 @@ def train(
                                                             "scene scaled so its 5th-percentile depth is 2, near 1, "
                                                             "far 100; RE10K-style data). Default: the model's own.")]
     = None,
+    sweep_depth_weight: Annotated[float, typer.Option(help="Weight of the loss of the predicted depth against "
+                                                           "the photometric sweep's depth where it is confident "
+                                                           "(|log d - log d_sweep|).")] = _D.loss.sweep_depth_weight,
     range_jitter: Annotated[float, typer.Option(help="Log-amplitude of a random per-example scene scale and "
                                                      "near/far shift (0: off), so depth must come from matching, "
                                                      "not from the range (e.g. 1.1).")] = _D.data.range_jitter,
@@ -114,7 +117,8 @@ def train(
                         lr=lr, inner_steps=inner_steps, seed=seed, lam_lr=lam_lr, ff_weight=ff_weight,
                         context_weight=context_weight, depth_weight=depth_weight,
                         pcg_max_iter=pcg_max_iter, inner_hessian=inner_hessian, ckpt_every=ckpt_every, eval_every=eval_every,
-                        real_fraction=real_fraction, range_jitter=range_jitter, **extra)
+                        real_fraction=real_fraction, range_jitter=range_jitter,
+                        sweep_depth_weight=sweep_depth_weight, **extra)
     print_result(result)
     if isinstance(result, dict) and result.get("status") == "interrupted":
         # the checkpoint is written; a script must still see that the run did not finish

@@ -105,6 +105,9 @@ class LossConfig:
     context_weight: float = _opt(0.0, "context_weight", KEEP, legacy=0.0)  # ℓ(θ0) on the context views too
     # self-supervised photometric loss of the predicted depth (context views rebuilt from each other)
     depth_weight: float = _opt(0.0, "depth_weight", KEEP, legacy=0.0)
+    # supervised loss of the predicted depth against the photometric sweep's depth where the sweep
+    # accepts it (diff3r_cli.depth; |log d − log d_sweep|): depth taught by matching, not by the range
+    sweep_depth_weight: float = _opt(0.0, "sweep_depth_weight", KEEP, legacy=0.0)
 
 
 @dataclass
@@ -317,7 +320,8 @@ def saved_options(cfg: TrainConfig, data_root: Path, model_size: str, world_size
                 context_weight=cfg.loss.context_weight, lam_floor=cfg.model.lam_floor, inner_lr=cfg.inner.lr,
                 inner_hessian=cfg.inner.hessian, depth_range=cfg.model.depth_range,
                 depth_weight=cfg.loss.depth_weight, pcg_max_iter=cfg.inner.pcg_max_iter,
-                range_jitter=d.range_jitter, depth_residual=cfg.model.depth_residual)
+                range_jitter=d.range_jitter, depth_residual=cfg.model.depth_residual,
+                sweep_depth_weight=cfg.loss.sweep_depth_weight)
 
 
 __all__ = ["DEFAULT_STEPS", "DEFAULT_PCG_MAX_ITER", "TrainConfig", "DataConfig", "ModelConfig", "OptimConfig", "LossConfig", "InnerConfig", "ScheduleConfig",

@@ -89,4 +89,21 @@ def reprojection_loss(depth: torch.Tensor, images: torch.Tensor, K: torch.Tensor
     return total / V
 
 
-__all__ = ["reprojection_loss", "warp_from", "ssim_distance", "smoothness"]
+def sweep_target_loss(depth: torch.Tensor, images: torch.Tensor, cameras) -> torch.Tensor:
+    """Mean |log d − log d_sweep| over the pixels where the photometric sweep (diff3r_cli.depth), run
+    around the prediction itself, accepts a depth; 0 (in the graph) where it accepts none.
+
+    depth (V,H,W) predicted z-depth; images (V,H,W,3); cameras: the context Cameras. The target is
+    found without gradients: the network is pulled toward what matching between the views says.
+    """
+    from diff3r_cli.depth import sweep_depth
+
+    with torch.no_grad():
+        res = sweep_depth(images.detach(), cameras, depth.detach())
+    if not bool(res.valid.any()):
+        return depth.sum() * 0.0
+    diff = (torch.log(depth.clamp_min(1e-6)) - torch.log(res.depth.clamp_min(1e-6))).abs()
+    return diff[res.valid].mean()
+
+
+__all__ = ["sweep_target_loss", "reprojection_loss", "warp_from", "ssim_distance", "smoothness"]

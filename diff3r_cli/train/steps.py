@@ -150,14 +150,21 @@ def _context_loss(g0: Gaussians, batch: Batch, k: int, cfg: TrainConfig, timer: 
 
 
 def _depth_loss(depth: torch.Tensor, batch: Batch, k: int, cfg: TrainConfig, timer: Timer) -> torch.Tensor | float:
-    """depth_weight · the self-supervised reprojection loss of example k's predicted depth (0 when off)."""
-    w = cfg.loss.depth_weight
-    if w <= 0:
-        return 0.0
-    from diff3r_cli.train.depth_loss import reprojection_loss
+    """depth_weight · the self-supervised reprojection loss of example k's predicted depth, plus
+    sweep_depth_weight · its distance to the photometric sweep's depth (each 0 when off)."""
+    w, ws = cfg.loss.depth_weight, cfg.loss.sweep_depth_weight
+    loss: torch.Tensor | float = 0.0
+    if w > 0:
+        from diff3r_cli.train.depth_loss import reprojection_loss
 
-    with timer("depth_loss"):
-        return w * reprojection_loss(depth, batch.context_images[k], batch.context_K[k], batch.context_w2c[k])
+        with timer("depth_loss"):
+            loss = w * reprojection_loss(depth, batch.context_images[k], batch.context_K[k], batch.context_w2c[k])
+    if ws > 0:
+        from diff3r_cli.train.depth_loss import sweep_target_loss
+
+        with timer("depth_loss"):
+            loss = loss + ws * sweep_target_loss(depth, batch.context_images[k], batch.context_cameras(k))
+    return loss
 
 
 def diff3r_step(model: torch.nn.Module, batch: Batch, cfg: TrainConfig, timer: Timer) -> StepResult:
