@@ -97,7 +97,7 @@ def test_sweep_target_loss_pulls_depth_toward_the_matched_depth():
     assert float((d.grad > 0).float().mean()) > 0.5 and float((d.grad < 0).float().mean()) == 0.0
     flat = torch.full_like(imgs, 0.5)                         # nothing accepted: a zero in the graph
     z = sweep_target_loss(d, flat, cams)
-    assert float(z) == 0.0 and z.requires_grad
+    assert z.item() == 0.0 and z.requires_grad
 
 
 def test_new_options_are_kept_on_resume_and_validated():
