@@ -229,3 +229,28 @@ def test_predict_gaussians_runs_in_eval_mode_without_grad_and_checks_finiteness(
     assert not g.means.requires_grad and not lam.requires_grad and torch.equal(g.means, torch.full((4, 3), 0.5))
     with pytest.raises(NumericalError, match="non-finite"):
         predict_gaussians(Probe(float("nan")), imgs, cams, 0.25, 9.0)
+
+
+def test_inference_lam_is_the_learned_part_without_the_training_floor():
+    from diff3r_cli.cameras import Cameras
+    from diff3r_cli.model.inference import inference_lam, predict_gaussians
+    from diff3r_cli.model.predictor import build_predictor
+
+    torch.manual_seed(0)
+    tiny = dict(enc_channels=(4, 8), feat_dim=8, num_planes=4, refine_channels=8, head_channels=8, attn_layers=0)
+    net = build_predictor("small", lam_floor=10.0, **tiny).eval()
+    K = torch.tensor([[20.0, 0, 8], [0, 20.0, 6], [0, 0, 1]]).repeat(2, 1, 1)
+    w2c = torch.eye(4).repeat(2, 1, 1)
+    w2c[1, 0, 3] = 0.3
+    cams = Cameras(K, w2c, 16, 12)
+    imgs = torch.rand(2, 12, 16, 3)
+    with torch.no_grad():
+        out = net(imgs[None], K[None], w2c[None], torch.tensor([1.0]), torch.tensor([20.0]))
+    P = 2 * 12 * 16
+    floored = predict_gaussians(net, imgs, cams, 1.0, 20.0, keep_floor=True).lam
+    learned = predict_gaussians(net, imgs, cams, 1.0, 20.0).lam
+    assert torch.allclose(floored, out.lam[0])
+    assert torch.allclose(learned + 10.0 / P, out.lam[0], rtol=1e-5)
+    assert float((floored - learned).min()) == pytest.approx(10.0 / P, rel=1e-4)
+    assert torch.equal(inference_lam(out.lam[0], 0.0, P), out.lam[0])             # no floor: unchanged
+    assert float(inference_lam(torch.zeros(3, 5), 10.0, P).min()) == 0.0           # never negative

@@ -16,6 +16,7 @@ from diff3r_cli.cli.guard import guarded
 from diff3r_cli.cli.options import Device, Optimizer, PathKind
 from diff3r_cli.cli.present import print_result
 from diff3r_cli.cli.progress import RichProgress
+from diff3r_cli.engines.policy import DEFAULT_REFINE_STEPS
 from diff3r_cli.errors import UserError
 
 
@@ -38,10 +39,14 @@ def reconstruct(
                                                            "intrinsics follow exactly; at least 32. Default: the "
                                                            "native aspect ratio, long side capped at 256.")] = None,
     device: Annotated[Device, typer.Option(help="Where to run: auto picks CUDA when available.")] = Device.auto,
-    refine_steps: Annotated[int, typer.Option(min=0, help="Uncertainty-weighted test-time optimization steps "
-                                                          "after prediction (0 = none).")] = 0,
-    no_uncertainty: Annotated[bool, typer.Option("--no-uncertainty", help="Refine without the predicted "
-                                                 "uncertainty (plain TTO) and do not store it in the .ply.")] = False,
+    refine_steps: Annotated[int, typer.Option(min=0, help="Test-time optimization steps on the context views "
+                                                          "after prediction (0 = none).")] = DEFAULT_REFINE_STEPS,
+    anchor: Annotated[bool, typer.Option("--anchor/--no-anchor", help="Anchor that refine to the prediction by "
+                                         "the predicted uncertainty (the paper's uncertainty-weighted TTO). Off by "
+                                         "default: the bundled models' uncertainty holds the Gaussians too "
+                                         "tightly for a short refine on real photos.")] = False,
+    no_uncertainty: Annotated[bool, typer.Option("--no-uncertainty", help="Do not store the predicted "
+                                                 "uncertainty in the .ply (and never anchor by it).")] = False,
     render: Annotated[bool, typer.Option("--render/--no-render", help="Also render into <stem>_renders/: "
                                                                       "the context views, the unseen views between "
                                                                       "or near them (psnr_interp), and a camera path "
@@ -73,6 +78,7 @@ def reconstruct(
         result = reconstruct_scene(path=path, out=out, model=model, views=parse_int_list(views, "--views"),
                                    resolution=parse_resolution(resolution), device=device.value,
                                    refine_steps=refine_steps, uncertainty=not no_uncertainty, render=render,
+                                   anchor=anchor,
                                    eval_all=eval_all, video="gif" if gif else "mp4", progress=progress, sweep=sweep,
                                    **({"ply_layout": "compact"} if compact_ply else {}))
     print_result(reconstruct_rows(result))

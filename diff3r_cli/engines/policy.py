@@ -24,6 +24,11 @@ MAX_SIDE = 256          # default working resolution cap (long side): chosen by 
                         # default reconstruct and `refine --steps 200` finish in minutes on 2 CPU cores
 MULTIPLE = 16           # the predictor works on multiples of 16
 MAX_DEFAULT_CONTEXT = 3
+# reconstruct's default refine: a short plain TTO after the photometric depth correction. On the
+# viking sample it lifts the context views 22.1 -> 32.0 dB and the unseen ones 17.0 -> 18.6 dB for
+# ~8 s on 2 cores (benchmarks/results/refine_default.json); anchoring it by the bundled models'
+# Λ stops at 27.7 / 17.6 dB (their Λ holds the Gaussians too tightly for a short refine).
+DEFAULT_REFINE_STEPS = 30
 MAX_INTERP_VIEWS = 8    # unseen views rendered by default (the nearest "interpolation" views)
 
 
@@ -233,7 +238,7 @@ def split_unseen(cameras: Cameras, context: list[int], max_interp: int = MAX_INT
     return interp, [j for j in others if j not in set(interp)]
 
 
-__all__ = ["DEFAULT_MODEL", "DEFAULT_FF_MODEL", "MAX_SIDE", "MULTIPLE", "pick_device", "default_resolution", "working_resolution",
+__all__ = ["DEFAULT_REFINE_STEPS", "DEFAULT_MODEL", "DEFAULT_FF_MODEL", "MAX_SIDE", "MULTIPLE", "pick_device", "default_resolution", "working_resolution",
            "choose_context", "context_views", "range_from_points", "look_at_distance", "look_at_range", "estimate_depth_range",
            "DEPTH_RANGES", "normalised_range",
            "split_unseen"]

@@ -132,8 +132,9 @@ def _render(out: Path, scene, context: list[int], interp: list[int], extrap: lis
 
 
 def reconstruct_scene(path: Path, out: Path, model: Optional[str] = None, views: Optional[list[int]] = None,
-                      resolution: Optional[int | tuple[int, int]] = None, device: str = "auto", refine_steps: int = 0,
-                      uncertainty: bool = True, render: bool = True, optimizer: str = "adam",
+                      resolution: Optional[int | tuple[int, int]] = None, device: str = "auto",
+                      refine_steps: Optional[int] = None, uncertainty: bool = True, render: bool = True,
+                      optimizer: str = "adam", anchor: bool = False,
                       frames: int = PATH_FRAMES, eval_all: bool = False, video: str = "mp4",
                       progress: Optional[ProgressCallback] = None, ply_layout: str = "viewer",
                       sweep: bool = True) -> ReconstructResult:
@@ -143,10 +144,14 @@ def reconstruct_scene(path: Path, out: Path, model: Optional[str] = None, views:
     Renders (render=True): the context views, the unseen views between or near them
     (``split_unseen``), a camera path through the context cameras (PNG frames and path.mp4, or
     path.gif with video="gif", none with video=""); with eval_all also every other unseen view.
+    refine_steps: TTO steps on the context views after prediction (None: DEFAULT_REFINE_STEPS; 0: none).
+    anchor: anchor that refine to the prediction by Λ (the paper's uncertainty-weighted TTO); default
+    plain TTO (see policy.DEFAULT_REFINE_STEPS). uncertainty=False also leaves Λ out of the .ply.
     sweep: correct the predicted depth by a photometric (ZNCC) sweep between the context views
     (diff3r_cli.depth) where matching decides it; the prediction's depth elsewhere.
     """
-    from diff3r_cli.engines.policy import DEFAULT_MODEL, context_views, pick_device, split_unseen, working_resolution
+    from diff3r_cli.engines.policy import (DEFAULT_MODEL, DEFAULT_REFINE_STEPS, context_views, pick_device,
+                                           split_unseen, working_resolution)
     from diff3r_cli.engines.refine import refine_gaussians
     from diff3r_cli.model.io import resolve_model_path
     from diff3r_cli.sidecar import scene_info
@@ -163,9 +168,10 @@ def reconstruct_scene(path: Path, out: Path, model: Optional[str] = None, views:
     p = _predict(scene, context, model_path, size, dev, report, sweep=sweep)
     scene, g = p.scene, p.gaussians
     t_ref = 0.0
+    refine_steps = DEFAULT_REFINE_STEPS if refine_steps is None else int(refine_steps)
     if refine_steps > 0:
         t0 = time.perf_counter()
-        g, _ = refine_gaussians(g, p.lam if uncertainty else None, scene.cameras[context].to(dev),
+        g, _ = refine_gaussians(g, p.lam if uncertainty and anchor else None, scene.cameras[context].to(dev),
                                 scene.images[context].to(dev), refine_steps, optimizer, progress=progress)
         t_ref = time.perf_counter() - t0
     g = g.detach().to("cpu")
@@ -174,7 +180,7 @@ def reconstruct_scene(path: Path, out: Path, model: Optional[str] = None, views:
     info = scene_info(scene, context_views=context, model=model_path.stem,
                       extras={"input": str(Path(path).resolve()), "format": scene.format, "near": p.near,
                               "far": p.far, "depth_range_from": p.range_from, "refine_steps": refine_steps,
-                              "uncertainty": uncertainty, "held_out_views": held, "interp_views": interp,
+                              "refine_anchored": bool(refine_steps > 0 and uncertainty and anchor), "uncertainty": uncertainty, "held_out_views": held, "interp_views": interp,
                               "depth_sweep_accepted": p.sweep_accepted})
     _write_splat(out, scene, context, g, p.lam.detach().cpu() if uncertainty else None, info, ply_layout, report)
     result = ReconstructResult(out, len(g), context, interp, extrap, scene.width, scene.height, p.near, p.far,

@@ -23,12 +23,25 @@ class Prediction(NamedTuple):
     lam: torch.Tensor  # (N, 5) uncertainty weights Λ per parameter group
 
 
+def inference_lam(lam: torch.Tensor, floor: float, pixels: int, relative: bool = True) -> torch.Tensor:
+    """Λ without the training-time floor (PredictorConfig.lam_floor, in units of 1/P when relative).
+
+    The floor conditions the IFT backward in training; at test time it only anchors every Gaussian
+    to θ0 more than the network asked for (measured on real photos: TTO from the floored Λ stops
+    5 dB short of plain TTO on the context views), so inference uses the learned part alone.
+    """
+    if floor <= 0:
+        return lam
+    return (lam - (floor / pixels if relative else floor)).clamp_min(0.0)
+
+
 def predict_gaussians(model: torch.nn.Module, images: torch.Tensor, cameras: Cameras, near: float, far: float,
-                      device: Optional[torch.device | str] = None) -> Prediction:
+                      device: Optional[torch.device | str] = None, keep_floor: bool = False) -> Prediction:
     """Run the predictor on one scene's context views: images (V,H,W,3) in [0,1] -> Prediction on `device`.
 
     The model is moved to ``device`` (default: where its parameters are) and run in eval mode under
-    ``torch.no_grad``; its previous train/eval mode is restored afterwards. Raises NumericalError
+    ``torch.no_grad``; its previous train/eval mode is restored afterwards. Λ comes without the
+    model's training-time floor (:func:`inference_lam`) unless ``keep_floor``. Raises NumericalError
     when the Gaussians or Λ are not finite (a broken checkpoint or input, not a crash).
     """
     if device is None:
@@ -46,9 +59,13 @@ def predict_gaussians(model: torch.nn.Module, images: torch.Tensor, cameras: Cam
         model.train(was_training)
     g = out.gaussians[0].detach()
     lam = out.lam[0].detach()
+    cfg = getattr(model, "cfg", None)
+    if not keep_floor and cfg is not None:
+        lam = inference_lam(lam, float(getattr(cfg, "lam_floor", 0.0)), images.shape[0] * images.shape[1] * images.shape[2],
+                            bool(getattr(cfg, "lam_relative", True)))
     if not g.is_finite() or not bool(torch.isfinite(lam).all()):
         raise NumericalError("the predictor produced non-finite Gaussians")
     return Prediction(g, lam)
 
 
-__all__ = ["Prediction", "predict_gaussians"]
+__all__ = ["Prediction", "predict_gaussians", "inference_lam"]
