@@ -273,7 +273,7 @@ def test_reconstruct_dispatch_parses_options(tmp_path, fake_engines):
     kw = fake_engines["reconstruct_scene"].calls[-1][1]
     assert kw["eval_all"] is True and kw["video"] == "gif" and kw["ply_layout"] == "compact"
     # the defaults: a short plain refine after the photometric depth correction
-    assert kw["refine_steps"] == 30 and kw["anchor"] is False and kw["sweep"] is True
+    assert kw["refine_steps"] == 15 and kw["anchor"] is False and kw["sweep"] is True
     assert run("reconstruct", tmp_path / "scene", "--out", out, "--anchor").exit_code == 0
     assert fake_engines["reconstruct_scene"].calls[-1][1]["anchor"] is True
 

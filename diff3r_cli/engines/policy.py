@@ -28,7 +28,7 @@ MAX_DEFAULT_CONTEXT = 3
 # viking sample it lifts the context views 22.1 -> 32.0 dB and the unseen ones 17.0 -> 18.6 dB for
 # ~8 s on 2 cores (benchmarks/results/refine_default.json); anchoring it by the bundled models'
 # Λ stops at 27.7 / 17.6 dB (their Λ holds the Gaussians too tightly for a short refine).
-DEFAULT_REFINE_STEPS = 30
+DEFAULT_REFINE_STEPS = 15
 MAX_INTERP_VIEWS = 8    # unseen views rendered by default (the nearest "interpolation" views)
 
 
