@@ -147,3 +147,36 @@ def test_sparse_depth_error_is_zero_on_the_truth_and_sees_a_bias():
     assert e["count"] > 0 and e["median"] < 1e-5
     e = sparse_depth_error(depth * 1.1, cams, pts)
     assert abs(e["bias"] - 0.1) < 0.01 and abs(e["median"] - 0.1) < 0.01
+
+
+def test_floaters_are_the_gaussians_in_front_of_another_views_matched_surface():
+    from diff3r_cli.depth import floaters, match_depth
+
+    cams = _cameras([[0.0, 0, 0], [0.3, 0.0, 0]])
+    imgs, depth = _plane_scene(cams)
+    valid = torch.ones_like(depth, dtype=torch.bool)
+    assert not floaters(_pixel_gaussians(cams, depth), cams, depth, valid).any()    # consistent views
+    moved = depth.clone()
+    moved[1, 10:20, 20:30] *= 0.7                                  # a patch of view 1 pulled forward
+    moved[1, 30:40, 20:30] *= 0.98                                 # within the margin: kept
+    moved[1, 0:5, 0:5] *= 1.5                                      # behind the surface: not a floater
+    bad = floaters(_pixel_gaussians(cams, moved), cams, depth, valid).reshape(2, H, W)
+    assert bad[1, 10:20, 20:30].all() and bad.sum() == 100
+    assert not floaters(_pixel_gaussians(cams, moved), cams, depth, torch.zeros_like(valid)).any()  # no evidence
+    # the pipeline stage: a patch of view 1 too flat to match keeps its wrong depth, and views 0
+    # and 2, which match the surface there, have it dropped (with its Λ rows)
+    cams3 = _cameras([[0.0, 0, 0], [0.5, 0.0, 0], [-0.5, 0.02, 0]])
+    imgs3, depth3 = _plane_scene(cams3)
+    imgs3[1, 10:30, 20:40] = 0.5
+    moved3 = depth3.clone()
+    moved3[1, 10:30, 20:40] *= 0.7
+    g = _pixel_gaussians(cams3, moved3)
+    lam = torch.arange(len(g), dtype=torch.float64)[:, None].expand(-1, 5).clone()
+    g2, lam2, acc = match_depth(g, lam, imgs3, cams3)
+    kept = lam2[:, 0].long()
+    dropped = torch.ones(len(g), dtype=torch.bool)
+    dropped[kept] = False
+    assert len(g2) == len(lam2) and acc > 0.4
+    assert dropped.reshape(3, H, W)[1, 14:26, 24:36].all()         # the flat patch's floaters
+    assert float(dropped.float().mean()) < 0.1
+    assert torch.equal(kept, kept.unique())                        # rows kept in order, once

@@ -66,20 +66,11 @@ def _read_input(path: Path, report: Reporter):
         return load_scene(path)
 
 
-def _match_depth(g: Gaussians, scene, context: list[int], report: Reporter) -> tuple[Gaussians, float]:
-    """Move each pixel's Gaussian to the depth the photos agree on (ZNCC sweep), where they decide it."""
-    from diff3r_cli.depth import sweep_depth, view_depths, with_depths
-
-    cams, imgs = scene.cameras[context], scene.images[context]
-    with report.step(f"match depth across {len(context)} views"):
-        res = sweep_depth(imgs.to(g.device), cams.to(g.device), view_depths(g, cams.to(g.device)))
-        return with_depths(g, cams.to(g.device), res.depth), res.accepted_fraction
-
-
 def _predict(scene, context: list[int], model_path: Path, size: tuple[int, int], dev: torch.device,
              report: Reporter, sweep: bool = True) -> _Prediction:
     """Load the model, resample the views to the working size, find the depth range, predict, and
     (sweep) correct the predicted depth by photometric matching between the context views."""
+    from diff3r_cli.depth import match_depth
     from diff3r_cli.engines.policy import estimate_depth_range
     from diff3r_cli.model.inference import predict_gaussians
     from diff3r_cli.model.io import load_model
@@ -97,7 +88,8 @@ def _predict(scene, context: list[int], model_path: Path, size: tuple[int, int],
         g, lam = predict_gaussians(net, scene.images[context], scene.cameras[context], near, far, dev)
     accepted = None
     if sweep:
-        g, accepted = _match_depth(g, scene, context, report)
+        with report.step(f"match depth across {len(context)} views"):
+            g, lam, accepted = match_depth(g, lam, scene.images[context], scene.cameras[context])
     return _Prediction(scene, g, lam, near, far, range_src, time.perf_counter() - t0, accepted)
 
 

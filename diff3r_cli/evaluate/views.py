@@ -87,10 +87,9 @@ def predict(model: torch.nn.Module, views: EvalViews, device: torch.device,
     near, far = depth_range if depth_range is not None else (views.near, views.far)
     g, lam = predict_gaussians(model, views.context_images, cams, near, far, device)
     if views.sweep:
-        from diff3r_cli.depth import sweep_depth, view_depths, with_depths
+        from diff3r_cli.depth import match_depth
 
-        cams = cams.to(g.device)
-        g = with_depths(g, cams, sweep_depth(views.context_images.to(g.device), cams, view_depths(g, cams)).depth)
+        g, lam, _ = match_depth(g, lam, views.context_images, cams)
     return g, lam
 
 
