@@ -1,0 +1,102 @@
+"""From the released backbones' per-pixel outputs to diff3r's Gaussians.
+
+Their conventions, reproduced (not "fixed", so colours and geometry are the model's):
+
+- Means lie on each pixel's *unit* ray at the predicted depth, i.e. the depth is a distance
+  along the ray, not a z-depth. MVSplat also shifts each ray inside its pixel by a predicted
+  sub-pixel offset.
+- Scales (MVSplat) are ``(min + (max-min)·sigmoid(s)) · depth · 0.1·Σ(K⁻¹·pixel size)``;
+  rotations are xyzw quaternions in the camera frame; the covariance is rotated to world.
+- SH coefficients are predicted in the camera frame and rotated to world by the authors with a
+  Wigner-D routine whose axis convention differs from their renderer's basis. In the renderer's
+  (3DGS) basis the applied map is the SH rotation by R' = P R Pᵀ, not by R, with
+  P = [[0,0,-1],[-1,0,0],[0,1,0]] (measured against the reference; see tests/test_backbones.py).
+  Their renderer evaluates degrees <= 3 only, so higher degrees are dropped after rotating.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from diff3r_cli.geometry import quat_multiply, rotmat_to_quat
+from diff3r_cli.render.sh import sh_basis
+
+QUIRK_P = torch.tensor([[0.0, 0.0, -1.0], [-1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
+
+
+def _fibonacci_dirs(n: int = 64) -> torch.Tensor:
+    i = torch.arange(n, dtype=torch.float64) + 0.5
+    z = 1 - 2 * i / n
+    r = (1 - z * z).sqrt()
+    phi = math.pi * (3 - math.sqrt(5)) * i
+    return torch.stack([r * phi.cos(), r * phi.sin(), z], -1)
+
+
+def sh_rotation_matrices(R: torch.Tensor, degree: int = 3) -> list[torch.Tensor]:
+    """Per degree l = 1..degree, (N, 2l+1, 2l+1) matrices M with Σ(Mc)_k Y_k(d) = Σ c_k Y_k(Rᵀd)
+    in the renderer's SH basis (float64, by least squares on well-spread directions)."""
+    R = R.to(torch.float64)
+    d = _fibonacci_dirs()
+    out = []
+    for l in range(1, degree + 1):
+        sl = slice(l * l, (l + 1) ** 2)
+        A = sh_basis(degree, d)[:, sl]                                   # (n, 2l+1)
+        B = sh_basis(degree, torch.einsum("nij,pi->npj", R, d))[..., sl]  # Y(Rᵀ d): d·R = (Rᵀd)ᵀ
+        out.append(torch.linalg.pinv(A)[None] @ B)
+    return out
+
+
+def rotate_sh_like_release(sh_cam: torch.Tensor, c2w_rot: torch.Tensor, out_degree: int = 3) -> torch.Tensor:
+    """Camera-frame SH (N,K,3) of the release -> world-frame SH (N,(out_degree+1)²,3) as their renderer sees them.
+
+    c2w_rot (N,3,3) or (3,3) broadcast. Applies the rotation by P R Pᵀ (module docstring) per
+    degree and drops degrees above ``out_degree``.
+    """
+    n, k, _ = sh_cam.shape
+    deg_in = int(round(math.sqrt(k))) - 1
+    deg = min(deg_in, out_degree)
+    P = QUIRK_P.to(c2w_rot.device)
+    Rq = P @ c2w_rot.to(torch.float64) @ P.T
+    if Rq.dim() == 2:
+        Rq = Rq[None]
+    mats = sh_rotation_matrices(Rq, deg)
+    parts = [sh_cam[:, :1]]
+    for l, M in enumerate(mats, start=1):
+        c = sh_cam[:, l * l:(l + 1) ** 2].to(torch.float64)
+        parts.append((M.expand(n, -1, -1) @ c).to(sh_cam.dtype))
+    return torch.cat(parts, 1)
+
+
+def unit_rays(xy_norm: torch.Tensor, intrinsics: torch.Tensor, c2w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """World ray origins and unit directions for normalised image points.
+
+    xy_norm (N,P,2) in [0,1]; intrinsics normalised (N,3,3); c2w (N,4,4) -> ((N,P,3), (N,P,3)).
+    """
+    hom = torch.cat([xy_norm, torch.ones_like(xy_norm[..., :1])], -1)
+    d = hom @ torch.inverse(intrinsics).transpose(1, 2)
+    d = d / d.norm(dim=-1, keepdim=True)
+    d = d @ c2w[:, :3, :3].transpose(1, 2)
+    return c2w[:, None, :3, 3].expand_as(d), d
+
+
+def scale_multiplier(intrinsics: torch.Tensor, h: int, w: int, factor: float = 0.1) -> torch.Tensor:
+    """(N,) the release's pixel-footprint factor: factor · Σ_i (K[:2,:2]⁻¹ · (1/w, 1/h))_i."""
+    px = intrinsics.new_tensor([1.0 / w, 1.0 / h])
+    return factor * (torch.inverse(intrinsics[:, :2, :2]) @ px).sum(-1)
+
+
+def xyzw_to_wxyz(q: torch.Tensor) -> torch.Tensor:
+    return torch.cat([q[..., 3:], q[..., :3]], -1)
+
+
+def camera_quats_to_world(q_xyzw: torch.Tensor, c2w: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Camera-frame xyzw quaternions (N,P,4) (normalised as the release: q/(|q|+eps)) -> world wxyz."""
+    q = q_xyzw / (q_xyzw.norm(dim=-1, keepdim=True) + eps)
+    qc = rotmat_to_quat(c2w[:, :3, :3])[:, None].expand(-1, q.shape[1], -1)
+    return quat_multiply(qc, xyzw_to_wxyz(q))
+
+
+__all__ = ["rotate_sh_like_release", "sh_rotation_matrices", "unit_rays", "scale_multiplier", "camera_quats_to_world",
+           "QUIRK_P"]
