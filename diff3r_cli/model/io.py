@@ -98,4 +98,47 @@ def load_model(path_or_name: str | Path, device: str | torch.device = "cpu",
     return model.to(device).eval()
 
 
-__all__ = ["save_model", "load_model", "read_metadata", "resolve_model_path", "MODELS_DIR"]
+WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pth", ".pt")
+
+
+def inspect_weights(path: str | Path, trust_pickle: bool = False) -> dict:
+    """Family, variant, parameter count and training convention of a weights file (no model built)."""
+    from diff3r_cli.model.backbones import checkpoints as bb
+    from diff3r_cli.model.backbones.predictor import CONVENTIONS, is_backbone_config
+
+    path = Path(path)
+    if bb.sniff(path) == "torch":
+        obj, skipped = bb.read_torch_file(path, trust_pickle)
+        sd = bb.find_state_dict(obj, path)
+        family = bb.detect_family(sd)
+        info = {"format": "weights", "file": "released checkpoint (pickle, read tensors-only)", "family": family,
+                "tensors": len(sd), "parameters": sum(t.numel() for t in sd.values()), "skipped_objects": skipped}
+        if family == "mvsplat":
+            model = bb.build_backbone(sd, path)
+            info.update(variant=model.cfg.variant, loads="strict", convention=CONVENTIONS["mvsplat"],
+                        lam_head_parameters=sum(p.numel() for p in model.lam_head.parameters()) + 5)
+        elif family == "depthsplat":
+            info.update(loads="no (DepthSplat is recognised but not supported by this version)")
+        else:
+            info.update(loads="no (not an MVSplat/DepthSplat checkpoint)")
+        return info
+    md = read_metadata(path)
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        shapes = [f.get_slice(k).get_shape() for k in f.keys()]
+    cfg = md["config"]
+    brief = {k: md["meta"][k] for k in ("stage", "step", "data", "resolution", "init") if k in md["meta"]}
+    n = sum(int(torch.tensor(s).prod()) if s else 1 for s in shapes)
+    if is_backbone_config(cfg):
+        return {"format": "weights", "file": "diff3r .safetensors (fine-tuned backbone)", "family": cfg["family"],
+                "variant": cfg.get("variant"), "tensors": len(shapes), "parameters": n, "loads": "strict",
+                "convention": CONVENTIONS.get(cfg["family"], ""), "meta": brief}
+    return {"format": "weights", "file": "diff3r .safetensors", "family": "diff3r", "variant": cfg.get("size"),
+            "tensors": len(shapes), "parameters": n, "loads": "strict",
+            "convention": f"near/far {cfg.get('depth_range', 'fitted')}, SH degree {cfg.get('sh_degree', 0)}",
+            "meta": brief}
+
+
+__all__ = ["save_model", "load_model", "read_metadata", "resolve_model_path", "inspect_weights", "MODELS_DIR",
+           "WEIGHT_SUFFIXES"]

@@ -76,6 +76,8 @@ class ModelConfig:
     # set the predictor's near/far convention, "fitted" | "normalised" (None: keep the model's); the
     # training data's near/far follow the model's convention (PredictorConfig.depth_range)
     depth_range: Optional[str] = _opt(None, "depth_range", KEEP)
+    # train only what sits outside a released backbone's pretrained tree (its Λ head)
+    freeze_backbone: bool = _opt(False, "freeze_backbone", KEEP, legacy=False)
 
 
 @dataclass
@@ -306,7 +308,8 @@ def saved_options(cfg: TrainConfig, data_root: Path, model_size: str, world_size
                 synthetic_root=str(d.synthetic_root) if d.synthetic_root else None, real_fraction=d.real_fraction,
                 context_weight=cfg.loss.context_weight, lam_floor=cfg.model.lam_floor, inner_lr=cfg.inner.lr,
                 inner_hessian=cfg.inner.hessian, depth_range=cfg.model.depth_range,
-                depth_weight=cfg.loss.depth_weight, pcg_max_iter=cfg.inner.pcg_max_iter)
+                depth_weight=cfg.loss.depth_weight, pcg_max_iter=cfg.inner.pcg_max_iter,
+                freeze_backbone=cfg.model.freeze_backbone)
 
 
 __all__ = ["DEFAULT_STEPS", "DEFAULT_PCG_MAX_ITER", "TrainConfig", "DataConfig", "ModelConfig", "OptimConfig", "LossConfig", "InnerConfig", "ScheduleConfig",
