@@ -90,8 +90,8 @@ def _stub_packages(root: Path) -> None:
     sys.path.insert(0, str(root))
 
 
-def run_mvsplat(root: Path, v: int) -> dict[str, np.ndarray]:
-    """Build the re10k-config encoder of their source, fill synthetic weights, run one forward."""
+def build_mvsplat_reference(root: Path, v: int) -> torch.nn.Module:
+    """The authors' EncoderCostVolume in the re10k configuration, for ``v`` context views."""
     _stub_packages(root)
     from src import global_cfg
     from src.model.encoder.encoder_costvolume import EncoderCostVolume, EncoderCostVolumeCfg, OpacityMappingCfg
@@ -110,7 +110,12 @@ def run_mvsplat(root: Path, v: int) -> dict[str, np.ndarray]:
         depth_unet_feat_dim=32, depth_unet_attn_res=[16], depth_unet_channel_mult=[1, 1, 1, 1, 1],
         wo_depth_refine=False, wo_cost_volume=False, wo_backbone_cross_attn=False, wo_cost_volume_refine=False,
         use_epipolar_trans=False)
-    enc = EncoderCostVolume(cfg).eval()
+    return EncoderCostVolume(cfg).eval()
+
+
+def run_mvsplat(root: Path, v: int) -> dict[str, np.ndarray]:
+    """Build their re10k-config encoder, fill synthetic weights, run one forward."""
+    enc = build_mvsplat_reference(root, v)
     sd = enc.state_dict()
     enc.load_state_dict(synthetic_state_dict({k: t.shape for k, t in sd.items()}), strict=True)
     inputs = make_inputs(v, seed=10 + v)

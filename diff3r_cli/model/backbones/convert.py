@@ -16,6 +16,7 @@ Their conventions, reproduced (not "fixed", so colours and geometry are the mode
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -34,39 +35,51 @@ def _fibonacci_dirs(n: int = 64) -> torch.Tensor:
     return torch.stack([r * phi.cos(), r * phi.sin(), z], -1)
 
 
+@functools.lru_cache(maxsize=None)
+def _basis_pinv(degree: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Fixed sample directions and, per degree l = 1..degree, the pseudo-inverse of the basis there."""
+    d = _fibonacci_dirs()
+    A = sh_basis(degree, d)
+    return d, [torch.linalg.pinv(A[:, l * l:(l + 1) ** 2]) for l in range(1, degree + 1)]
+
+
 def sh_rotation_matrices(R: torch.Tensor, degree: int = 3) -> list[torch.Tensor]:
     """Per degree l = 1..degree, (N, 2l+1, 2l+1) matrices M with Σ(Mc)_k Y_k(d) = Σ c_k Y_k(Rᵀd)
     in the renderer's SH basis (float64, by least squares on well-spread directions)."""
-    R = R.to(torch.float64)
-    d = _fibonacci_dirs()
-    out = []
-    for l in range(1, degree + 1):
-        sl = slice(l * l, (l + 1) ** 2)
-        A = sh_basis(degree, d)[:, sl]                                   # (n, 2l+1)
-        B = sh_basis(degree, torch.einsum("nij,pi->npj", R, d))[..., sl]  # Y(Rᵀ d): d·R = (Rᵀd)ᵀ
-        out.append(torch.linalg.pinv(A)[None] @ B)
-    return out
+    d, pinvs = _basis_pinv(degree)
+    R = R.to(torch.float64).cpu()
+    B = sh_basis(degree, torch.einsum("nij,pi->npj", R, d))          # Y(Rᵀ d): d·R = (Rᵀd)ᵀ
+    return [pinvs[l - 1][None] @ B[..., l * l:(l + 1) ** 2] for l in range(1, degree + 1)]
+
+
+def release_sh_matrix(c2w_rot: torch.Tensor, k_in: int, out_degree: int = 3) -> torch.Tensor:
+    """The linear map camera-frame SH (k_in coefficients) -> world-frame SH as their renderer sees
+    them: block-diagonal (K_out, k_in), K_out = (min(degree_in, out_degree)+1)², float64.
+
+    One (3,3) rotation; applies the rotation by P R Pᵀ (module docstring) per degree and drops
+    degrees above ``out_degree``.
+    """
+    deg = min(int(round(math.sqrt(k_in))) - 1, out_degree)
+    Rq = (QUIRK_P @ c2w_rot.detach().to("cpu", torch.float64) @ QUIRK_P.T)[None]
+    k_out = (deg + 1) ** 2
+    M = torch.zeros(k_out, k_in, dtype=torch.float64)
+    M[0, 0] = 1.0
+    for l, block in enumerate(sh_rotation_matrices(Rq, deg), start=1):
+        M[l * l:(l + 1) ** 2, l * l:(l + 1) ** 2] = block[0]
+    return M
 
 
 def rotate_sh_like_release(sh_cam: torch.Tensor, c2w_rot: torch.Tensor, out_degree: int = 3) -> torch.Tensor:
-    """Camera-frame SH (N,K,3) of the release -> world-frame SH (N,(out_degree+1)²,3) as their renderer sees them.
-
-    c2w_rot (N,3,3) or (3,3) broadcast. Applies the rotation by P R Pᵀ (module docstring) per
-    degree and drops degrees above ``out_degree``.
-    """
+    """Camera-frame SH (N,K,3) of the release -> world-frame SH (N,K_out,3) (:func:`release_sh_matrix`)."""
     n, k, _ = sh_cam.shape
-    deg_in = int(round(math.sqrt(k))) - 1
-    deg = min(deg_in, out_degree)
-    P = QUIRK_P.to(c2w_rot.device)
-    Rq = P @ c2w_rot.to(torch.float64) @ P.T
-    if Rq.dim() == 2:
-        Rq = Rq[None]
-    mats = sh_rotation_matrices(Rq, deg)
-    parts = [sh_cam[:, :1]]
-    for l, M in enumerate(mats, start=1):
-        c = sh_cam[:, l * l:(l + 1) ** 2].to(torch.float64)
-        parts.append((M.expand(n, -1, -1) @ c).to(sh_cam.dtype))
-    return torch.cat(parts, 1)
+    M = release_sh_matrix(c2w_rot, k, out_degree).to(sh_cam.device, sh_cam.dtype)
+    flat = sh_cam.permute(1, 0, 2).reshape(k, n * 3)              # one GEMM for all Gaussians
+    return (M @ flat).reshape(-1, n, 3).permute(1, 0, 2)
+
+
+def _apply(M: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """(N,3,3) matrices applied to (N,P,3) vectors (elementwise: a batched GEMM with k=3 is slow on CPU)."""
+    return (v[:, :, None, :] * M[:, None]).sum(-1)
 
 
 def unit_rays(xy_norm: torch.Tensor, intrinsics: torch.Tensor, c2w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,9 +88,9 @@ def unit_rays(xy_norm: torch.Tensor, intrinsics: torch.Tensor, c2w: torch.Tensor
     xy_norm (N,P,2) in [0,1]; intrinsics normalised (N,3,3); c2w (N,4,4) -> ((N,P,3), (N,P,3)).
     """
     hom = torch.cat([xy_norm, torch.ones_like(xy_norm[..., :1])], -1)
-    d = hom @ torch.inverse(intrinsics).transpose(1, 2)
+    d = _apply(torch.inverse(intrinsics), hom)
     d = d / d.norm(dim=-1, keepdim=True)
-    d = d @ c2w[:, :3, :3].transpose(1, 2)
+    d = _apply(c2w[:, :3, :3], d)
     return c2w[:, None, :3, 3].expand_as(d), d
 
 
@@ -98,5 +111,5 @@ def camera_quats_to_world(q_xyzw: torch.Tensor, c2w: torch.Tensor, eps: float = 
     return quat_multiply(qc, xyzw_to_wxyz(q))
 
 
-__all__ = ["rotate_sh_like_release", "sh_rotation_matrices", "unit_rays", "scale_multiplier", "camera_quats_to_world",
+__all__ = ["rotate_sh_like_release", "release_sh_matrix", "sh_rotation_matrices", "unit_rays", "scale_multiplier", "camera_quats_to_world",
            "QUIRK_P"]
