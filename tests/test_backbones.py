@@ -195,3 +195,25 @@ def test_corrupt_and_foreign_files_are_one_line_errors(tmp_path):
     torch.save({"state_dict": sd}, wrong)
     with pytest.raises(UserError, match="do not match"):
         load_backbone_file(wrong)
+    ds = tmp_path / "depthsplat.pth"        # recognised by content, not supported: one clear line
+    torch.save({"model": {"encoder.depth_predictor.pretrained.cls_token": torch.zeros(1, 1, 384)}}, ds)
+    with pytest.raises(UserError, match="DepthSplat checkpoints are recognised but not supported"):
+        load_backbone_file(ds)
+
+
+def test_gradients_reach_the_pretrained_tree_and_the_lam_head():
+    """Training through the layer needs d(Gaussians, Λ)/d(weights): every output group is
+    differentiable w.r.t. the released tree (and Λ w.r.t. our head)."""
+    m = tiny_model(6).train()
+    img = torch.rand(1, 2, 32, 48, 3)
+    K = torch.tensor([[40.0, 0, 24], [0, 40, 16], [0, 0, 1]]).expand(1, 2, 3, 3)
+    w2c = torch.eye(4).repeat(1, 2, 1, 1)
+    w2c[0, 1, 0, 3] = -0.3
+    out = m(img, K, w2c, torch.tensor([2.0]), torch.tensor([50.0]))
+    g = out.gaussians[0]
+    loss = sum(t.square().mean() for t in (g.means, g.log_scales, g.quats, g.opacity_logits, g.sh)) + out.lam[0].sum()
+    loss.backward()
+    assert float(m.net.depth_predictor.to_gaussians[2].weight.grad.abs().sum()) > 0
+    assert float(m.net.depth_predictor.to_disparity[2].weight.grad.abs().sum()) > 0
+    assert float(m.net.backbone.backbone.conv1.weight.grad.abs().sum()) > 0
+    assert float(m.lam_head.conv2.weight.grad.abs().sum()) > 0

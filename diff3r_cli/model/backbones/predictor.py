@@ -31,8 +31,9 @@ from diff3r_cli.model.backbones.mvsplat import MVSplatArch, MVSplatEncoder
 from diff3r_cli.model.predictor import PredictorOutput
 
 FAMILIES = ("mvsplat",)
-CONVENTIONS = {"mvsplat": "trained on RE10K at 256x256, 2 views, near 1 / far 100 (scenes are scaled so their near "
-                          "plane maps to 1); SH degree 4 (degrees <= 3 rendered); Gaussian scale 0.5-15 px x depth"}
+CONVENTIONS = {"mvsplat": "trained on RE10K (re10k.ckpt; acid.ckpt alike) at 256x256, 2 views, near 1 / far 100 "
+                          "(scenes are scaled so their near plane maps to 1); SH degree 4 (degrees <= 3 rendered); "
+                          "Gaussian scale 0.5-15 px x depth"}
 
 
 @dataclass
