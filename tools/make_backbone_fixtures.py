@@ -130,6 +130,53 @@ def run_mvsplat(root: Path, v: int) -> dict[str, np.ndarray]:
     return out
 
 
+def build_depthsplat_reference(root: Path, dinov2: Path) -> torch.nn.Module:
+    """The authors' EncoderDepthSplat, small (ViT-S) re10k configuration; DINOv2 from a local
+    checkout instead of torch.hub (no network), without its pretrained weights."""
+    for m in ("torchvision", "torchvision.transforms"):
+        sys.modules.setdefault(m, types.ModuleType(m))
+    sys.modules["torchvision"].transforms = sys.modules["torchvision.transforms"]
+    _stub_packages(root)
+    sys.path.insert(0, str(dinov2))
+    from dinov2.hub.backbones import dinov2_vits14
+
+    torch.hub.load = lambda repo, name, *a, **k: dinov2_vits14(pretrained=False)
+    from src.model.encoder.common.gaussian_adapter import GaussianAdapterCfg
+    from src.model.encoder.encoder_depthsplat import EncoderDepthSplat, EncoderDepthSplatCfg
+
+    fields = EncoderDepthSplatCfg.__dataclass_fields__
+    values = dict(
+        name="depthsplat", d_feature=128, num_depth_candidates=128, num_surfaces=1, visualizer=None,
+        gaussian_adapter=GaussianAdapterCfg(gaussian_scale_min=1e-10, gaussian_scale_max=3.0, sh_degree=2),
+        gaussians_per_pixel=1, unimatch_weights_path=None, downscale_factor=4, shim_patch_size=4,
+        multiview_trans_attn_split=2, costvolume_unet_feat_dim=128, costvolume_unet_channel_mult=[1, 1, 1],
+        costvolume_unet_attn_res=[4], depth_unet_feat_dim=32, depth_unet_attn_res=[16],
+        depth_unet_channel_mult=[1, 1, 1, 1, 1], local_mv_match=2, monodepth_vit_type="vits",
+        supervise_intermediate_depth=True, return_depth=True, num_scales=1, upsample_factor=4,
+        lowest_feature_resolution=4, depth_unet_channels=128, grid_sample_disable_cudnn=False,
+        large_gaussian_head=False, color_large_unet=False, init_sh_input_img=True, feature_upsampler_channels=64,
+        gaussian_regressor_channels=64, train_depth_only=False)
+    return EncoderDepthSplat(EncoderDepthSplatCfg(**{k: values[k] for k in fields})).eval()
+
+
+def run_depthsplat(root: Path, dinov2: Path, v: int) -> dict[str, np.ndarray]:
+    """Their DepthSplat-small encoder with synthetic weights, one forward at near 0.5 / far 100."""
+    enc = build_depthsplat_reference(root, dinov2)
+    sd = enc.state_dict()
+    enc.load_state_dict(synthetic_state_dict({k: t.shape for k, t in sd.items()}), strict=True)
+    inputs = make_inputs(v, seed=20 + v)
+    inputs["near"] = torch.full((1, v), 0.5)
+    with torch.no_grad():
+        res = enc(inputs, global_step=0, deterministic=True)
+    g = res["gaussians"]
+    idx = torch.arange(0, g.means.shape[1], STRIDE)
+    out = {f"in_{k}": t.numpy() for k, t in inputs.items()}
+    out.update(means=g.means[0].numpy(), opacities=g.opacities[0].numpy(), depth=res["depths"][0].numpy(),
+               sub_index=idx.numpy(), covariances=g.covariances[0, idx].numpy(), harmonics=g.harmonics[0, idx].numpy(),
+               state_shapes=np.array(json.dumps({f"encoder.{k}": list(t.shape) for k, t in sd.items()})))
+    return out
+
+
 def run_sh_rotation(root: Path) -> dict[str, np.ndarray]:
     """Their camera->world SH rotation (e3nn Wigner-D) on random degree-4 coefficients."""
     _stub_packages(root)
@@ -148,6 +195,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--mvsplat", type=Path, help="checkout of github.com/donydchen/mvsplat")
     ap.add_argument("--sh-only", action="store_true", help="only the SH rotation fixture")
+    ap.add_argument("--depthsplat", type=Path, help="checkout of github.com/cvg/depthsplat (needs --dinov2)")
+    ap.add_argument("--dinov2", type=Path, help="checkout of github.com/facebookresearch/dinov2")
     a = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
@@ -159,6 +208,12 @@ def main() -> None:
         for v in (2, 3):
             res = run_mvsplat(a.mvsplat, v)
             path = OUT / f"mvsplat_{v}v.npz"
+            np.savez_compressed(path, **res)
+            print(f"{path}: {path.stat().st_size / 1e6:.2f} MB, {res['means'].shape[0]} Gaussians")
+    if a.depthsplat:
+        for v in (2, 3):
+            res = run_depthsplat(a.depthsplat, a.dinov2, v)
+            path = OUT / f"depthsplat_{v}v.npz"
             np.savez_compressed(path, **res)
             print(f"{path}: {path.stat().st_size / 1e6:.2f} MB, {res['means'].shape[0]} Gaussians")
 

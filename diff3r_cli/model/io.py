@@ -3,7 +3,7 @@
 The safetensors header metadata holds ``format`` ("diff3r-predictor"), ``config`` (the
 PredictorConfig as JSON) and ``meta`` (free-form JSON: training step, data, stage...).
 Bundled weights live in <repo>/models/<name>.safetensors and can be named without a path,
-e.g. ``load_model("diff3r-small")``. Released MVSplat ``.ckpt`` files are recognised by content
+e.g. ``load_model("diff3r-small")``. Released MVSplat ``.ckpt`` and DepthSplat ``.pth`` files are recognised by content
 and read tensors-only (model/backbones/checkpoints.py); a diff3r file may also hold a fine-tuned
 backbone (its config then names the family).
 """
@@ -73,7 +73,8 @@ def load_model(path_or_name: str | Path, device: str | torch.device = "cpu",
     """Build the predictor described by a weights file and load its weights (eval mode).
 
     The file's kind is read from its content: a diff3r .safetensors (our predictor or a
-    fine-tuned backbone), or a released MVSplat .ckpt (tensors only unless ``trust_pickle``).
+    fine-tuned backbone), or a released MVSplat .ckpt / DepthSplat .pth (tensors only unless
+    ``trust_pickle``).
     """
     from safetensors.torch import load_file
 
@@ -113,14 +114,12 @@ def inspect_weights(path: str | Path, trust_pickle: bool = False) -> dict:
         family = bb.detect_family(sd)
         info = {"format": "weights", "file": "released checkpoint (pickle, read tensors-only)", "family": family,
                 "tensors": len(sd), "parameters": sum(t.numel() for t in sd.values()), "skipped_objects": skipped}
-        if family == "mvsplat":
-            model = bb.build_backbone(sd, path)
-            info.update(variant=model.cfg.variant, loads="strict", convention=CONVENTIONS["mvsplat"],
-                        lam_head_parameters=sum(p.numel() for p in model.lam_head.parameters()) + 5)
-        elif family == "depthsplat":
-            info.update(loads="no (DepthSplat is recognised but not supported by this version)")
-        else:
+        if family == "unknown":
             info.update(loads="no (not an MVSplat/DepthSplat checkpoint)")
+            return info
+        model = bb.build_backbone(sd, path)
+        info.update(variant=model.cfg.variant, loads="strict", convention=CONVENTIONS[family],
+                    lam_head_parameters=sum(p.numel() for p in model.lam_head.parameters()) + 5)
         return info
     md = read_metadata(path)
     from safetensors import safe_open

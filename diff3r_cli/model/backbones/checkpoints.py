@@ -3,7 +3,8 @@
 - MVSplat releases Lightning ``.ckpt`` files: a pickle (zip container) whose ``state_dict`` holds
   ``encoder.backbone.*`` and ``encoder.depth_predictor.*``, next to training bookkeeping.
 - DepthSplat releases ``.pth`` files (optionally wrapped in ``state_dict``/``model``) whose
-  encoder carries a DINOv2 ViT under ``encoder.depth_predictor.pretrained.*``.
+  encoder carries a DINOv2 ViT under ``encoder.depth_predictor.pretrained.*``; the small (ViT-S)
+  model is supported (base/large need scale settings the files do not store).
 
 Reading is tensors-only by default: ``torch.load(weights_only=True)``, and when a file holds
 other objects (Lightning hyper-parameters, callbacks), a restricted unpickler that rebuilds
@@ -25,7 +26,9 @@ from typing import Any
 import torch
 
 from diff3r_cli.errors import UserError
+from diff3r_cli.model.backbones.depthsplat import DepthSplatArch
 from diff3r_cli.model.backbones.mvsplat import MVSplatArch
+from diff3r_cli.model.backbones.vit import VIT_SIZES
 
 ZIP_MAGIC = b"PK\x03\x04"
 TRUST_ENV = "DIFF3R_TRUST_PICKLE"
@@ -181,26 +184,54 @@ def mvsplat_arch_from_state(sd: dict[str, torch.Tensor]) -> MVSplatArch:
         depth_unet_channel_mult=(1,) * dp_levels, sh_degree=sh_degree, num_transformer_layers=n_layers)
 
 
+def depthsplat_arch_from_state(sd: dict[str, torch.Tensor]) -> DepthSplatArch:
+    """Architecture hyper-parameters of a DepthSplat encoder, read off the tensor shapes."""
+    p = "encoder.depth_predictor."
+    width = sd[p + "pretrained.cls_token"].shape[-1]
+    vit = {w: k for k, (w, _, _) in VIT_SIZES.items()}.get(width, f"width{width}")
+    g = sd["encoder.gaussian_head.2.weight"].shape[0]
+    d_sh = (g - 10) // 3
+    return DepthSplatArch(
+        vit=vit, d_feature=sd[p + "backbone.conv2.weight"].shape[0],
+        num_depth_candidates=sd[p + "depth_head.0.2.weight"].shape[0],
+        unet_channels=sd[p + "regressor.0.0.weight"].shape[0],
+        depth_dpt_features=sd[p + "upsampler.scratch.layer1_rn.weight"].shape[0],
+        feature_dpt_features=sd["encoder.feature_upsampler.scratch.layer1_rn.weight"].shape[0],
+        regressor_channels=sd["encoder.gaussian_regressor.0.weight"].shape[0],
+        sh_degree=int(round(d_sh ** 0.5)) - 1)
+
+
 def build_backbone(sd: dict[str, torch.Tensor], path: Path, meta: dict | None = None):
     """A BackbonePredictor whose pretrained tree is loaded strictly from ``sd`` (published layout)."""
-    from diff3r_cli.model.backbones.predictor import BackboneConfig, BackbonePredictor
+    from diff3r_cli.model.backbones.predictor import TRAIN_RANGE, BackboneConfig, BackbonePredictor
 
     family = detect_family(sd)
-    if family == "depthsplat":
-        raise UserError("DepthSplat checkpoints are recognised but not supported by this version", path,
-                        "use an MVSplat .ckpt or a diff3r .safetensors")
-    if family != "mvsplat":
+    if family == "unknown":
         raise UserError("not an MVSplat/DepthSplat checkpoint (no encoder.backbone / encoder.depth_predictor weights)",
                         path, FIX_CORRUPT)
+    name = "MVSplat" if family == "mvsplat" else "DepthSplat"
     enc = {k[len("encoder."):]: v for k, v in sd.items() if k.startswith("encoder.")}
     try:
-        arch = mvsplat_arch_from_state(sd)
-        variant = "re10k" if arch == MVSplatArch() else f"custom-d{arch.num_depth_candidates}"
-        model = BackbonePredictor(BackboneConfig(family="mvsplat", variant=variant, arch=arch.__dict__.copy()))
+        if family == "mvsplat":
+            arch = mvsplat_arch_from_state(sd)
+            variant = "re10k" if arch == MVSplatArch() else f"custom-d{arch.num_depth_candidates}"
+        else:
+            arch = depthsplat_arch_from_state(sd)
+            variant = "small" if arch == DepthSplatArch() else f"custom-{arch.vit}"
+    except (KeyError, IndexError) as e:
+        raise UserError(f"{name} weights do not match the re-implementation (missing {e})", path,
+                        f"use a released {name} checkpoint") from None
+    if family == "depthsplat" and arch.vit != "vits":
+        raise UserError(f"DepthSplat {arch.vit} (base/large) is recognised but not supported: its Gaussian scale "
+                        "settings are not stored in the file", path, "use the small (ViT-S) DepthSplat model")
+    near, far = TRAIN_RANGE[family]
+    try:
+        model = BackbonePredictor(BackboneConfig(family=family, variant=variant, arch=arch.__dict__.copy(),
+                                                 train_near=near, train_far=far))
         model.net.load_state_dict(enc, strict=True)
     except Exception as e:
-        raise UserError(f"MVSplat weights do not match the re-implementation ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0][:200]})", path, "use a released MVSplat checkpoint") from None
+        raise UserError(f"{name} weights do not match the re-implementation ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:200]})", path, f"use a released {name} checkpoint") from None
     model.meta = dict(meta or {})
     return model
 
@@ -219,9 +250,13 @@ def load_backbone_file(path: Path, trust_pickle: bool = False):
 
 def save_published_layout(model, path: Path, extra: dict | None = None) -> Path:
     """Write the pretrained tree as a release does (MVSplat: Lightning-style ``{"state_dict":
-    {"encoder.*": ...}, "epoch", "global_step", ...}``); used for random-weights test files."""
+    {"encoder.*": ...}, "epoch", "global_step", ...}``; DepthSplat: ``{"encoder.*": ...}``);
+    used for random-weights test files."""
     sd = {f"encoder.{k}": v.detach().cpu().contiguous() for k, v in model.net.state_dict().items()}
-    obj = {"epoch": 0, "global_step": 0, "pytorch-lightning_version": "2.1.0", "state_dict": sd}
+    if model.cfg.family == "mvsplat":
+        obj = {"epoch": 0, "global_step": 0, "pytorch-lightning_version": "2.1.0", "state_dict": sd}
+    else:
+        obj = dict(sd)
     obj.update(extra or {})
     path = Path(path)
     torch.save(obj, path)
@@ -229,4 +264,5 @@ def save_published_layout(model, path: Path, extra: dict | None = None) -> Path:
 
 
 __all__ = ["sniff", "read_torch_file", "find_state_dict", "detect_family", "mvsplat_arch_from_state",
+           "depthsplat_arch_from_state",
            "build_backbone", "load_backbone_file", "save_published_layout", "TRUST_ENV"]

@@ -2,9 +2,9 @@
 
 Their conventions, reproduced (not "fixed", so colours and geometry are the model's):
 
-- Means lie on each pixel's *unit* ray at the predicted depth, i.e. the depth is a distance
-  along the ray, not a z-depth. MVSplat also shifts each ray inside its pixel by a predicted
-  sub-pixel offset.
+- MVSplat's means lie on each pixel's *unit* ray at the predicted depth, i.e. the depth is a
+  distance along the ray, not a z-depth; DepthSplat's rays are scaled to unit camera z, so its
+  depth is a z-depth. Both shift each ray inside its pixel by a predicted sub-pixel offset.
 - Scales (MVSplat) are ``(min + (max-min)·sigmoid(s)) · depth · 0.1·Σ(K⁻¹·pixel size)``;
   rotations are xyzw quaternions in the camera frame; the covariance is rotated to world.
 - SH coefficients are predicted in the camera frame and rotated to world by the authors with a
@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from diff3r_cli.geometry import quat_multiply, rotmat_to_quat
+from diff3r_cli.geometry import rotmat_to_quat
 from diff3r_cli.render.sh import sh_basis
 
 QUIRK_P = torch.tensor([[0.0, 0.0, -1.0], [-1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
@@ -82,14 +82,16 @@ def _apply(M: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return (v[:, :, None, :] * M[:, None]).sum(-1)
 
 
-def unit_rays(xy_norm: torch.Tensor, intrinsics: torch.Tensor, c2w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """World ray origins and unit directions for normalised image points.
+def unit_rays(xy_norm: torch.Tensor, intrinsics: torch.Tensor, c2w: torch.Tensor,
+              unit: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """World ray origins and directions for normalised image points: unit length (depth is a
+    distance along the ray: MVSplat) or unit camera z (depth is a z-depth: DepthSplat).
 
     xy_norm (N,P,2) in [0,1]; intrinsics normalised (N,3,3); c2w (N,4,4) -> ((N,P,3), (N,P,3)).
     """
     hom = torch.cat([xy_norm, torch.ones_like(xy_norm[..., :1])], -1)
     d = _apply(torch.inverse(intrinsics), hom)
-    d = d / d.norm(dim=-1, keepdim=True)
+    d = d / (d.norm(dim=-1, keepdim=True) if unit else d[..., 2:])
     d = _apply(c2w[:, :3, :3], d)
     return c2w[:, None, :3, 3].expand_as(d), d
 
@@ -106,9 +108,12 @@ def xyzw_to_wxyz(q: torch.Tensor) -> torch.Tensor:
 
 def camera_quats_to_world(q_xyzw: torch.Tensor, c2w: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """Camera-frame xyzw quaternions (N,P,4) (normalised as the release: q/(|q|+eps)) -> world wxyz."""
-    q = q_xyzw / (q_xyzw.norm(dim=-1, keepdim=True) + eps)
-    qc = rotmat_to_quat(c2w[:, :3, :3])[:, None].expand(-1, q.shape[1], -1)
-    return quat_multiply(qc, xyzw_to_wxyz(q))
+    q = xyzw_to_wxyz(q_xyzw / (q_xyzw.norm(dim=-1, keepdim=True) + eps))
+    w, x, y, z = rotmat_to_quat(c2w[:, :3, :3]).unbind(-1)
+    # Hamilton product qc ⊗ q as a 4x4 matrix of qc per view (one small matrix, many quaternions)
+    L = torch.stack([torch.stack([w, -x, -y, -z], -1), torch.stack([x, w, -z, y], -1),
+                     torch.stack([y, z, w, -x], -1), torch.stack([z, -y, x, w], -1)], -2)
+    return (q[:, :, None, :] * L[:, None]).sum(-1)
 
 
 __all__ = ["rotate_sh_like_release", "release_sh_matrix", "sh_rotation_matrices", "unit_rays", "scale_multiplier", "camera_quats_to_world",

@@ -57,6 +57,11 @@ class MVSplatArch:
         return 2 + 7 + 3 * self.d_sh
 
     @property
+    def lam_feature_channels(self) -> int:
+        """Width of the refinement features our Λ head reads."""
+        return self.depth_unet_feat_dim
+
+    @property
     def multiple(self) -> int:
         """Input H and W must be multiples of this (x4 features, then the U-Nets' downsamplings)."""
         a = 4 * 2 ** (len(self.costvolume_unet_channel_mult) - 1)
@@ -71,7 +76,7 @@ class MVBackbone(nn.Module):
     def __init__(self, arch: MVSplatArch):
         super().__init__()
         self.arch = arch
-        self.backbone = CNNEncoder(arch.d_feature, last_stride=1)
+        self.backbone = CNNEncoder(arch.d_feature, strides=(2, 1))
         self.transformer = MultiViewTransformer(arch.num_transformer_layers, arch.d_feature)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -24,16 +24,20 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from diff3r_cli.gaussians import GROUPS, Gaussians
-from diff3r_cli.model.backbones.convert import (camera_quats_to_world, rotate_sh_like_release, scale_multiplier,
-                                                unit_rays)
+from diff3r_cli.gaussians import GROUPS, Gaussians, rgb_to_sh_dc
+from diff3r_cli.model.backbones.convert import camera_quats_to_world, release_sh_matrix, scale_multiplier, unit_rays
+from diff3r_cli.model.backbones.depthsplat import DepthSplatArch, DepthSplatEncoder
 from diff3r_cli.model.backbones.mvsplat import MVSplatArch, MVSplatEncoder
 from diff3r_cli.model.predictor import PredictorOutput
 
-FAMILIES = ("mvsplat",)
+FAMILIES = ("mvsplat", "depthsplat")
 CONVENTIONS = {"mvsplat": "trained on RE10K (re10k.ckpt; acid.ckpt alike) at 256x256, 2 views, near 1 / far 100 "
                           "(scenes are scaled so their near plane maps to 1); SH degree 4 (degrees <= 3 rendered); "
-                          "Gaussian scale 0.5-15 px x depth"}
+                          "Gaussian scale 0.5-15 px x depth",
+               "depthsplat": "small (ViT-S) trained on RE10K at 256x256, 2 views, near 0.5 / far 100 (scenes are "
+                             "scaled so their near plane maps to 0.5); SH degree 2; Gaussian scales in world "
+                             "units (softplus, at most 3)"}
+TRAIN_RANGE = {"mvsplat": (1.0, 100.0), "depthsplat": (0.5, 100.0)}
 
 
 @dataclass
@@ -90,9 +94,9 @@ class LamHead(nn.Module):
         return self.conv2(F.gelu(self.conv1(x)))
 
 
-def _mvsplat_arch(d: dict) -> MVSplatArch:
+def _arch(family: str, d: dict) -> MVSplatArch | DepthSplatArch:
     kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()}
-    return MVSplatArch(**kw)
+    return (MVSplatArch if family == "mvsplat" else DepthSplatArch)(**kw)
 
 
 class BackbonePredictor(nn.Module):
@@ -103,10 +107,10 @@ class BackbonePredictor(nn.Module):
         if cfg.family not in FAMILIES:
             raise ValueError(f"unknown backbone family {cfg.family!r}")
         self.cfg = cfg
-        self.arch = _mvsplat_arch(cfg.arch)
+        self.arch = _arch(cfg.family, cfg.arch)
         self.cfg.arch = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.arch).items()}
-        self.net = MVSplatEncoder(self.arch)
-        self.lam_head = LamHead(self.arch.depth_unet_feat_dim + 3 + 1)
+        self.net = MVSplatEncoder(self.arch) if cfg.family == "mvsplat" else DepthSplatEncoder(self.arch)
+        self.lam_head = LamHead(self.arch.lam_feature_channels + 3 + 1)
         self.log_lam_bias = nn.Parameter(torch.log(torch.tensor(cfg.lam_init, dtype=torch.float32)))
         self.last_scene_scale = 1.0
         self.meta: dict[str, Any] = {}
@@ -158,26 +162,32 @@ class BackbonePredictor(nn.Module):
             return t.reshape(b * v, -1, Hp * Wp).transpose(1, 2)
 
         raw = bv(out["raw"])
-        dist = 1.0 / bv(out["disparity"])[..., 0]                                  # distance along the ray
+        dist = 1.0 / bv(out["disparity"])[..., 0]              # along the ray: a distance (MVSplat), z (DepthSplat)
         Kf, c2wf = Kn.reshape(b * v, 3, 3), c2w.reshape(b * v, 4, 4)
         ys, xs = torch.meshgrid(torch.arange(Hp, device=x.device, dtype=x.dtype),
                                 torch.arange(Wp, device=x.device, dtype=x.dtype), indexing="ij")
         xy = torch.stack([(xs.reshape(-1) + 0.5) / Wp, (ys.reshape(-1) + 0.5) / Hp], -1)
         xy = xy[None] + (torch.sigmoid(raw[..., :2]) - 0.5) / xy.new_tensor([Wp, Hp])
-        origin, direction = unit_rays(xy, Kf, c2wf)
+        origin, direction = unit_rays(xy, Kf, c2wf, unit=(c.family == "mvsplat"))
         means = origin + direction * dist[..., None]
         sc, rot, shr = raw[..., 2:].split((3, 4, 3 * a.d_sh), -1)
-        scales = (a.gaussian_scale_min + (a.gaussian_scale_max - a.gaussian_scale_min) * torch.sigmoid(sc))
-        scales = scales * dist[..., None] * scale_multiplier(Kf, Hp, Wp)[:, None, None]
+        if c.family == "mvsplat":   # a footprint in pixels, tied to depth and focal length
+            scales = (a.gaussian_scale_min + (a.gaussian_scale_max - a.gaussian_scale_min) * torch.sigmoid(sc))
+            scales = scales * dist[..., None] * scale_multiplier(Kf, Hp, Wp)[:, None, None]
+        else:                       # world units
+            scales = F.softplus(sc - 4.0).clamp(a.gaussian_scale_min, a.gaussian_scale_max)
         quats = camera_quats_to_world(rot, c2wf)
-        mask = torch.ones(a.d_sh, device=x.device, dtype=x.dtype)
+        # the release damps degree l by 0.1·0.25^l, then rotates camera -> world; both are linear
+        # maps on each colour's coefficients, applied as one (k_out, d_sh) matrix per view
+        mask = torch.ones(a.d_sh, dtype=torch.float64)
         for l in range(1, a.sh_degree + 1):
             mask[l * l:(l + 1) ** 2] = 0.1 * 0.25 ** l
-        sh_cam = shr.reshape(b * v, Hp * Wp, 3, a.d_sh) * mask                       # colour-major channels
-        sh_cam = sh_cam.transpose(2, 3)                                               # (BV, P, d_sh, 3)
-        n_sh = (min(a.sh_degree, c.sh_degree) + 1) ** 2
-        sh = torch.stack([rotate_sh_like_release(sh_cam[i], c2wf[i, :3, :3], c.sh_degree)
-                          for i in range(b * v)])[:, :, :n_sh]
+        maps = torch.stack([release_sh_matrix(c2wf[i, :3, :3], a.d_sh, c.sh_degree) * mask for i in range(b * v)])
+        sh_cm = shr.reshape(b * v, Hp * Wp, 3, a.d_sh) @ maps.to(x.device, x.dtype).transpose(1, 2)[:, None]
+        if c.family == "depthsplat":  # the DC term starts at the pixel's colour (DC is rotation-invariant)
+            rgb = x.reshape(b * v, 3, Hp * Wp).transpose(1, 2)
+            sh_cm = torch.cat([sh_cm[..., :1] + rgb_to_sh_dc(rgb)[..., None], sh_cm[..., 1:]], -1)
+        sh = sh_cm.transpose(2, 3)                                                    # (BV, P, k_out, 3)
         opacity_logits = bv(out["density_logit"])[..., 0]
         z = ((means - origin) * c2wf[:, None, :3, 2]).sum(-1)                         # camera z-depth
 
@@ -194,6 +204,8 @@ class BackbonePredictor(nn.Module):
             log_lam = torch.log(lam)
 
         def crop(t: torch.Tensor) -> torch.Tensor:      # (B*V, Hp*Wp, ...) -> (B, V*H*W, ...)
+            if (Hp, Wp) == (H, W):
+                return t.reshape(b, v * H * W, *t.shape[2:])
             t = t.reshape(b * v, Hp, Wp, *t.shape[2:])[:, :H, :W]
             return t.reshape(b, v * H * W, *t.shape[3:])
 

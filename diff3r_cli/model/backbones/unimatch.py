@@ -50,20 +50,26 @@ class ResidualBlock(nn.Module):
 
 
 class CNNEncoder(nn.Module):
-    """Image (N,3,H,W) (standardised) -> features (N,out_dim,H/4,W/4) (``last_stride`` 1) or H/8."""
+    """Image (N,3,H,W) (standardised) -> features (N,out_dim,H/s,W/s) after a /2 stem and stages of
+    strides 1, ``strides[0]``, ``strides[1]`` (MVSplat: 2, 1; DepthSplat: 1, 2; both end at 1/4)."""
 
-    def __init__(self, out_dim: int = 128, last_stride: int = 1, dims: tuple[int, int, int] = (64, 96, 128)):
+    def __init__(self, out_dim: int = 128, strides: tuple[int, int] = (2, 1), dims: tuple[int, int, int] = (64, 96, 128)):
         super().__init__()
         self.conv1 = nn.Conv2d(3, dims[0], 7, 2, 3, bias=False)
         self.norm1 = nn.InstanceNorm2d(dims[0])
         self.layer1 = nn.Sequential(ResidualBlock(dims[0], dims[0]), ResidualBlock(dims[0], dims[0]))
-        self.layer2 = nn.Sequential(ResidualBlock(dims[0], dims[1], 2), ResidualBlock(dims[1], dims[1]))
-        self.layer3 = nn.Sequential(ResidualBlock(dims[1], dims[2], last_stride), ResidualBlock(dims[2], dims[2]))
+        self.layer2 = nn.Sequential(ResidualBlock(dims[0], dims[1], strides[0]), ResidualBlock(dims[1], dims[1]))
+        self.layer3 = nn.Sequential(ResidualBlock(dims[1], dims[2], strides[1]), ResidualBlock(dims[2], dims[2]))
         self.conv2 = nn.Conv2d(dims[2], out_dim, 1)
 
+    def stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """[layer1 output, layer2 output, final features], high to low resolution."""
+        a = self.layer1(F.relu(self.norm1(self.conv1(x))))
+        b = self.layer2(a)
+        return [a, b, self.conv2(self.layer3(b))]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.norm1(self.conv1(x)))
-        return self.conv2(self.layer3(self.layer2(self.layer1(x))))
+        return self.stages(x)[-1]
 
 
 def sine_position(h: int, w: int, channels: int, device, dtype=torch.float32) -> torch.Tensor:
