@@ -102,15 +102,20 @@ note "reconstruct $SAMPLE on $DEV"
 record reconstruct_s "$(seconds_of "$PY" -m diff3r_cli reconstruct "$SAMPLE" --out "$OUT/scene.ply" \
   --device "$DEV" --resolution "$RES")"
 
-note "reconstruct $SAMPLE on $DEV with a random-weights MVSplat file in the published layout"
+note "reconstruct $SAMPLE on $DEV with random-weights MVSplat / DepthSplat files in the published layouts"
 "$PY" -c '
 import sys, torch
 from diff3r_cli.model.backbones import BackboneConfig, BackbonePredictor
 from diff3r_cli.model.backbones.checkpoints import save_published_layout
 torch.manual_seed(0)
-save_published_layout(BackbonePredictor(BackboneConfig()), sys.argv[1])' "$OUT/mvsplat_random.ckpt"
-record reconstruct_mvsplat_s "$(seconds_of "$PY" -m diff3r_cli reconstruct "$SAMPLE" --out "$OUT/mvsplat.ply" \
-  --device "$DEV" --resolution "$RES" --model "$OUT/mvsplat_random.ckpt" --no-render)"
+save_published_layout(BackbonePredictor(BackboneConfig()), sys.argv[1])
+save_published_layout(BackbonePredictor(BackboneConfig(family="depthsplat", variant="small", train_near=0.5)),
+                      sys.argv[2])' "$OUT/mvsplat.ckpt" "$OUT/depthsplat.pth"
+for FAMILY in mvsplat depthsplat; do
+  FILE=$OUT/$FAMILY.ckpt; [ "$FAMILY" = depthsplat ] && FILE=$OUT/$FAMILY.pth
+  record "reconstruct_${FAMILY}_s" "$(seconds_of "$PY" -m diff3r_cli reconstruct "$SAMPLE" --out "$OUT/$FAMILY.ply" \
+    --device "$DEV" --resolution "$RES" --model "$FILE" --no-render)"
+done
 
 note "refine $REFINE steps ($( [ "$MODE" = cuda ] && echo gsplat || echo compiled CPU ))"
 BACKEND=$( [ "$MODE" = cuda ] && echo gsplat || echo auto )

@@ -1,7 +1,7 @@
 """Predictor figures: parameters, time per forward and peak memory, 2 views at 256x256.
 
-Every predictor diff3r runs (our own small/base, and the MVSplat re10k re-implementation with
-its Λ head), and, when given its source, the authors' MVSplat encoder in the same run (same
+Every predictor diff3r runs (our own small/base, and the MVSplat re10k / DepthSplat small
+re-implementations with their Λ head), and, when given their source, the authors' encoders in the same run (same
 inputs, same threads) so the re-implementation can be compared with the reference. Each row
 runs in its own subprocess (peak memory = growth of the process's peak RSS, or CUDA's peak
 allocation, during the forwards); rows are run in rounds (A B A B ...) and the median kept,
@@ -9,8 +9,9 @@ which evens out the load of a shared machine.
 
 Usage:
   python benchmarks/predictor.py [--device cpu|cuda] [--res 256] [--repeats 3] [--rounds 2]
-                                 [--mvsplat-ref /path/to/mvsplat checkout]
-The reference row needs its imports (einops, jaxtyping, e3nn; see tools/make_backbone_fixtures.py).
+                                 [--mvsplat-ref /path/to/mvsplat] [--depthsplat-ref /path/to/depthsplat
+                                  --dinov2 /path/to/dinov2]
+The reference rows need their imports (einops, jaxtyping, e3nn; see tools/make_backbone_fixtures.py).
 Prints a table and writes benchmarks/results/predictor[_cuda].json (atomically).
 """
 
@@ -30,7 +31,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-ROWS = ("small", "base", "mvsplat-re10k", "mvsplat-reference")
+ROWS = ("small", "base", "mvsplat-re10k", "depthsplat-small", "mvsplat-reference", "depthsplat-reference")
 
 
 def _inputs(res: int, views: int, dev: torch.device):
@@ -41,12 +42,15 @@ def _inputs(res: int, views: int, dev: torch.device):
     return imgs, K, w2c.to(dev), torch.tensor([1.0], device=dev), torch.tensor([100.0], device=dev)
 
 
-def _reference_runner(src: Path, views: int, dev: torch.device):
-    """The authors' encoder (re10k config), run with their input conventions."""
+def _reference_runner(name: str, src: Path, dinov2: Path | None, views: int, dev: torch.device):
+    """The authors' encoder (MVSplat re10k / DepthSplat small), run with their input conventions."""
     sys.path.insert(0, str(ROOT / "tools"))
-    from make_backbone_fixtures import build_mvsplat_reference
+    from make_backbone_fixtures import build_depthsplat_reference, build_mvsplat_reference
 
-    enc = build_mvsplat_reference(src, views).to(dev).eval()
+    if name == "mvsplat-reference":
+        enc = build_mvsplat_reference(src, views).to(dev).eval()
+    else:
+        enc = build_depthsplat_reference(src, dinov2).to(dev).eval()
     n = sum(p.numel() for p in enc.parameters())
 
     def run(imgs, K, w2c, near, far):
@@ -61,16 +65,18 @@ def _reference_runner(src: Path, views: int, dev: torch.device):
     return run, n
 
 
-def one_row(name: str, res: int, views: int, repeats: int, device: str, ref: str | None) -> dict:
+def one_row(name: str, res: int, views: int, repeats: int, device: str, refs: dict) -> dict:
     """Time and peak memory of one predictor in this process."""
     dev = torch.device(device)
     torch.manual_seed(0)
-    if name == "mvsplat-reference":
-        run, n = _reference_runner(Path(ref), views, dev)
+    if name.endswith("-reference"):
+        src = refs["mvsplat"] if name.startswith("mvsplat") else refs["depthsplat"]
+        run, n = _reference_runner(name, Path(src), refs.get("dinov2") and Path(refs["dinov2"]), views, dev)
     else:
-        if name.startswith("mvsplat"):
+        if name.startswith(("mvsplat", "depthsplat")):
             from diff3r_cli.model.backbones.predictor import BackboneConfig, BackbonePredictor
-            model = BackbonePredictor(BackboneConfig())
+            model = BackbonePredictor(BackboneConfig() if name.startswith("mvsplat") else
+                                      BackboneConfig(family="depthsplat", variant="small", train_near=0.5))
         else:
             from diff3r_cli.model.predictor import build_predictor
             model = build_predictor(name)
@@ -108,18 +114,23 @@ def main() -> None:
     ap.add_argument("--views", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--rows", default=",".join(ROWS[:3]), help=f"comma-separated subset of {', '.join(ROWS)}")
+    ap.add_argument("--rows", default=",".join(ROWS[:4]), help=f"comma-separated subset of {', '.join(ROWS)}")
     ap.add_argument("--mvsplat-ref", default=None, help="checkout of github.com/donydchen/mvsplat (adds its row)")
+    ap.add_argument("--depthsplat-ref", default=None, help="checkout of github.com/cvg/depthsplat (adds its row; "
+                                                          "needs --dinov2)")
+    ap.add_argument("--dinov2", default=None, help="checkout of github.com/facebookresearch/dinov2")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)   # internal: run one row, print JSON
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     if a.one:
-        print(json.dumps(one_row(a.one, a.res, a.views, a.repeats, a.device, a.mvsplat_ref)))
+        refs = {"mvsplat": a.mvsplat_ref, "depthsplat": a.depthsplat_ref, "dinov2": a.dinov2}
+        print(json.dumps(one_row(a.one, a.res, a.views, a.repeats, a.device, refs)))
         return
     names = [r for r in a.rows.split(",") if r]
-    if a.mvsplat_ref and "mvsplat-reference" not in names:
-        names.append("mvsplat-reference")
+    for flag, row in ((a.mvsplat_ref, "mvsplat-reference"), (a.depthsplat_ref, "depthsplat-reference")):
+        if flag and row not in names:
+            names.append(row)
     runs: dict[str, list[dict]] = {n: [] for n in names}
     for _ in range(a.rounds):
         for n in names:
@@ -127,8 +138,10 @@ def main() -> None:
                    "--repeats", str(a.repeats), "--device", a.device]
             if a.threads:
                 cmd += ["--threads", str(a.threads)]
-            if a.mvsplat_ref:
-                cmd += ["--mvsplat-ref", a.mvsplat_ref]
+            for opt, val in (("--mvsplat-ref", a.mvsplat_ref), ("--depthsplat-ref", a.depthsplat_ref),
+                             ("--dinov2", a.dinov2)):
+                if val:
+                    cmd += [opt, val]
             out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
             if out.returncode != 0:
                 raise SystemExit(f"{n}: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else 'failed'}")

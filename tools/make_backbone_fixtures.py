@@ -5,17 +5,23 @@ authors' code is):
 
     # their source, outside this repository
     git clone https://github.com/donydchen/mvsplat /work/ref/mvsplat      # MIT
+    git clone https://github.com/cvg/depthsplat /work/ref/depthsplat      # MIT
+    git clone https://github.com/facebookresearch/dinov2 /work/ref/dinov2 # Apache-2.0 (DepthSplat's ViT)
     # a separate environment with what their encoder imports
     python3 -m venv /work/refvenv
     echo <site-packages of a venv with torch 2.13 CPU> > /work/refvenv/lib/python3.11/site-packages/base.pth
     /work/refvenv/bin/pip install einops jaxtyping e3nn
     PYTHONPATH=. /work/refvenv/bin/python tools/make_backbone_fixtures.py --mvsplat /work/ref/mvsplat
     # (--sh-only: just sh_rotation.npz, their camera->world SH rotation on random coefficients)
+    PYTHONPATH=. /work/refvenv/bin/python tools/make_backbone_fixtures.py \
+        --depthsplat /work/ref/depthsplat --dinov2 /work/ref/dinov2        # separate run: both trees are "src"
 
 Weights: every tensor of the authors' state dict is ``synthetic_tensor(name, shape)`` (a
 function of its name), so the tests rebuild the same weights for our re-implementation.
 Inputs: 64x96 images, 2 and 3 views, normalised intrinsics with fx != fy and an off-centre
-principal point, rotated OpenCV camera-to-world poses, near 1 / far 100 (MVSplat re10k).
+principal point, rotated OpenCV camera-to-world poses, near 1 / far 100 (MVSplat re10k) or
+near 0.5 / far 100 (DepthSplat re10k). DINOv2 is built from the local checkout without its
+pretrained weights (torch.hub would download them).
 Stored: inputs, the authors' outputs (means and opacities of every Gaussian; covariances and
 SH of every STRIDE-th one, to keep the files small), depths, and the state-dict shapes.
 Heavy imports that the encoder does not use (torchvision datasets, omegaconf) are stubbed.
