@@ -13,6 +13,9 @@ names, shapes and conventions only). The tree matches the released ``encoder.*``
 - ``feature_upsampler`` (DPT, full-resolution features), ``gaussian_regressor`` and
   ``gaussian_head`` (opacity, sub-pixel offset, scale, rotation, SH per pixel).
 
+Limitation: with V > 3 the release attends to and matches against each view's 2 nearest cameras
+only; this re-implementation uses all other views (identical for V <= 3, the tested cases).
+
 Inputs as the authors': images (B,V,3,H,W) in [0,1], intrinsics normalised by W and H, OpenCV
 camera-to-world, near/far per view. :class:`DepthSplatEncoder` returns view-major maps with the
 same keys as :class:`~diff3r_cli.model.backbones.mvsplat.MVSplatEncoder`.
