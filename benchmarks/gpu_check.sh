@@ -102,6 +102,21 @@ note "reconstruct $SAMPLE on $DEV"
 record reconstruct_s "$(seconds_of "$PY" -m diff3r_cli reconstruct "$SAMPLE" --out "$OUT/scene.ply" \
   --device "$DEV" --resolution "$RES")"
 
+note "reconstruct $SAMPLE on $DEV with random-weights MVSplat / DepthSplat files in the published layouts"
+"$PY" -c '
+import sys, torch
+from diff3r_cli.model.backbones import BackboneConfig, BackbonePredictor
+from diff3r_cli.model.backbones.checkpoints import save_published_layout
+torch.manual_seed(0)
+save_published_layout(BackbonePredictor(BackboneConfig()), sys.argv[1])
+save_published_layout(BackbonePredictor(BackboneConfig(family="depthsplat", variant="small", train_near=0.5)),
+                      sys.argv[2])' "$OUT/mvsplat.ckpt" "$OUT/depthsplat.pth"
+for FAMILY in mvsplat depthsplat; do
+  FILE=$OUT/$FAMILY.ckpt; [ "$FAMILY" = depthsplat ] && FILE=$OUT/$FAMILY.pth
+  record "reconstruct_${FAMILY}_s" "$(seconds_of "$PY" -m diff3r_cli reconstruct "$SAMPLE" --out "$OUT/$FAMILY.ply" \
+    --device "$DEV" --resolution "$RES" --model "$FILE" --no-render)"
+done
+
 note "refine $REFINE steps ($( [ "$MODE" = cuda ] && echo gsplat || echo compiled CPU ))"
 BACKEND=$( [ "$MODE" = cuda ] && echo gsplat || echo auto )
 record "refine_${REFINE}_s" "$(seconds_of "$PY" -m diff3r_cli --backend "$BACKEND" refine "$OUT/scene.ply" \
@@ -124,6 +139,11 @@ if tr:
     d["train_skipped"] = tr[-1].get("skipped_total")
 json.dump(d, open(sys.argv[2], "w"))
 PYEOF
+
+note "predictor timings (benchmarks/predictor.py)"
+if [ "$MODE" = cuda ]; then
+  "$PY" benchmarks/predictor.py --device cuda --res 256 --repeats 5 --rounds 1 | tee "$OUT/predictor.log"
+fi
 
 note "timings"
 SIZES="256 512"; PRED="256"; IFT="128"

@@ -14,13 +14,14 @@ from diff3r_cli.cli.guard import guarded
 
 @guarded
 def inspect(
-    path: Annotated[Path, typer.Argument(help="A .ply splat, or an input (image folder, COLMAP dataset, "
-                                              "transforms.json, RE10K root).", show_default=False)],
+    path: Annotated[Path, typer.Argument(help="A .ply splat, a weights file (.safetensors, MVSplat .ckpt), or an "
+                                              "input (image folder, COLMAP dataset, transforms.json, RE10K root).",
+                                         show_default=False)],
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
     sfm: Annotated[bool, typer.Option("--sfm", help="For a bare image folder, run SfM to show poses "
                                                     "(slow). Default: just list the images.")] = False,
 ) -> None:
-    """Show what diff3r sees in PATH (an input dataset or a .ply).
+    """Show what diff3r sees in PATH (an input dataset, a .ply or a weights file).
 
     For an input: format, views, resolution, intrinsics and camera centres (a bare image folder is listed without SfM unless --sfm). For a .ply: Gaussian count, SH degree, bounds, and whether uncertainty is stored.
     """

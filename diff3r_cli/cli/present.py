@@ -116,6 +116,11 @@ def print_inspect(info: dict) -> None:
     if info["format"] == "ply":
         con.print(_ply_table(info))
         return
+    if info["format"] == "weights":
+        for k, v in info.items():
+            if k != "format" and v not in (None, [], {}):
+                con.print(f"[bold]{k}[/bold] {v:,}" if isinstance(v, int) else f"[bold]{k}[/bold] {v}", soft_wrap=True)
+        return
     sizes = sorted({(v["width"], v["height"]) for v in info["views"]})
     con.print(f"[bold]format[/bold] {info['format']}   [bold]views[/bold] {len(info['views'])}   "
               f"[bold]resolution[/bold] {', '.join(f'{w}x{h}' for w, h in sizes)}")

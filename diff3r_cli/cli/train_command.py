@@ -40,7 +40,10 @@ def train(
     batch: Annotated[int, typer.Option(min=1, help="Scenes per step (per process under torchrun).")] = _D.data.batch,
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: checkpoints, logs.")] = Path(_D.out),
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint in --out.")] = False,
-    init: Annotated[Optional[Path], typer.Option(help="Initial weights (e.g. a stage-ff checkpoint).")] = None,
+    init: Annotated[Optional[Path], typer.Option(help="Initial weights (e.g. a stage-ff checkpoint, or a released "
+                                                     "MVSplat .ckpt).")] = None,
+    freeze_backbone: Annotated[bool, typer.Option("--freeze-backbone", help="With a released backbone (--init "
+                                                  "mvsplat.ckpt): train only our Λ head.")] = False,
     outliers: Annotated[float, typer.Option(min=0.0, max=1.0, help="Probability of corrupting a context "
                                                                    "view with outliers (targets stay clean).")] = _D.data.outliers,
     model_size: Annotated[str, typer.Option(help="Predictor size: small or base.")] = _D.model.size,
@@ -118,7 +121,7 @@ def train(
                         context_weight=context_weight, depth_weight=depth_weight,
                         pcg_max_iter=pcg_max_iter, inner_hessian=inner_hessian, ckpt_every=ckpt_every, eval_every=eval_every,
                         real_fraction=real_fraction, range_jitter=range_jitter,
-                        sweep_depth_weight=sweep_depth_weight, **extra)
+                        sweep_depth_weight=sweep_depth_weight, freeze_backbone=freeze_backbone, **extra)
     print_result(result)
     if isinstance(result, dict) and result.get("status") == "interrupted":
         # the checkpoint is written; a script must still see that the run did not finish

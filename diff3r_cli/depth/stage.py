@@ -19,6 +19,9 @@ def match_depth(g: Gaussians, lam: torch.Tensor, images: torch.Tensor,
     agree on (ZNCC sweep, where it decides), then the Gaussians that contradict another view's matched
     surface dropped (diff3r_cli.depth.fuse). Returns (Gaussians, their Λ rows, accepted share)."""
     cams = cameras.to(g.device)
+    v, h, w = images.shape[:3]
+    if len(g) != v * h * w:  # not one Gaussian per context pixel (e.g. a backbone that crops): no stage
+        return g, lam, 0.0
     res = sweep_depth(images.to(g.device), cams, view_depths(g, cams))
     g = with_depths(g, cams, res.depth)
     keep = ~floaters(g, cams, res.depth, res.valid)

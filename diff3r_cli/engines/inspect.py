@@ -65,6 +65,10 @@ def inspect_path(path: Path, sfm: bool = False) -> dict:
     """A .ply file or an input dataset, whichever ``path`` is."""
     if path.is_file() and path.suffix.lower() == ".ply":
         return inspect_ply(path)
+    from diff3r_cli.model.io import WEIGHT_SUFFIXES, inspect_weights
+
+    if path.is_file() and path.suffix.lower() in WEIGHT_SUFFIXES:
+        return inspect_weights(path)
     return inspect_input(path, sfm=sfm)
 
 

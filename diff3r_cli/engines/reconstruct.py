@@ -86,6 +86,8 @@ def _predict(scene, context: list[int], model_path: Path, size: tuple[int, int],
     t0 = time.perf_counter()
     with report.step(f"predict Gaussians from {len(context)} views"):
         g, lam = predict_gaussians(net, scene.images[context], scene.cameras[context], near, far, dev)
+    if getattr(net, "last_scene_scale", 1.0) != 1.0:  # a released backbone ran the scene at its training scale
+        range_src += f"; scene x{net.last_scene_scale:.3g} for the checkpoint"
     accepted = None
     if sweep:
         with report.step(f"match depth across {len(context)} views"):

@@ -79,12 +79,14 @@ def find_checkpoint(path: str | Path) -> CheckpointFiles:
         if not p.is_file() or not w.is_file():
             raise UserError("checkpoint incomplete (need both .pt and .safetensors)", p, "resume from another checkpoint")
         return CheckpointFiles(w, p)
+    if p.suffix in (".ckpt", ".pth") and p.is_file():  # a released backbone (model.io reads it safely)
+        return CheckpointFiles(p, None)
     if p.suffix == ".safetensors":
         if not p.is_file():
             raise UserError("checkpoint weights not found", p, "pass an existing .safetensors file or run directory")
         st = p.with_suffix(".pt")
         return CheckpointFiles(p, st if st.is_file() else None)
-    raise UserError("not a checkpoint", p, "pass a run directory, a ckpt-*.pt or a .safetensors file")
+    raise UserError("not a checkpoint", p, "pass a run directory, a ckpt-*.pt, a .safetensors or a released .ckpt file")
 
 
 def load_state(path: Path) -> TrainState:

@@ -82,6 +82,8 @@ class ModelConfig:
     depth_range: Optional[str] = _opt(None, "depth_range", KEEP)
     # set the predictor's depth refinement, "t" | "log" (None: keep the model's); see PredictorConfig
     depth_residual: Optional[str] = _opt(None, "depth_residual", KEEP)
+    # train only what sits outside a released backbone's pretrained tree (its Λ head)
+    freeze_backbone: bool = _opt(False, "freeze_backbone", KEEP, legacy=False)
 
 
 @dataclass
@@ -321,7 +323,7 @@ def saved_options(cfg: TrainConfig, data_root: Path, model_size: str, world_size
                 inner_hessian=cfg.inner.hessian, depth_range=cfg.model.depth_range,
                 depth_weight=cfg.loss.depth_weight, pcg_max_iter=cfg.inner.pcg_max_iter,
                 range_jitter=d.range_jitter, depth_residual=cfg.model.depth_residual,
-                sweep_depth_weight=cfg.loss.sweep_depth_weight)
+                sweep_depth_weight=cfg.loss.sweep_depth_weight, freeze_backbone=cfg.model.freeze_backbone)
 
 
 __all__ = ["DEFAULT_STEPS", "DEFAULT_PCG_MAX_ITER", "TrainConfig", "DataConfig", "ModelConfig", "OptimConfig", "LossConfig", "InnerConfig", "ScheduleConfig",

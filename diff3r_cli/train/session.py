@@ -81,6 +81,12 @@ def _build_model(cfg: TrainConfig, resume: Optional[_Resume], dist: Dist) -> tor
         model.cfg.depth_range = cfg.model.depth_range
     if cfg.model.depth_residual is not None:
         model.cfg.depth_residual = cfg.model.depth_residual
+    if cfg.model.freeze_backbone:
+        if not hasattr(model, "pretrained_parameters"):
+            raise UserError("--freeze-backbone needs a released backbone", cfg.model.init,
+                            "start from one with --init mvsplat.ckpt, or drop --freeze-backbone")
+        for p in model.pretrained_parameters():
+            p.requires_grad_(False)
     model = model.to(dist.device)
     broadcast_module(model, dist)
     return model
