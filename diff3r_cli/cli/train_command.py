@@ -15,13 +15,23 @@ from diff3r_cli.train.config import DEFAULT_PCG_MAX_ITER, DEFAULT_STEPS, TrainCo
 
 _D = TrainConfig()  # the trainer's defaults, shown by --help and used when an option is omitted
 
+# the longest option declarations, named here so that `train` itself stays readable
+_DataOpt = Annotated[DataKind, typer.Option(help="Training data: RE10K-format chunks (re10k), the "
+                                                "synthetic generator's output (synthetic), or both mixed "
+                                                "(mix: --data-root real, --synthetic-root synthetic).")]
+_DepthRangeOpt = Annotated[Optional[str], typer.Option(help="Near/far convention set in the predictor: fitted "
+                                                            "(around each view pair's depths) or normalised (the "
+                                                            "scene scaled so its 5th-percentile depth is 2, near 1, "
+                                                            "far 100; RE10K-style data). Default: the model's own.")]
+_ViewSamplerOpt = Annotated[Optional[str], typer.Option(help="Context pairs: angle (15-30 deg apart with shared "
+                                                             "content, else by frame gap; real sequences) or gap "
+                                                             "(by frame gap). Default: angle for re10k, gap for "
+                                                             "synthetic.")]
+
 
 @guarded
 def train(
-    data: Annotated[DataKind, typer.Option(help="Training data: RE10K-format chunks (re10k), the "
-                                                "synthetic generator's output (synthetic), or both mixed "
-                                                "(mix: --data-root real, --synthetic-root synthetic).")]
-    = DataKind(_D.data.kind),
+    data: _DataOpt = DataKind(_D.data.kind),
     data_root: Annotated[Optional[Path], typer.Option(help="Dataset root holding train/ and test/ "
                                                            "(RE10K layout); with --data mix, the real one.")] = None,
     synthetic_root: Annotated[Optional[Path], typer.Option(help="--data mix: the synthetic dataset root "
@@ -59,11 +69,7 @@ def train(
     lam_floor: Annotated[Optional[float], typer.Option(help="Lower bound on every λ, in units of 1/P, set in the "
                                                             "predictor (conditions the inner problem; see "
                                                             "benchmarks/layer.py). Default: the model's own.")] = None,
-    depth_range: Annotated[Optional[str], typer.Option(help="Near/far convention set in the predictor: fitted "
-                                                            "(around each view pair's depths) or normalised (the "
-                                                            "scene scaled so its 5th-percentile depth is 2, near 1, "
-                                                            "far 100; RE10K-style data). Default: the model's own.")]
-    = None,
+    depth_range: _DepthRangeOpt = None,
     pcg_max_iter: Annotated[Optional[int], typer.Option(help="Stage diff3r: PCG iteration cap of the IFT "
                                                               f"backward. Default: {DEFAULT_PCG_MAX_ITER}; with "
                                                               "--resume, the saved run's.")] = None,
@@ -79,10 +85,7 @@ def train(
                                                         "CPU).")] = None,
     time_limit: Annotated[Optional[float], typer.Option(help="Stop with a checkpoint after this many seconds "
                                                              "(resume later with --resume).")] = None,
-    view_sampler: Annotated[Optional[str], typer.Option(help="Context pairs: angle (15-30 deg apart with shared "
-                                                             "content, else by frame gap; real sequences) or gap "
-                                                             "(by frame gap). Default: angle for re10k, gap for "
-                                                             "synthetic.")] = None,
+    view_sampler: _ViewSamplerOpt = None,
 ) -> None:
     """Train the predictor (multi-GPU: torchrun --nproc_per_node K -m diff3r_cli train ...).
 
@@ -90,17 +93,9 @@ def train(
     """
     from diff3r_cli.train import train_main
 
-    if data_root is not None:
-        require_exists(data_root, "data root")
-    if synthetic_root is not None:
-        require_exists(synthetic_root, "synthetic root")
-    if init is not None:
-        require_exists(init, "--init checkpoint")
-    check_output_dir(out)
-    extra = {k: v for k, v in dict(warmup=warmup, threads=threads, time_limit=time_limit,
-                                   view_sampler=view_sampler, synthetic_root=synthetic_root,
-                                   lam_floor=lam_floor, inner_lr=inner_lr, depth_range=depth_range).items()
-             if v is not None}  # derived from other settings when omitted
+    _check_paths(data_root, synthetic_root, init, out)
+    extra = _given(warmup=warmup, threads=threads, time_limit=time_limit, view_sampler=view_sampler,
+                   synthetic_root=synthetic_root, lam_floor=lam_floor, inner_lr=inner_lr, depth_range=depth_range)
     result = train_main(data=data.value, data_root=data_root, stage=stage.value, steps=steps, resolution=resolution,
                         batch=batch, out=out, resume=resume, init=init, outliers=outliers, model_size=model_size,
                         lr=lr, inner_steps=inner_steps, seed=seed, lam_lr=lam_lr, ff_weight=ff_weight,
@@ -108,8 +103,26 @@ def train(
                         pcg_max_iter=pcg_max_iter, inner_hessian=inner_hessian, ckpt_every=ckpt_every, eval_every=eval_every,
                         real_fraction=real_fraction, **extra)
     print_result(result)
+    _fail_if_interrupted(result, out)
+
+
+def _check_paths(data_root: Optional[Path], synthetic_root: Optional[Path], init: Optional[Path], out: Path) -> None:
+    """One-line errors for missing inputs and an unusable run folder, before any work starts."""
+    for path, what in ((data_root, "data root"), (synthetic_root, "synthetic root"), (init, "--init checkpoint")):
+        if path is not None:
+            require_exists(path, what)
+    check_output_dir(out)
+
+
+def _given(**options: object) -> dict:
+    """The options the user gave (None: derived from other settings by the trainer)."""
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def _fail_if_interrupted(result: object, out: Path) -> None:
+    """Exit 128+signal after an interrupted run: the checkpoint is written, but a script must see
+    that the run did not finish."""
     if isinstance(result, dict) and result.get("status") == "interrupted":
-        # the checkpoint is written; a script must still see that the run did not finish
         import signal as _signal
 
         signum = int(result.get("signal") or _signal.SIGINT)
