@@ -42,6 +42,7 @@ class ReconstructResult:
     refine_s: float
     total_s: float = 0.0
     renders: Optional[RenderFolder] = None
+    compensation: Optional[dict] = None  # the sidecar's "appearance" entry (when refined)
 
 
 @dataclass
@@ -102,12 +103,13 @@ def _write_splat(out: Path, scene, context: list[int], g: Gaussians, lam: Option
 
 
 def _render(out: Path, scene, context: list[int], interp: list[int], extrap: list[int], g: Gaussians,
-            frames: int, video: str, report: Reporter) -> RenderFolder:
-    """<stem>_renders/: context, interpolation (and extrapolation) views with ground truth, and a path."""
+            frames: int, video: str, report: Reporter, appearance: Optional[torch.Tensor] = None) -> RenderFolder:
+    """<stem>_renders/: context, interpolation (and extrapolation) views with ground truth, and a path.
+    appearance: the context views' exposure transforms (compensation), applied to their renders only."""
     from diff3r_cli.engines.render_path import camera_path
 
     ctx_cams = scene.cameras[context]
-    named = {"context": NamedViews(ctx_cams, scene.images[context], context)}
+    named = {"context": NamedViews(ctx_cams, scene.images[context], context, appearance)}
     if interp:
         named["interp"] = NamedViews(scene.cameras[interp], scene.images[interp], interp)
     if extrap:
@@ -120,13 +122,17 @@ def reconstruct_scene(path: Path, out: Path, model: Optional[str] = None, views:
                       resolution: Optional[int | tuple[int, int]] = None, device: str = "auto", refine_steps: int = 0,
                       uncertainty: bool = True, render: bool = True, optimizer: str = "adam",
                       frames: int = PATH_FRAMES, eval_all: bool = False, video: str = "mp4",
-                      progress: Optional[ProgressCallback] = None, ply_layout: str = "viewer") -> ReconstructResult:
+                      progress: Optional[ProgressCallback] = None, ply_layout: str = "viewer",
+                      compensation: str = "auto") -> ReconstructResult:
     """Load posed images, predict Gaussians, optionally refine, write .ply + sidecar (+ renders).
 
     resolution: the short side (int, native aspect), (W, H), or None (native, long side capped).
     Renders (render=True): the context views, the unseen views between or near them
     (``split_unseen``), a camera path through the context cameras (PNG frames and path.mp4, or
     path.gif with video="gif", none with video=""); with eval_all also every other unseen view.
+    compensation: per-view exposure/white-balance transforms in the refinement ("auto" | "on" |
+    "off"); stored in the sidecar (extras.appearance) and applied to the context views' renders
+    (their PSNR) only, never baked into the splat.
     """
     from diff3r_cli.engines.policy import DEFAULT_MODEL, context_views, pick_device, split_unseen, working_resolution
     from diff3r_cli.engines.refine import refine_gaussians
@@ -144,24 +150,32 @@ def reconstruct_scene(path: Path, out: Path, model: Optional[str] = None, views:
     size = working_resolution(scene.width, scene.height, resolution)
     p = _predict(scene, context, model_path, size, dev, report)
     scene, g = p.scene, p.gaussians
-    t_ref = 0.0
+    t_ref, appearance, comp = 0.0, None, None
     if refine_steps > 0:
+        from diff3r_cli.optim.appearance import from_sidecar, sidecar_record
+
         t0 = time.perf_counter()
-        g, _ = refine_gaussians(g, p.lam if uncertainty else None, scene.cameras[context].to(dev),
-                                scene.images[context].to(dev), refine_steps, optimizer, progress=progress)
+        g, hist = refine_gaussians(g, p.lam if uncertainty else None, scene.cameras[context].to(dev),
+                                   scene.images[context].to(dev), refine_steps, optimizer, progress=progress,
+                                   compensation=compensation)
         t_ref = time.perf_counter() - t0
+        comp = sidecar_record(hist[-1])
+        appearance = from_sidecar({"extras": {"appearance": comp}})
     g = g.detach().to("cpu")
     held = [i for i in range(len(scene)) if i not in context]
     interp, extrap = split_unseen(scene.cameras, context)
     info = scene_info(scene, context_views=context, model=model_path.stem,
                       extras={"input": str(Path(path).resolve()), "format": scene.format, "near": p.near,
                               "far": p.far, "depth_range_from": p.range_from, "refine_steps": refine_steps,
-                              "uncertainty": uncertainty, "held_out_views": held, "interp_views": interp})
+                              "uncertainty": uncertainty, "held_out_views": held, "interp_views": interp,
+                              **({"appearance": comp} if comp is not None else {}),
+                              **({"frame": scene.extras["frame"]} if scene.extras.get("frame") else {})})
     _write_splat(out, scene, context, g, p.lam.detach().cpu() if uncertainty else None, info, ply_layout, report)
     result = ReconstructResult(out, len(g), context, interp, extrap, scene.width, scene.height, p.near, p.far,
-                               p.range_from, str(dev), t_load, p.seconds, t_ref)
+                               p.range_from, str(dev), t_load, p.seconds, t_ref, compensation=comp)
     if render:
-        result.renders = _render(out, scene, context, interp, extrap if eval_all else [], g, frames, video, report)
+        result.renders = _render(out, scene, context, interp, extrap if eval_all else [], g, frames, video, report,
+                                 appearance)
     result.total_s = time.perf_counter() - t_start
     return result
 
