@@ -69,3 +69,11 @@ def test_auto_switches_on_only_where_exposures_differ():
     on, spread = decide("auto", g2, cams, clean)
     assert not on and spread < SPREAD_ON
     assert decide("off", g2, cams, shot) == (False, None) and decide("on", g2, cams, clean) == (True, None)
+
+
+def test_lm_optimises_the_transforms_too():
+    cams, gt, _, shot = _scene()
+    lam = torch.full((gt.num, 5), 10.0, dtype=torch.float64)
+    _, hist = optimize(gt, lam, cams, shot, 5, optimizer="lm", compensation="on")
+    a = hist[-1]["appearance"]
+    assert torch.allclose(a[1, :3], GAIN, atol=0.02) and torch.allclose(a[1, 3:], BIAS, atol=0.01), a
