@@ -57,12 +57,12 @@ def reconstruct_rows(r: ReconstructResult) -> dict:
 
 
 def compensation_row(rec: dict) -> str:
-    """One line: whether per-view exposure compensation ran, and why."""
+    """One short line (one table row): whether per-view exposure compensation ran, the measured
+    spread, and that its transforms apply to the context renders (psnr_context) only."""
+    on = rec.get("compensation") == "on"
     spread = rec.get("exposure_spread")
-    why = "" if spread is None else f" (exposure spread {spread:.1%} of the context views)"
-    where = "; context renders and psnr_context use each view's transform, novel views none" \
-        if rec.get("compensation") == "on" else ""
-    return f"{rec.get('compensation', 'off')}{why}{where}"
+    parts = ([] if spread is None else [f"spread {spread:.0%}"]) + (["context renders only"] if on else [])
+    return ("on" if on else "off") + (f" ({'; '.join(parts)})" if parts else "")
 
 
 def refine_rows(r: RefineResult) -> dict:
