@@ -268,10 +268,12 @@ def test_reconstruct_dispatch_parses_options(tmp_path, fake_engines):
     assert without_progress(kw) == {"path": tmp_path / "scene", "out": out, "model": None, "views": [0, 1],
                                     "resolution": (320, 240), "device": "cpu", "refine_steps": 5,
                                     "uncertainty": False, "render": False, "eval_all": False, "video": "mp4",
-                                    "anchor": False, "sweep": False}
-    assert run("reconstruct", tmp_path / "scene", "--out", out, "--eval-all", "--gif", "--compact-ply").exit_code == 0
+                                    "anchor": False, "sweep": False, "compensation": "auto"}
+    assert run("reconstruct", tmp_path / "scene", "--out", out, "--eval-all", "--gif", "--compact-ply",
+               "--compensate", "off").exit_code == 0
     kw = fake_engines["reconstruct_scene"].calls[-1][1]
     assert kw["eval_all"] is True and kw["video"] == "gif" and kw["ply_layout"] == "compact"
+    assert kw["compensation"] == "off"
     # the defaults: a short plain refine after the photometric depth correction
     assert kw["refine_steps"] == 15 and kw["anchor"] is False and kw["sweep"] is True
     assert run("reconstruct", tmp_path / "scene", "--out", out, "--anchor").exit_code == 0
@@ -283,8 +285,9 @@ def test_refine_render_train_eval_synth_dispatch(tmp_path, fake_engines):
     assert run("refine", p, "--steps", "7", "--optimizer", "lm").exit_code == 0
     (_, kw), = fake_engines["refine_splat"].calls
     assert kw["out"] == tmp_path / "s.refined.ply" and kw["steps"] == 7 and kw["optimizer"] == "lm"
-    assert kw["uncertainty"] is True
-    assert run("refine", p, "--in-place").exit_code == 0
+    assert kw["uncertainty"] is True and kw["compensation"] == "auto"
+    assert run("refine", p, "--in-place", "--compensate", "on").exit_code == 0
+    assert fake_engines["refine_splat"].calls[-1][1]["compensation"] == "on"
     assert fake_engines["refine_splat"].calls[-1][1]["out"] == p
 
     assert run("render", p, "--path", "orbit", "--frames", "3").exit_code == 0

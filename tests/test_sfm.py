@@ -211,7 +211,7 @@ def test_two_view_strategy_poses_third_view_by_pnp(fern_three):
 
 
 @needs_fern
-def test_mixed_sizes_resampled_to_first(tmp_path):
+def test_mixed_sizes_resampled_to_the_majority(tmp_path):
     root = fern_folder(tmp_path / "mix", [3, 4, 5], scale={4: 0.75})
     s = load_scene(root, progress=False)
     assert s.extras["num_registered"] == 3

@@ -9,7 +9,7 @@ import typer
 
 from diff3r_cli.cli.checks import check_output_file, parse_int_list, require_exists
 from diff3r_cli.cli.guard import guarded
-from diff3r_cli.cli.options import DataKind, Device, Optimizer
+from diff3r_cli.cli.options import Compensation, DataKind, Device, Optimizer
 
 
 @guarded
@@ -36,6 +36,10 @@ def eval_cmd(
                                                                "as reconstruct does.")] = True,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the results (summary and "
                                                                     "per-scene rows) to this JSON file.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the outlier draws (same seed, same corruptions).")] = 0,
+    compensate: Annotated[Compensation, typer.Option(help="Per-view exposure/white-balance compensation in "
+                                                          "TTO: auto = where the context views differ in "
+                                                          "exposure.")] = Compensation.auto,
 ) -> None:
     """Evaluate PSNR/SSIM on held-out target views, after 0..K test-time optimization steps.
 
@@ -49,7 +53,8 @@ def eval_cmd(
         check_output_file(json_out)
     result = evaluate_main(data_root=data_root, data=data.value, model=model, ff_model=ff_model, tto_steps=steps,
                            outliers=outliers, limit=limit, device=device.value, resolution=resolution,
-                           optimizer=optimizer.value, json_out=json_out, sweep=sweep)
+                           optimizer=optimizer.value, json_out=json_out, seed=seed,
+                           compensation=compensate.value, sweep=sweep)
     if isinstance(result, dict) and "summary" in result:  # the library returns; the CLI presents
         from diff3r_cli.evaluate.report import print_summary
 

@@ -48,16 +48,30 @@ def reconstruct_rows(r: ReconstructResult) -> dict:
             "depth_range": f"{r.near:.3g}..{r.far:.3g} ({r.depth_range_from})", "device": r.device,
             "load_s": round(r.load_s, 2), "predict_s": round(r.predict_s, 2), "refine_s": round(r.refine_s, 2),
             "ply": str(r.ply)}
+    if r.compensation is not None:
+        rows["compensation"] = compensation_row(r.compensation)
     if r.renders is not None:
         rows.update(render_rows(r.renders))
     rows["total_s"] = round(r.total_s, 2)
     return rows
 
 
+def compensation_row(rec: dict) -> str:
+    """One short line (one table row): whether per-view exposure compensation ran, the measured
+    spread, and that its transforms apply to the context renders (psnr_context) only."""
+    on = rec.get("compensation") == "on"
+    spread = rec.get("exposure_spread")
+    parts = ([] if spread is None else [f"spread {spread:.0%}"]) + (["context renders only"] if on else [])
+    return ("on" if on else "off") + (f" ({'; '.join(parts)})" if parts else "")
+
+
 def refine_rows(r: RefineResult) -> dict:
     (e0, e1), (p0, p1) = r.energy, r.context_psnr
-    return {"steps_run": r.steps_run, "energy": f"{e0:.5g} -> {e1:.5g}",
+    rows = {"steps_run": r.steps_run, "energy": f"{e0:.5g} -> {e1:.5g}",
             "context_psnr": f"{p0:.2f} -> {p1:.2f} dB", "time_s": round(r.time_s, 2), "ply": str(r.ply)}
+    if r.compensation is not None:
+        rows["compensation"] = compensation_row(r.compensation)
+    return rows
 
 
 def refine_interrupted_notice(e: RefineInterrupted) -> Optional[str]:

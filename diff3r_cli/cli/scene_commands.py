@@ -13,11 +13,16 @@ import typer
 from diff3r_cli.cli.checks import (check_output_dir, check_output_file, check_splat, parse_int_list,
                                    parse_resolution, preflight_input, require_exists)
 from diff3r_cli.cli.guard import guarded
-from diff3r_cli.cli.options import Device, Optimizer, PathKind
+from diff3r_cli.cli.options import Compensation, Device, Optimizer, PathKind
 from diff3r_cli.cli.present import print_result
 from diff3r_cli.cli.progress import RichProgress
 from diff3r_cli.engines.policy import DEFAULT_REFINE_STEPS
 from diff3r_cli.errors import UserError
+
+_CompensateOpt = Annotated[Compensation, typer.Option(help="Per-view exposure/white-balance compensation in "
+                                                           "refinement (a gain and bias per input view, kept in the "
+                                                           "sidecar, not in the splat): auto = when the input views "
+                                                           "differ in exposure.")]
 
 
 @guarded
@@ -61,6 +66,7 @@ def reconstruct(
     compact_ply: Annotated[bool, typer.Option("--compact-ply", help="Store SH at its own degree with Λ in the "
                                               "vertex element (smaller; the reference SIBR viewer cannot read it). "
                                               "Default: the 62-property layout every viewer reads.")] = False,
+    compensate: _CompensateOpt = Compensation.auto,
 ) -> None:
     """Predict a 3DGS scene from posed (or SfM-posed) images in one network pass.
 
@@ -80,7 +86,7 @@ def reconstruct(
                                    refine_steps=refine_steps, uncertainty=not no_uncertainty, render=render,
                                    anchor=anchor,
                                    eval_all=eval_all, video="gif" if gif else "mp4", progress=progress, sweep=sweep,
-                                   **({"ply_layout": "compact"} if compact_ply else {}))
+                                   compensation=compensate.value, **({"ply_layout": "compact"} if compact_ply else {}))
     print_result(reconstruct_rows(result))
 
 
@@ -103,6 +109,7 @@ def refine(
     in_place: Annotated[bool, typer.Option("--in-place", help="Overwrite the input .ply (atomically).")] = False,
     compact_ply: Annotated[bool, typer.Option("--compact-ply", help="Store SH at its own degree with Λ in the "
                                               "vertex element (smaller; SIBR cannot read it).")] = False,
+    compensate: _CompensateOpt = Compensation.auto,
 ) -> None:
     """Refine a predicted scene on its input views by uncertainty-weighted test-time optimization.
 
@@ -121,7 +128,7 @@ def refine(
     try:
         with RichProgress() as progress:
             result = refine_splat(ply=ply, steps=steps, optimizer=optimizer.value, uncertainty=not no_uncertainty,
-                                  images=images, out=dest, progress=progress,
+                                  images=images, out=dest, progress=progress, compensation=compensate.value,
                                   **({"ply_layout": "compact"} if compact_ply else {}))
     except RefineInterrupted as e:
         notice = refine_interrupted_notice(e)

@@ -15,21 +15,42 @@ from diff3r_cli.train.config import DEFAULT_PCG_MAX_ITER, DEFAULT_STEPS, TrainCo
 
 _D = TrainConfig()  # the trainer's defaults, shown by --help and used when an option is omitted
 
+# the longest option declarations, named here so that `train` itself stays readable
+_DataOpt = Annotated[DataKind, typer.Option(help="Training data: RE10K-format chunks (re10k), the "
+                                                "synthetic generator's output (synthetic), or both mixed "
+                                                "(mix: --data-root real, --synthetic-root synthetic).")]
+_DepthRangeOpt = Annotated[Optional[str], typer.Option(help="Near/far convention set in the predictor: fitted "
+                                                            "(around each view pair's depths) or normalised (the "
+                                                            "scene scaled so its 5th-percentile depth is 2, near 1, "
+                                                            "far 100; RE10K-style data). Default: the model's own.")]
+_SynthRootOpt = Annotated[Optional[Path], typer.Option(help="--data mix: the synthetic dataset root (default: a "
+                                                            "small set generated into the run folder).")]
+_RealFractionOpt = Annotated[float, typer.Option(min=0.0, max=1.0, help="--data mix: share of real examples (each "
+                                                                        "example drawn at random).")]
+_FreezeOpt = Annotated[bool, typer.Option("--freeze-backbone", help="With a released backbone (--init mvsplat.ckpt): "
+                                          "train only our Λ head.")]
+_SweepWeightOpt = Annotated[float, typer.Option(help="Weight of the loss of the predicted depth against the "
+                                                     "photometric sweep's depth where it is confident "
+                                                     "(|log d - log d_sweep|).")]
+_RangeJitterOpt = Annotated[float, typer.Option(help="Log-amplitude of a random per-example scene scale and near/far "
+                                                     "shift (0: off), so depth must come from matching, not from the "
+                                                     "range (e.g. 1.1).")]
+_DepthResidualOpt = Annotated[Optional[str], typer.Option(help="Depth refinement set in the predictor: t (free within "
+                                                               "near/far) or log (bounded factor around the cost "
+                                                               "volume's depth). Default: the model's own.")]
+_ViewSamplerOpt = Annotated[Optional[str], typer.Option(help="Context pairs: angle (15-30 deg apart with shared "
+                                                             "content, else by frame gap; real sequences) or gap "
+                                                             "(by frame gap). Default: angle for re10k, gap for "
+                                                             "synthetic.")]
+
 
 @guarded
 def train(
-    data: Annotated[DataKind, typer.Option(help="Training data: RE10K-format chunks (re10k), the "
-                                                "synthetic generator's output (synthetic), or both mixed "
-                                                "(mix: --data-root real, --synthetic-root synthetic).")]
-    = DataKind(_D.data.kind),
+    data: _DataOpt = DataKind(_D.data.kind),
     data_root: Annotated[Optional[Path], typer.Option(help="Dataset root holding train/ and test/ "
                                                            "(RE10K layout); with --data mix, the real one.")] = None,
-    synthetic_root: Annotated[Optional[Path], typer.Option(help="--data mix: the synthetic dataset root "
-                                                                "(default: a small set generated into the "
-                                                                "run folder).")] = None,
-    real_fraction: Annotated[float, typer.Option(min=0.0, max=1.0, help="--data mix: share of real examples "
-                                                                        "(each example drawn at random).")]
-    = _D.data.real_fraction,
+    synthetic_root: _SynthRootOpt = None,
+    real_fraction: _RealFractionOpt = _D.data.real_fraction,
     stage: Annotated[Stage, typer.Option(help="ff: train the feed-forward predictor alone; diff3r: train "
                                               "through the optimization layer (usually with --init).")] = Stage(_D.stage),
     steps: Annotated[Optional[int], typer.Option(min=1, help="Total training steps of the run. Default: "
@@ -42,8 +63,7 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint in --out.")] = False,
     init: Annotated[Optional[Path], typer.Option(help="Initial weights (e.g. a stage-ff checkpoint, or a released "
                                                      "MVSplat .ckpt).")] = None,
-    freeze_backbone: Annotated[bool, typer.Option("--freeze-backbone", help="With a released backbone (--init "
-                                                  "mvsplat.ckpt): train only our Λ head.")] = False,
+    freeze_backbone: _FreezeOpt = False,
     outliers: Annotated[float, typer.Option(min=0.0, max=1.0, help="Probability of corrupting a context "
                                                                    "view with outliers (targets stay clean).")] = _D.data.outliers,
     model_size: Annotated[str, typer.Option(help="Predictor size: small or base.")] = _D.model.size,
@@ -62,21 +82,10 @@ def train(
     lam_floor: Annotated[Optional[float], typer.Option(help="Lower bound on every λ, in units of 1/P, set in the "
                                                             "predictor (conditions the inner problem; see "
                                                             "benchmarks/layer.py). Default: the model's own.")] = None,
-    depth_range: Annotated[Optional[str], typer.Option(help="Near/far convention set in the predictor: fitted "
-                                                            "(around each view pair's depths) or normalised (the "
-                                                            "scene scaled so its 5th-percentile depth is 2, near 1, "
-                                                            "far 100; RE10K-style data). Default: the model's own.")]
-    = None,
-    sweep_depth_weight: Annotated[float, typer.Option(help="Weight of the loss of the predicted depth against "
-                                                           "the photometric sweep's depth where it is confident "
-                                                           "(|log d - log d_sweep|).")] = _D.loss.sweep_depth_weight,
-    range_jitter: Annotated[float, typer.Option(help="Log-amplitude of a random per-example scene scale and "
-                                                     "near/far shift (0: off), so depth must come from matching, "
-                                                     "not from the range (e.g. 1.1).")] = _D.data.range_jitter,
-    depth_residual: Annotated[Optional[str], typer.Option(help="Depth refinement set in the predictor: t (free "
-                                                               "within near/far) or log (bounded factor around "
-                                                               "the cost volume's depth). Default: the model's own.")]
-    = None,
+    depth_range: _DepthRangeOpt = None,
+    sweep_depth_weight: _SweepWeightOpt = _D.loss.sweep_depth_weight,
+    range_jitter: _RangeJitterOpt = _D.data.range_jitter,
+    depth_residual: _DepthResidualOpt = None,
     pcg_max_iter: Annotated[Optional[int], typer.Option(help="Stage diff3r: PCG iteration cap of the IFT "
                                                               f"backward. Default: {DEFAULT_PCG_MAX_ITER}; with "
                                                               "--resume, the saved run's.")] = None,
@@ -92,10 +101,7 @@ def train(
                                                         "CPU).")] = None,
     time_limit: Annotated[Optional[float], typer.Option(help="Stop with a checkpoint after this many seconds "
                                                              "(resume later with --resume).")] = None,
-    view_sampler: Annotated[Optional[str], typer.Option(help="Context pairs: angle (15-30 deg apart with shared "
-                                                             "content, else by frame gap; real sequences) or gap "
-                                                             "(by frame gap). Default: angle for re10k, gap for "
-                                                             "synthetic.")] = None,
+    view_sampler: _ViewSamplerOpt = None,
 ) -> None:
     """Train the predictor (multi-GPU: torchrun --nproc_per_node K -m diff3r_cli train ...).
 
@@ -103,18 +109,10 @@ def train(
     """
     from diff3r_cli.train import train_main
 
-    if data_root is not None:
-        require_exists(data_root, "data root")
-    if synthetic_root is not None:
-        require_exists(synthetic_root, "synthetic root")
-    if init is not None:
-        require_exists(init, "--init checkpoint")
-    check_output_dir(out)
-    extra = {k: v for k, v in dict(warmup=warmup, threads=threads, time_limit=time_limit,
-                                   view_sampler=view_sampler, synthetic_root=synthetic_root,
-                                   lam_floor=lam_floor, inner_lr=inner_lr, depth_range=depth_range,
-                                   depth_residual=depth_residual).items()
-             if v is not None}  # derived from other settings when omitted
+    _check_paths(data_root, synthetic_root, init, out)
+    extra = _given(warmup=warmup, threads=threads, time_limit=time_limit, view_sampler=view_sampler,
+                   synthetic_root=synthetic_root, lam_floor=lam_floor, inner_lr=inner_lr, depth_range=depth_range,
+                   depth_residual=depth_residual)
     result = train_main(data=data.value, data_root=data_root, stage=stage.value, steps=steps, resolution=resolution,
                         batch=batch, out=out, resume=resume, init=init, outliers=outliers, model_size=model_size,
                         lr=lr, inner_steps=inner_steps, seed=seed, lam_lr=lam_lr, ff_weight=ff_weight,
@@ -123,8 +121,26 @@ def train(
                         real_fraction=real_fraction, range_jitter=range_jitter,
                         sweep_depth_weight=sweep_depth_weight, freeze_backbone=freeze_backbone, **extra)
     print_result(result)
+    _fail_if_interrupted(result, out)
+
+
+def _check_paths(data_root: Optional[Path], synthetic_root: Optional[Path], init: Optional[Path], out: Path) -> None:
+    """One-line errors for missing inputs and an unusable run folder, before any work starts."""
+    for path, what in ((data_root, "data root"), (synthetic_root, "synthetic root"), (init, "--init checkpoint")):
+        if path is not None:
+            require_exists(path, what)
+    check_output_dir(out)
+
+
+def _given(**options: object) -> dict:
+    """The options the user gave (None: derived from other settings by the trainer)."""
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def _fail_if_interrupted(result: object, out: Path) -> None:
+    """Exit 128+signal after an interrupted run: the checkpoint is written, but a script must see
+    that the run did not finish."""
     if isinstance(result, dict) and result.get("status") == "interrupted":
-        # the checkpoint is written; a script must still see that the run did not finish
         import signal as _signal
 
         signum = int(result.get("signal") or _signal.SIGINT)

@@ -1,8 +1,9 @@
 """Outlier augmentation of context views (off by default).
 
 Simulates what breaks plain test-time optimisation: occluders present in one context view
-only (textured random shapes: ellipses, rectangles, polygons) and local exposure changes (a
-smooth multiplicative gain blob). Deterministic given a torch.Generator. Returns the
+only (textured random shapes: ellipses, rectangles, polygons), local exposure changes (a
+smooth multiplicative gain blob) and, when asked for, a whole view shot at another exposure and
+white balance (a per-channel gain, as between two cameras). Deterministic given a torch.Generator. Returns the
 corrupted images and a boolean mask of the corrupted pixels.
 """
 
@@ -25,6 +26,9 @@ class OutlierConfig:
     p_exposure: float = 0.3        # probability of a local exposure change
     exposure_range: tuple[float, float] = (0.4, 2.0)
     exposure_mask_threshold: float = 0.05  # |gain - 1| above this counts as corrupted
+    p_global_exposure: float = 0.0  # probability that one view gets another exposure / white balance
+    global_exposure_range: tuple[float, float] = (0.6, 1.6)
+    white_balance: float = 0.1      # per-channel gain spread around the exposure gain
 
 
 def _u(g: torch.Generator, lo: float = 0.0, hi: float = 1.0) -> float:
@@ -101,6 +105,14 @@ def corrupt_context(images: torch.Tensor, generator: torch.Generator, cfg: Outli
         field = 1 + (gain - 1) * blob  # smooth: 1 far from the centre, `gain` at it
         out[view] = (out[view] * field[..., None].to(out.dtype)).clamp(0, 1)
         mask[view] |= (field - 1).abs() > cfg.exposure_mask_threshold
+    if cfg.p_global_exposure > 0 and _u(g) < cfg.p_global_exposure:
+        view = int(torch.randint(0, V, (1,), generator=g))
+        lo, hi = cfg.global_exposure_range
+        gain = math.exp(_u(g, math.log(lo), math.log(hi)))
+        wb = torch.tensor([gain * math.exp(_u(g, -cfg.white_balance, cfg.white_balance)) for _ in range(3)])
+        out[view] = (out[view] * wb.to(out.dtype)).clamp(0, 1)
+        if bool(((wb - 1).abs() > cfg.exposure_mask_threshold).any()):
+            mask[view] = True
     return out, mask
 
 

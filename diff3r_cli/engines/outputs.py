@@ -26,6 +26,7 @@ class NamedViews:
     cameras: Cameras
     ground_truth: Optional[torch.Tensor]
     indices: list[int]
+    appearance: Optional[torch.Tensor] = None  # (C,6) per-view gain/bias applied to the renders (context views)
 
 
 @dataclass
@@ -69,6 +70,10 @@ def _write_named(tmp: Path, g: Gaussians, named: dict[str, NamedViews], report: 
     for name, nv in named.items():
         with report.step(f"render {name} views", len(nv.cameras)) as adv:
             imgs = render_views(g, nv.cameras, advance=adv)
+        if nv.appearance is not None:
+            from diff3r_cli.optim.appearance import apply_appearance
+
+            imgs = apply_appearance(imgs, nv.appearance).clamp(0, 1)
         for k, im in zip(nv.indices, imgs):
             save_png(tmp / f"{name}_{k:02d}.png", im)
         if nv.ground_truth is not None:

@@ -42,6 +42,7 @@ class ReconstructResult:
     refine_s: float
     total_s: float = 0.0
     renders: Optional[RenderFolder] = None
+    compensation: Optional[dict] = None  # the sidecar's "appearance" entry (when refined)
 
 
 @dataclass
@@ -111,12 +112,13 @@ def _write_splat(out: Path, scene, context: list[int], g: Gaussians, lam: Option
 
 
 def _render(out: Path, scene, context: list[int], interp: list[int], extrap: list[int], g: Gaussians,
-            frames: int, video: str, report: Reporter) -> RenderFolder:
-    """<stem>_renders/: context, interpolation (and extrapolation) views with ground truth, and a path."""
+            frames: int, video: str, report: Reporter, appearance: Optional[torch.Tensor] = None) -> RenderFolder:
+    """<stem>_renders/: context, interpolation (and extrapolation) views with ground truth, and a path.
+    appearance: the context views' exposure transforms (compensation), applied to their renders only."""
     from diff3r_cli.engines.render_path import camera_path
 
     ctx_cams = scene.cameras[context]
-    named = {"context": NamedViews(ctx_cams, scene.images[context], context)}
+    named = {"context": NamedViews(ctx_cams, scene.images[context], context, appearance)}
     if interp:
         named["interp"] = NamedViews(scene.cameras[interp], scene.images[interp], interp)
     if extrap:
@@ -131,7 +133,7 @@ def reconstruct_scene(path: Path, out: Path, model: Optional[str] = None, views:
                       optimizer: str = "adam", anchor: bool = False,
                       frames: int = PATH_FRAMES, eval_all: bool = False, video: str = "mp4",
                       progress: Optional[ProgressCallback] = None, ply_layout: str = "viewer",
-                      sweep: bool = True) -> ReconstructResult:
+                      sweep: bool = True, compensation: str = "auto") -> ReconstructResult:
     """Load posed images, predict Gaussians, optionally refine, write .ply + sidecar (+ renders).
 
     resolution: the short side (int, native aspect), (W, H), or None (native, long side capped).
@@ -143,6 +145,9 @@ def reconstruct_scene(path: Path, out: Path, model: Optional[str] = None, views:
     plain TTO (see policy.DEFAULT_REFINE_STEPS). uncertainty=False also leaves Λ out of the .ply.
     sweep: correct the predicted depth by a photometric (ZNCC) sweep between the context views
     (diff3r_cli.depth) where matching decides it; the prediction's depth elsewhere.
+    compensation: per-view exposure/white-balance transforms in the refinement ("auto" | "on" |
+    "off"); stored in the sidecar (extras.appearance) and applied to the context views' renders
+    (their PSNR) only, never baked into the splat.
     """
     from diff3r_cli.engines.policy import (DEFAULT_MODEL, DEFAULT_REFINE_STEPS, context_views, pick_device,
                                            split_unseen, working_resolution)
@@ -161,26 +166,35 @@ def reconstruct_scene(path: Path, out: Path, model: Optional[str] = None, views:
     size = working_resolution(scene.width, scene.height, resolution)
     p = _predict(scene, context, model_path, size, dev, report, sweep=sweep)
     scene, g = p.scene, p.gaussians
-    t_ref = 0.0
+    t_ref, appearance, comp = 0.0, None, None
     refine_steps = DEFAULT_REFINE_STEPS if refine_steps is None else int(refine_steps)
     if refine_steps > 0:
+        from diff3r_cli.optim.appearance import from_sidecar, sidecar_record
+
         t0 = time.perf_counter()
-        g, _ = refine_gaussians(g, p.lam if uncertainty and anchor else None, scene.cameras[context].to(dev),
-                                scene.images[context].to(dev), refine_steps, optimizer, progress=progress)
+        g, hist = refine_gaussians(g, p.lam if uncertainty and anchor else None, scene.cameras[context].to(dev),
+                                   scene.images[context].to(dev), refine_steps, optimizer, progress=progress,
+                                   compensation=compensation)
         t_ref = time.perf_counter() - t0
+        comp = sidecar_record(hist[-1])
+        appearance = from_sidecar({"extras": {"appearance": comp}})
     g = g.detach().to("cpu")
     held = [i for i in range(len(scene)) if i not in context]
     interp, extrap = split_unseen(scene.cameras, context)
     info = scene_info(scene, context_views=context, model=model_path.stem,
                       extras={"input": str(Path(path).resolve()), "format": scene.format, "near": p.near,
                               "far": p.far, "depth_range_from": p.range_from, "refine_steps": refine_steps,
-                              "refine_anchored": bool(refine_steps > 0 and uncertainty and anchor), "uncertainty": uncertainty, "held_out_views": held, "interp_views": interp,
-                              "depth_sweep_accepted": p.sweep_accepted})
+                              "refine_anchored": bool(refine_steps > 0 and uncertainty and anchor),
+                              "uncertainty": uncertainty, "held_out_views": held, "interp_views": interp,
+                              "depth_sweep_accepted": p.sweep_accepted,
+                              **({"appearance": comp} if comp is not None else {}),
+                              **({"frame": scene.extras["frame"]} if scene.extras.get("frame") else {})})
     _write_splat(out, scene, context, g, p.lam.detach().cpu() if uncertainty else None, info, ply_layout, report)
     result = ReconstructResult(out, len(g), context, interp, extrap, scene.width, scene.height, p.near, p.far,
-                               p.range_from, str(dev), t_load, p.seconds, t_ref)
+                               p.range_from, str(dev), t_load, p.seconds, t_ref, compensation=comp)
     if render:
-        result.renders = _render(out, scene, context, interp, extrap if eval_all else [], g, frames, video, report)
+        result.renders = _render(out, scene, context, interp, extrap if eval_all else [], g, frames, video, report,
+                                 appearance)
     result.total_s = time.perf_counter() - t_start
     return result
 

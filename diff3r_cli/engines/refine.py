@@ -66,6 +66,7 @@ class RefineResult:
     energy: tuple[float, float]
     photometric: tuple[float, float]
     time_s: float
+    compensation: Optional[dict] = None   # the sidecar's "appearance" entry
 
     @property
     def context_psnr(self) -> tuple[float, float]:
@@ -80,9 +81,13 @@ def photometric_psnr(photometric: float) -> float:
 
 
 def refine_gaussians(g0: Gaussians, lam: Optional[torch.Tensor], cameras: Cameras, images: torch.Tensor,
-                     steps: int, optimizer: str = "adam",
-                     progress: Optional[ProgressCallback] = None) -> tuple[Gaussians, list[dict]]:
+                     steps: int, optimizer: str = "adam", progress: Optional[ProgressCallback] = None,
+                     compensation: str = "auto") -> tuple[Gaussians, list[dict]]:
     """Uncertainty-weighted TTO (lam=None: plain TTO), NaN-guarded; returns (Gaussians, history).
+
+    compensation: per-view exposure/white-balance transforms ("auto": where the context views
+    differ in exposure; see optim/appearance.py); the last history record says whether they ran
+    ("compensation") and holds them ("appearance", V×6 gain/bias).
 
     On Ctrl-C/SIGTERM raises RefineInterrupted carrying the best iterate so far (Adam; LM keeps
     no iterates in its callback, so its partial result is None).
@@ -97,7 +102,8 @@ def refine_gaussians(g0: Gaussians, lam: Optional[torch.Tensor], cameras: Camera
     best = BestIterate(report)
     report.emit(ProgressEvent("optimize", f"refine ({optimizer})", steps))
     try:
-        g, hist = optimize(g0, lam, cams, imgs, steps, optimizer=optimizer, progress=best, **extra)
+        g, hist = optimize(g0, lam, cams, imgs, steps, optimizer=optimizer, progress=best, compensation=compensation,
+                           **extra)
     except KeyboardInterrupt as e:
         partial = g0.detach().unflatten(best.theta) if best.theta is not None else None
         raise RefineInterrupted(e, partial, best.step, best.energy, steps) from None
@@ -118,15 +124,18 @@ def _refined_info(doc: dict, ply: Path, steps: int, optimizer: str, uncertainty:
 
 def refine_splat(ply: Path, steps: int = 200, optimizer: str = "adam", uncertainty: bool = True,
                  images: Optional[Path] = None, out: Optional[Path] = None, device: str = "auto",
-                 progress: Optional[ProgressCallback] = None, ply_layout: str = "viewer") -> RefineResult:
+                 progress: Optional[ProgressCallback] = None, ply_layout: str = "viewer",
+                 compensation: str = "auto") -> RefineResult:
     """Uncertainty-weighted TTO of a reconstructed .ply on its context views; writes `out` atomically.
 
     Works at the scene's saved resolution (the network inputs stored by reconstruct). Ctrl-C or
     SIGTERM writes the best iterate so far to `out` (sidecar extras.partial = true) and raises
-    RefineInterrupted with ``written`` set.
+    RefineInterrupted with ``written`` set. Per-view exposure transforms (compensation) go to the
+    sidecar's extras.appearance, never into the splat colours.
     """
     from diff3r_cli.engines.policy import pick_device
     from diff3r_cli.engines.splat_inputs import context_cameras, context_images
+    from diff3r_cli.optim.appearance import sidecar_record
     from diff3r_cli.ply import read_ply
     from diff3r_cli.sidecar import read_sidecar, sidecar_path, write_splat
 
@@ -148,7 +157,8 @@ def refine_splat(ply: Path, steps: int = 200, optimizer: str = "adam", uncertain
     info = _refined_info(doc, ply, steps, optimizer, uncertainty)
     t0 = time.perf_counter()
     try:
-        g, hist = refine_gaussians(g0, lam_used, cams, imgs.to(dev), steps, optimizer, progress=progress)
+        g, hist = refine_gaussians(g0, lam_used, cams, imgs.to(dev), steps, optimizer, progress=progress,
+                                   compensation=compensation)
     except RefineInterrupted as e:
         # keep the work done so far: the best iterate, written atomically and marked partial
         if e.best is not None and e.best.is_finite():
@@ -157,10 +167,12 @@ def refine_splat(ply: Path, steps: int = 200, optimizer: str = "adam", uncertain
             e.written = out
         raise
     dt = time.perf_counter() - t0
-    write_splat(out, g.to("cpu"), lam_out, info, layout=ply_layout)
     first, last = hist[0], hist[-1]  # history holds E at θ0 and at every iterate, final included
+    info["extras"]["appearance"] = sidecar_record(last)
+    write_splat(out, g.to("cpu"), lam_out, info, layout=ply_layout)
     return RefineResult(ply=out, steps_run=len(hist) - 1, energy=(first["energy"], last["energy"]),
-                        photometric=(first["photometric"], last["photometric"]), time_s=dt)
+                        photometric=(first["photometric"], last["photometric"]), time_s=dt,
+                        compensation=info["extras"]["appearance"])
 
 
 __all__ = ["BestIterate", "RefineInterrupted", "RefineResult", "photometric_psnr", "refine_gaussians",

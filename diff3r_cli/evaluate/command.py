@@ -43,7 +43,8 @@ def evaluate_main(data_root: Path, data: str = "re10k", model: Optional[str] = N
                   tto_steps: list[int] | tuple[int, ...] = (0, 50, 200), outliers: float = 0.0,
                   limit: Optional[int] = None, device: str = "auto", resolution: Optional[int] = None,
                   optimizer: str = "adam", split: str = "test", json_out: Optional[Path] = None,
-                  progress: bool = True, seed: int = 0, depth_range: str = "auto", sweep: bool = True) -> dict:
+                  progress: bool = True, seed: int = 0, depth_range: str = "auto",
+                  compensation: str = "auto", sweep: bool = True) -> dict:
     """Evaluate on the fixed test views of an RE10K-format root (evaluation_index.json); prints nothing
     but the progress bar (present the result with `report.print_summary`).
 
@@ -52,7 +53,14 @@ def evaluate_main(data_root: Path, data: str = "re10k", model: Optional[str] = N
     (real data) gets near/far from its context views' features triangulated with the known poses,
     as `reconstruct` does; "dataset": the dataset's near/far (1..100, the RE10K convention).
     sweep: θ0's depth corrected by the photometric sweep between the context views, as in `reconstruct`.
-    Returns {"summary": [{method, steps, psnr, ssim, context_psnr, scenes}], "scenes": [per-scene rows], ...}.
+    outliers: the probability P that a tuple's context views are corrupted (``outlier_config``:
+    occluders in one view with probability P, a local exposure blob and a whole view at another
+    exposure/white balance each with P/2; targets stay clean), drawn from ``seed`` and the
+    scene key, so the same seed gives the same corruptions. compensation: per-view exposure
+    transforms in every TTO run ("auto": where the context views differ in exposure); context
+    PSNR then uses each view's transform, target views the identity.
+    Returns {"summary": [{method, steps, psnr, ssim, context_psnr, scenes, compensated}],
+    "scenes": [per-scene rows], ...}.
     """
     from diff3r_cli.model.io import resolve_model_path
     from diff3r_cli.engines.policy import DEFAULT_FF_MODEL, DEFAULT_MODEL, pick_device
@@ -75,11 +83,13 @@ def evaluate_main(data_root: Path, data: str = "re10k", model: Optional[str] = N
     ds = _test_dataset(root, split, int(res), index, seed, outliers, depth_range)
     t_start = time.perf_counter()
     with progress_bar(limit) if progress else nullcontext(None) as advance:
-        rows, failures = _evaluate_scenes(ds, models, runs, dev, optimizer, depth_range, limit, advance, sweep)
+        rows, failures = _evaluate_scenes(ds, models, runs, dev, optimizer, depth_range, limit, advance,
+                                          compensation, sweep)
     if not rows:
         raise UserError("no evaluation scenes found", index, "check that the index keys match the chunks")
-    result = {"data_root": str(root), "resolution": res, "outliers": bool(outliers), "optimizer": optimizer,
-              "sweep": sweep,
+    result = {"data_root": str(root), "resolution": res, "outliers": bool(outliers),
+              "outlier_probability": float(outliers), "seed": int(seed), "compensation": compensation,
+              "optimizer": optimizer, "sweep": sweep,
               "models": {k: str(resolve_model_path(v)) for k, v in (("diff3r", model), ("ff", ff_model)) if v},
               "tto_steps": steps_list, "num_scenes": len(rows), "numerical_failures": failures,
               "seconds": round(time.perf_counter() - t_start, 1), "summary": summarize(rows, runs), "scenes": rows}
@@ -108,17 +118,22 @@ def _test_dataset(root: Path, split: str, resolution: int, index: Path, seed: in
     """The fixed-view dataset; int resolution = short side, each scene at its native aspect ratio."""
     from diff3r_cli.data.re10k import RE10KDataset
 
-    out_cfg = None
-    if outliers:
-        from diff3r_cli.data.outliers import OutlierConfig
-        p = 1.0 if outliers is True else float(outliers)
-        out_cfg = OutlierConfig(p_occluder=p, p_exposure=0.5 * p)
+    out_cfg = outlier_config(outliers) if outliers else None
     return RE10KDataset(root, split=split, resolution=resolution, evaluation_index=index, seed=seed,
                         outliers=out_cfg, full_context=depth_range == "auto")
 
 
+def outlier_config(p: float):
+    """The evaluation's outlier protocol at probability p (see evaluate_main)."""
+    from diff3r_cli.data.outliers import OutlierConfig
+
+    p = 1.0 if p is True else float(p)
+    return OutlierConfig(p_occluder=p, p_exposure=0.5 * p, p_global_exposure=0.5 * p)
+
+
 def _evaluate_scenes(ds, models: dict, runs: list[Run], device: torch.device, optimizer: str, depth_range: str,
-                     limit: Optional[int], advance, sweep: bool = False) -> tuple[list[dict], int]:
+                     limit: Optional[int], advance, compensation: str = "off",
+                     sweep: bool = False) -> tuple[list[dict], int]:
     """One row per scene (key, views, size, depth range, every configuration's means) and the failures."""
     rows: list[dict] = []
     failures = 0
@@ -143,7 +158,8 @@ def _evaluate_scenes(ds, models: dict, runs: list[Run], device: torch.device, op
         metrics, nfail = evaluate_views(models, runs, sample["context_images"], sample["context_K"],
                                         sample["context_w2c"], sample["target_images"], sample["target_K"],
                                         sample["target_w2c"], near, far, device, optimizer,
-                                        ranges={n: r[:2] for n, r in ranges.items()}, sweep=sweep)
+                                        ranges={n: r[:2] for n, r in ranges.items()}, compensation=compensation,
+                                        sweep=sweep)
         row.update(metrics)
         failures += nfail
         rows.append(row)
@@ -179,4 +195,4 @@ def depth_range_for(sample: dict, mode: str, convention: str = "fitted") -> tupl
     return near, far, "dataset depth maps" if src == "depth maps" else "dataset default"
 
 
-__all__ = ["evaluate_main", "plan_runs", "depth_range_for"]
+__all__ = ["evaluate_main", "plan_runs", "depth_range_for", "outlier_config"]

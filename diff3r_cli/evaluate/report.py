@@ -23,6 +23,7 @@ def summarize(rows: list[dict], runs: list[Run]) -> list[dict]:
             cps = [v["context_psnr"] for v in vals if v.get("context_psnr") is not None]
             if cps:
                 row["context_psnr"] = sum(cps) / len(cps)
+            row["compensated"] = sum(bool(v.get("compensated")) for v in vals)  # scenes with exposure transforms
             summary.append(row)
     return summary
 
@@ -53,14 +54,16 @@ def print_summary(result: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    outl = result.get("outlier_probability", 1.0 if result["outliers"] else 0.0)
     t = Table(title=f"Target views, {result['num_scenes']} scenes, short side {result['resolution']} (native aspect)"
-                    + (" (context outliers)" if result["outliers"] else ""))
-    for c in ("method", "TTO steps", "PSNR", "SSIM", "context PSNR"):
+                    + (f" (context outliers P={outl:g}, seed {result.get('seed', 0)})" if result["outliers"] else "")
+                    + f"; exposure compensation {result.get('compensation', 'off')}")
+    for c in ("method", "TTO steps", "PSNR", "SSIM", "context PSNR", "compensated"):
         t.add_column(c, justify="right" if c != "method" else "left")
     for r in result["summary"]:
         cp = r.get("context_psnr")
         t.add_row(r["method"], str(r["steps"]), f"{r['psnr']:.2f}", f"{r['ssim']:.4f}",
-                  "-" if cp is None else f"{cp:.2f}")
+                  "-" if cp is None else f"{cp:.2f}", f"{r.get('compensated', 0)}/{r['scenes']}")
     Console().print(t)
 
 

@@ -71,11 +71,14 @@ class ViewScores:
     ssim: list[float]              # per target view; empty for images smaller than the SSIM window
     context_psnr: Optional[float]  # mean over the context views re-rendered (None when not asked)
     renders: torch.Tensor          # (T,H,W,3) target renders on the CPU, clamped to [0,1]
+    compensated: bool = False      # the TTO ran with per-view exposure transforms
 
     def means(self) -> dict:
-        """{"psnr", "ssim", "context_psnr"}: means over the views (the per-scene row of `diff3r eval`)."""
+        """{"psnr", "ssim", "context_psnr", "compensated"}: means over the views (the per-scene row of
+        `diff3r eval`)."""
         return {"psnr": sum(self.psnr) / len(self.psnr),
-                "ssim": sum(self.ssim) / len(self.ssim) if self.ssim else None, "context_psnr": self.context_psnr}
+                "ssim": sum(self.ssim) / len(self.ssim) if self.ssim else None, "context_psnr": self.context_psnr,
+                "compensated": self.compensated}
 
 
 def predict(model: torch.nn.Module, views: EvalViews, device: torch.device,
@@ -94,23 +97,35 @@ def predict(model: torch.nn.Module, views: EvalViews, device: torch.device,
 
 
 def tto_states(g0: Gaussians, lam: Optional[torch.Tensor], cameras: Cameras, images: torch.Tensor,
-               budgets: list[int], optimizer: str = "adam", backend: str = "auto") -> dict[int, Gaussians]:
-    """Gaussians after each budget of TTO steps (0: θ0 itself). NumericalError propagates."""
+               budgets: list[int], optimizer: str = "adam", backend: str = "auto", compensation: str = "off",
+               appearance: Optional[dict] = None) -> dict[int, Gaussians]:
+    """Gaussians after each budget of TTO steps (0: θ0 itself). NumericalError propagates.
+
+    compensation: per-view exposure transforms in the TTO ("off" | "on" | "auto", see
+    optim/appearance.py); when ``appearance`` is a dict it receives, per budget, the context
+    views' transforms (V,6; None where compensation did not run).
+    """
     from diff3r_cli.optim.tto import optimize
 
     states: dict[int, Gaussians] = {0: g0}
+    app = appearance if appearance is not None else {}
+    app[0] = None
     positive = sorted({s for s in budgets if s > 0})
     if not positive:
         return states
     if optimizer == "adam":
         g, hist = optimize(g0, lam, cameras, images, positive[-1], optimizer="adam", snapshots=set(positive),
-                           backend=backend)
+                           backend=backend, compensation=compensation)
         for s in positive:
             states[s] = g0.unflatten(hist[s]["theta"]) if s < len(hist) else g
+            app[s] = hist[s].get("appearance") if s < len(hist) else None
         states[positive[-1]] = g
+        app[positive[-1]] = hist[-1].get("appearance")
     else:  # LM's iterates depend on the budget (its stopping rule): one run per budget
         for s in positive:
-            states[s], _ = optimize(g0, lam, cameras, images, s, optimizer=optimizer, backend=backend)
+            states[s], hist = optimize(g0, lam, cameras, images, s, optimizer=optimizer, backend=backend,
+                                       compensation=compensation)
+            app[s] = hist[-1].get("appearance")
     return states
 
 
@@ -119,8 +134,13 @@ def psnr_per_view(pred: torch.Tensor, gt: torch.Tensor) -> list[float]:
     return [float(psnr(pred[i], gt[i])) for i in range(len(gt))]
 
 
-def score(g: Gaussians, views: EvalViews, backend: str = "auto", context: bool = True) -> ViewScores:
-    """Render the target views from g and score them (and the context views when ``context``)."""
+def score(g: Gaussians, views: EvalViews, backend: str = "auto", context: bool = True,
+          appearance: Optional[torch.Tensor] = None) -> ViewScores:
+    """Render the target views from g and score them (and the context views when ``context``).
+
+    appearance: the context views' exposure transforms (V,6) from a compensated TTO: applied to
+    the context renders before their PSNR; target (novel) views always render with the identity.
+    """
     w, h = views.size
     pred = render_images(g, Cameras(views.target_K, views.target_w2c, w, h), backend, chunk=RENDER_CHUNK)
     gt = views.target_images.float().cpu()
@@ -128,18 +148,22 @@ def score(g: Gaussians, views: EvalViews, backend: str = "auto", context: bool =
     ctx = None
     if context:
         ctx_pred = render_images(g, Cameras(views.context_K, views.context_w2c, w, h), backend, chunk=RENDER_CHUNK)
+        if appearance is not None:
+            from diff3r_cli.optim.appearance import apply_appearance
+
+            ctx_pred = apply_appearance(ctx_pred, appearance.cpu()).clamp(0, 1)
         ctx_psnr = psnr_per_view(ctx_pred, views.context_images.float().cpu())
         ctx = sum(ctx_psnr) / len(ctx_psnr)
     return ViewScores(psnr_per_view(pred, gt), ss, ctx, pred)
 
 
 def score_runs(models: dict[str, torch.nn.Module], runs: list[Run], views: EvalViews, device: torch.device,
-               optimizer: str = "adam", backend: str = "auto",
-               context: bool = True) -> tuple[dict[str, Optional[ViewScores]], int]:
+               optimizer: str = "adam", backend: str = "auto", context: bool = True,
+               compensation: str = "off") -> tuple[dict[str, Optional[ViewScores]], int]:
     """Every configuration of ``runs`` on one tuple: ({"<method>@<steps>": scores}, numerical failures).
 
     A TTO run that fails numerically counts once and leaves None for its configurations with
-    steps > 0 (θ0 is still scored).
+    steps > 0 (θ0 is still scored). compensation: see :func:`tto_states`.
     """
     dev = torch.device(device)
     w, h = views.size
@@ -153,14 +177,17 @@ def score_runs(models: dict[str, torch.nn.Module], runs: list[Run], views: EvalV
     failures = 0
     for (mname, unc), items in groups.items():
         g0, lam = preds[mname]
+        app: dict = {}
         try:
             states = tto_states(g0, lam if unc else None, ctx_cams, ctx_images, [s for _, s in items], optimizer,
-                                backend)
+                                backend, compensation, app)
         except NumericalError:
             failures += 1
             states = {0: g0}
         for method, s in items:
-            out[f"{method}@{s}"] = score(states[s], views, backend, context) if s in states else None
+            out[f"{method}@{s}"] = score(states[s], views, backend, context, app.get(s)) if s in states else None
+            if s in states and app.get(s) is not None:
+                out[f"{method}@{s}"].compensated = True
     return out, failures
 
 
@@ -168,17 +195,17 @@ def evaluate_views(models: dict, runs: list[Run], ctx_images: torch.Tensor, ctx_
                    ctx_w2c: torch.Tensor, tgt_images: torch.Tensor, tgt_K: torch.Tensor, tgt_w2c: torch.Tensor,
                    near: float, far: float, device: torch.device, optimizer: str = "adam",
                    renders: Optional[dict] = None, ranges: Optional[dict] = None,
-                   sweep: bool = False) -> tuple[dict, int]:
+                   compensation: str = "off", sweep: bool = False) -> tuple[dict, int]:
     """`score_runs` with the per-scene means of `diff3r eval`: ({"<method>@<steps>": {"psnr", "ssim",
     "context_psnr"} or None}, failures). context_psnr: the context views re-rendered from the same
     Gaussians (high with a low target PSNR = overfitting). renders: when a dict is given, the target
     renders (T,H,W,3) are stored in it under "<method>@<steps>". ranges: model key -> (near, far)
-    for models that take another depth range than near/far. sweep: every model's θ0 gets the
-    photometric depth correction of `reconstruct` (diff3r_cli.depth).
+    for models that take another depth range than near/far. compensation: see :func:`tto_states`.
+    sweep: every model's θ0 gets the photometric depth stage of `reconstruct` (diff3r_cli.depth).
     """
     views = EvalViews(ctx_images, ctx_K, ctx_w2c, tgt_images, tgt_K, tgt_w2c, float(near), float(far), ranges,
                       sweep)
-    scores, failures = score_runs(models, runs, views, device, optimizer)
+    scores, failures = score_runs(models, runs, views, device, optimizer, compensation=compensation)
     if renders is not None:
         renders.update({k: v.renders for k, v in scores.items() if v is not None})
     return {k: None if v is None else v.means() for k, v in scores.items()}, failures

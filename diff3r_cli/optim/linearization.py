@@ -19,7 +19,7 @@ falls back to forward mode instead of giving a wrong Jv.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from typing import Optional, Protocol
 
 import torch
 
@@ -28,8 +28,21 @@ from diff3r_cli.optim.pcg import estimate_jtj_diag
 from diff3r_cli.optim.stats import EnergyTerms
 from diff3r_cli.render.jvp import central_difference, forward_jvp, jvp_backend
 
-if TYPE_CHECKING:  # only for annotations: energy.py imports this module
-    from diff3r_cli.optim.energy import Energy
+
+
+class LinearizableEnergy(Protocol):
+    """What a linearisation needs of an energy (``energy.Energy`` is one). A protocol rather than
+    an import: energy.py imports this module, and this one must not import it back."""
+
+    backend: str
+    num_pixels: int
+    lam: torch.Tensor
+    theta0: torch.Tensor
+    renderer: object  # carries ``jvp_verdicts``: dict[(backend, dtype), mode]
+
+    def residual(self, theta: torch.Tensor) -> torch.Tensor: ...
+
+    def render(self, theta: torch.Tensor, backend: Optional[str] = None) -> torch.Tensor: ...
 
 
 def resolve_jvp(jvp: str, backend: str) -> str:
@@ -44,7 +57,7 @@ def resolve_jvp(jvp: str, backend: str) -> str:
 class Linearization:
     """r, J and ∇E at a fixed θ; one forward pass kept for repeated vjps."""
 
-    def __init__(self, energy: "Energy", theta: torch.Tensor, jvp: str = "auto") -> None:
+    def __init__(self, energy: LinearizableEnergy, theta: torch.Tensor, jvp: str = "auto") -> None:
         self.energy = energy
         self.theta = theta.detach()
         self.jvp_mode = resolve_jvp(jvp, energy.backend)

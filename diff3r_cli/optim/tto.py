@@ -26,6 +26,7 @@ import torch
 
 from diff3r_cli.cameras import Cameras
 from diff3r_cli.gaussians import Gaussians
+from diff3r_cli.optim.appearance import CompensatedEnergy, decide
 from diff3r_cli.optim.config import ADAM_EPS, OPTIMIZERS, TTOConfig, tto_config
 from diff3r_cli.optim.energy import Energy, RenderFn, check_inputs
 from diff3r_cli.optim.guards import check_finite, check_value
@@ -194,6 +195,8 @@ def run_tto(energy: Energy, theta0: torch.Tensor, steps: int, config: TTOConfig,
     if config.optimizer == "adam":
         a = config.adam
         lr_vec = adam_lr_vector(energy.template, scene_extent(energy.template, energy.cameras), a.lr)
+        if isinstance(energy, CompensatedEnergy):  # the per-view colour transforms ride at θ's tail
+            lr_vec = torch.cat([lr_vec, energy.lr_tail()])
         theta, hist = adam_run(energy, theta0.detach(), steps, lr_vec, rtol_stop=a.rtol_stop, patience=a.patience,
                                progress=progress, eps=a.eps, snapshots=a.snapshots)
     else:
@@ -214,6 +217,7 @@ def optimize(
     background: Optional[torch.Tensor] = None,
     progress: Optional[Callable[[dict], None]] = None,
     render_fn: Optional[RenderFn] = None,
+    compensation: str = "off",
     **options,
 ) -> tuple[Gaussians, list[dict]]:
     """Minimise E(θ; θ0, Λ) on the context views; returns (g_star, history).
@@ -225,8 +229,13 @@ def optimize(
     options: its settings by name (backend, lr, rtol_stop, patience, adam_eps, snapshots for
     Adam; rtol_stop, mu0, pcg_rtol, pcg_max_iter, num_probes, jvp, seed, gtol for LM), see
     ``config.tto_config``. progress: called with each history record.
+    compensation: per-view exposure/white-balance transforms optimised jointly ("on"), never
+    ("off", the default here: the layer and training use plain E), or when the context views
+    differ in exposure ("auto"; see ``appearance.py``). They are not baked into the Gaussians.
     history: list of dicts with step, energy, photometric, proximal (+ LM diagnostics); the
-    last one also has time_s.
+    last one also has time_s and "compensation" ({"on", "spread"}) and, when on, "appearance"
+    (V,6: per-channel gain, bias per view); snapshot records hold the Gaussians' θ in "theta" and
+    the transforms in "appearance".
     """
     cfg = tto_config(optimizer, config, **options)
     if int(steps) < 0:
@@ -234,10 +243,34 @@ def optimize(
     g0 = g0.detach()
     lam = None if lam is None else lam.detach()
     energy, theta0, _ = prepare_energy(g0, lam, cameras, images, cfg.backend, background, render_fn)
+    on, spread = decide(compensation, g0, cameras, images, cfg.backend)
+    if on:
+        energy = CompensatedEnergy(energy)
+        theta0 = energy.theta0
+        progress = _splitting(energy, progress)
     theta, stats = run_tto(energy, theta0, int(steps), cfg, progress)
+    appearance = None
+    if on:
+        theta, appearance = energy.split(theta.detach())
     if stats.history:
-        stats.history[-1]["time_s"] = stats.time_s
+        last = stats.history[-1]
+        last["time_s"] = stats.time_s
+        last["compensation"] = {"on": on, "spread": spread}
+        if appearance is not None:
+            last["appearance"] = appearance.clone()
     return g0.unflatten(theta.detach()), stats.history
+
+
+def _splitting(energy: CompensatedEnergy, progress: Optional[Callable[[dict], None]]) -> Callable[[dict], None]:
+    """A progress callback that splits each snapshot's extended θ into "theta" (the Gaussians')
+    and "appearance" (V,6) before handing the record on."""
+    def call(rec: dict) -> None:
+        if "theta" in rec:
+            tg, a = energy.split(rec["theta"])
+            rec["theta"], rec["appearance"] = tg, a.clone()
+        if progress is not None:
+            progress(rec)
+    return call
 
 
 __all__ = ["optimize", "run_tto", "prepare_energy", "adam_run", "lm_run", "adam_lr_vector", "scene_extent", "ADAM_LR",

@@ -23,12 +23,15 @@ from PIL import Image
 from diff3r_cli.errors import UserError
 from diff3r_cli.interrupts import temp_path
 from diff3r_cli.scene_io.colmap_run import SfmProgress, quiet_colmap
-from diff3r_cli.scene_io.images import IMAGE_EXTENSIONS, load_image, resample, stack_views
+from diff3r_cli.scene_io.images import IMAGE_EXTENSIONS, load_image, plan_frame, quarter_turn, resample, stack_views
 from diff3r_cli.scene_io.scene import Scene
 from diff3r_cli.scene_io.two_view import rigid_4x4, two_view_poses
 from diff3r_cli.scene_io.undistort import is_identity_distortion, pinhole_K, undistort_image
 
 log = logging.getLogger(__name__)
+
+SFM_HELP = ("what usually helps: photos with more overlap (each sharing most of its view with a neighbour), "
+            "fewer photos of the part that matters, or --views to pick overlapping ones")
 
 
 def list_images(path: Path) -> list[Path]:
@@ -218,7 +221,9 @@ def load_folder_scene(path: str | Path, resolution: tuple[int, int] | None = Non
     """Pose a folder of images by SfM and return them as a Scene.
 
     views: indices into the name-sorted images (only those are posed). Images of different sizes are
-    resampled to ``resolution`` (width, height) or, by default, to the first image's size. Extras:
+    resampled to ``resolution`` (width, height) or, by default, to the majority's frame
+    (``plan_frame``: photos of the minority orientation turned a quarter turn, said in one line).
+    Fewer than 3 posed images (of 3 or more) is a UserError saying what usually helps. Extras:
     reprojection_error (mean, pixels at SfM resolution), num_registered, num_images, sfm_seconds,
     fallback (None or "two_view"), dropped (names SfM could not pose), undistorted.
     focal: known focal length (pixels, first image's size), e.g. from a calibration; kept fixed.
@@ -241,11 +246,12 @@ def load_folder_scene(path: str | Path, resolution: tuple[int, int] | None = Non
                 strategy=strategy, focal=focal)
     if r["dropped"]:
         dropped_files = [str(paths[r["names"].index(nm)]) for nm in r["dropped"]]
-        log.warning("SfM could not pose %d image(s), left out: %s", len(dropped_files), ", ".join(dropped_files))
+        log.warning("SfM could not pose %d image(s), left out: %s (%s)", len(dropped_files), ", ".join(dropped_files),
+                    SFM_HELP)
     keep = [i for i, nm in enumerate(r["names"]) if nm in r["w2c"]]
-    if len(keep) < 2:
-        raise UserError(f"SfM posed only {len(keep)} of {len(paths)} images", path,
-                        "use overlapping photos of a static, textured scene, or provide poses")
+    if len(keep) < min(3, len(paths)):
+        raise UserError(f"SfM posed only {len(keep)} of {len(paths)} images; at least {min(3, len(paths))} are needed",
+                        path, SFM_HELP)
     imgs, Ks, w2cs, any_undistorted = [], [], [], False
     for i in keep:
         nm = r["names"][i]
@@ -260,15 +266,19 @@ def load_folder_scene(path: str | Path, resolution: tuple[int, int] | None = Non
         imgs.append(img)
         Ks.append(K)
         w2cs.append(r["w2c"][nm])
-    if resolution is None:
-        width, height = imgs[0].shape[1], imgs[0].shape[0]
-    else:
-        width, height = int(resolution[0]), int(resolution[1])
-    stacked, cams = stack_views(imgs, Ks, w2cs, width, height, mode)
+    plan = plan_frame([(im.shape[1], im.shape[0]) for im in imgs],
+                      None if resolution is None else (int(resolution[0]), int(resolution[1])))
+    for k, turn in enumerate(plan.turned):
+        if turn:
+            imgs[k], Ks[k], w2cs[k] = quarter_turn(imgs[k], Ks[k], w2cs[k].to(Ks[k].dtype))
+    if len({(im.shape[1], im.shape[0]) for im in imgs}) > 1 or any(plan.turned):
+        log.warning("notice: %s", plan.line)
+    stacked, cams = stack_views(imgs, Ks, w2cs, plan.width, plan.height, mode, announce=False)
     extras = {"reprojection_error": r["reprojection_error"], "num_registered": r["num_registered"],
               "num_images": r["num_images"], "sfm_seconds": r["seconds"], "fallback": r["fallback"],
               "loose_init": r["loose_init"], "dropped": [str(paths[r["names"].index(nm)]) for nm in r["dropped"]],
-              "undistorted": any_undistorted}
+              "undistorted": any_undistorted, "turned": [str(paths[i]) for i, t in zip(keep, plan.turned) if t],
+              "frame": plan.line}
     if "points3d" in r:
         extras["points3d"] = r["points3d"].to(torch.float64)
     return Scene(stacked, cams, [str(paths[i]) for i in keep], "folder", path, extras)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -138,16 +139,102 @@ def crop_notice(sizes: list[tuple[int, int]], width: int, height: int, mode: str
             f"exactly); pass --resolution WxH to choose the working size")
 
 
+def quarter_turn(image: torch.Tensor, K: torch.Tensor, w2c: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Turn one view (H,W,3) a quarter turn counter-clockwise, rolling its camera with it (exact).
+
+    New pixel coordinates (pixel-edge convention) are u' = v, v' = W - u; the camera axes become
+    x' = y, y' = -x, z' = z, so K' = [[fy, 0, cy], [0, fx, W - cx], [0, 0, 1]] and w2c' = R·w2c.
+    Returns (image (W,H,3), K', w2c').
+    """
+    w0 = image.shape[1]
+    turned = torch.rot90(image, 1, dims=(0, 1)).contiguous()
+    K2 = torch.zeros_like(K)
+    K2[0, 0], K2[0, 2] = K[1, 1], K[1, 2]  # zero skew, as every reader here produces
+    K2[1, 1], K2[1, 2], K2[2, 2] = K[0, 0], w0 - K[0, 2], 1.0
+    roll = torch.eye(4, dtype=w2c.dtype, device=w2c.device)
+    roll[:2, :2] = torch.tensor([[0.0, 1.0], [-1.0, 0.0]], dtype=w2c.dtype)
+    return turned, K2, roll @ w2c
+
+
+def _orientation(w: int, h: int) -> str:
+    return "landscape" if w > h else "portrait" if h > w else "square"
+
+
+@dataclass
+class FramePlan:
+    """The working frame of a set of photos: its size, which views turn a quarter turn, one line."""
+
+    width: int
+    height: int
+    turned: list[bool]
+    line: str
+
+
+def plan_frame(sizes: list[tuple[int, int]], target: tuple[int, int] | None = None) -> FramePlan:
+    """Choose the working size of photos of mixed sizes and orientations.
+
+    The frame follows the majority orientation (landscape or portrait; a tie goes to landscape)
+    and photos of the other orientation are turned a quarter turn (camera rolled with them, see
+    :func:`quarter_turn`) instead of losing half their frame to a crop. The size: one held by
+    more than half the photos (after turning), else that of the photo with the median aspect
+    ratio. ``target`` (W,H) fixes the size; photos of mixed orientations are then turned towards its
+    orientation (photos all of one orientation never are).
+    """
+    n = len(sizes)
+    counts = {o: sum(_orientation(w, h) == o for w, h in sizes) for o in ("landscape", "portrait")}
+    if target is not None:
+        major = _orientation(*target)
+    else:
+        major = "portrait" if counts["portrait"] > counts["landscape"] else "landscape"
+    other = "portrait" if major == "landscape" else "landscape"
+    mixed = counts["landscape"] > 0 and counts["portrait"] > 0  # one orientation throughout: nothing turns
+    turned = [mixed and major != "square" and _orientation(w, h) == other for w, h in sizes]
+    oriented = [(h, w) if t else (w, h) for (w, h), t in zip(sizes, turned)]
+    if target is not None:
+        width, height = target
+        how = f"working size {width}x{height} as asked"
+    else:
+        common = max(set(oriented), key=oriented.count)
+        if oriented.count(common) * 2 > n:
+            width, height = common
+            how = f"working size {width}x{height}: the size of {oriented.count(common)} of the {n} photos"
+        else:
+            by_aspect = sorted(oriented, key=lambda s: s[0] / s[1])
+            width, height = by_aspect[(n - 1) // 2]
+            how = (f"working size {width}x{height}: the median aspect ratio of the {n} photos "
+                   f"({counts[major]} {major}, {counts[other]} {other})")
+    parts = [how]
+    if any(turned):
+        parts.append(f"{sum(turned)} {other} photo(s) turned a quarter turn to {major} (camera rolled with "
+                     "it, nothing cropped for that)")
+    cut = crop_fraction(oriented, width, height)
+    if cut > 0.01:
+        parts.append(f"the others centre-cropped by at most {cut:.0%} of a side (intrinsics exact)")
+    return FramePlan(int(width), int(height), turned, "; ".join(parts))
+
+
+def crop_fraction(sizes: list[tuple[int, int]], width: int, height: int) -> float:
+    """The largest fraction of a side that "resize_crop" to (width,height) cuts from any of ``sizes``."""
+    worst = 0.0
+    for w, h in sizes:
+        s = max(width / w, height / h)
+        worst = max(worst, 1 - width / (w * s), 1 - height / (h * s))
+    return worst
+
+
 def stack_views(images: list[torch.Tensor], Ks: list[torch.Tensor], w2cs: list[torch.Tensor],
-                width: int, height: int, mode: str = "resize_crop") -> tuple[torch.Tensor, Cameras]:
+                width: int, height: int, mode: str = "resize_crop", announce: bool = True
+                ) -> tuple[torch.Tensor, Cameras]:
     """Resample views of possibly different sizes to one size and batch them into (images, Cameras).
 
     When the views have mixed sizes, those whose aspect ratio differs are centre-cropped (see
-    crop_notice), announced as one warning line on stderr.
+    crop_notice), announced as one warning line on stderr unless ``announce`` is False (the caller
+    says what it did in its own line).
     """
     sizes = [(im.shape[1], im.shape[0]) for im in images]
     # only photos of mixed sizes need telling: a uniform trim to multiples of 16 is the documented default
-    note = crop_notice(sizes, width, height, mode) if len(set(sizes)) > 1 else None
+    note = crop_notice(sizes, width, height, mode) if announce and len(set(sizes)) > 1 else None
     if note:
         import logging
 
