@@ -54,6 +54,16 @@ class PredictorOutput:
     confidence: torch.Tensor           # (B,V,H,W) max depth-plane probability (upsampled)
 
 
+def context_shape(images: torch.Tensor, who: str = "the predictor") -> tuple[int, int, int, int]:
+    """(B, V, H, W) of a context batch (B,V,H,W,3); ValueError for another layout or fewer than 2 views."""
+    if images.dim() != 5 or images.shape[-1] != 3:
+        raise ValueError(f"images must be (B,V,H,W,3), got {tuple(images.shape)}")
+    b, v, H, W, _ = images.shape
+    if v < 2:
+        raise ValueError(f"{who} needs at least two context views")
+    return b, v, H, W
+
+
 def _logit(p: float) -> float:
     return math.log(p / (1 - p))
 
@@ -88,11 +98,7 @@ class Predictor(nn.Module):
     def forward(self, images: torch.Tensor, K: torch.Tensor, w2c: torch.Tensor, near: torch.Tensor,
                 far: torch.Tensor) -> PredictorOutput:
         """images (B,V,H,W,3) in [0,1]; K (B,V,3,3) pixels; w2c (B,V,4,4); near/far (B,) or floats."""
-        if images.dim() != 5 or images.shape[-1] != 3:
-            raise ValueError(f"images must be (B,V,H,W,3), got {tuple(images.shape)}")
-        b, v, H, W, _ = images.shape
-        if v < 2:
-            raise ValueError("the predictor needs at least two context views")
+        b, v, H, W = context_shape(images)
         dev, dt = images.device, images.dtype
         K = K.to(dev, dt)
         w2c = w2c.to(dev, dt)

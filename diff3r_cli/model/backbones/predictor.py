@@ -28,7 +28,7 @@ from diff3r_cli.gaussians import GROUPS, Gaussians, rgb_to_sh_dc
 from diff3r_cli.model.backbones.convert import camera_quats_to_world, release_sh_matrix, scale_multiplier, unit_rays
 from diff3r_cli.model.backbones.depthsplat import DepthSplatArch, DepthSplatEncoder
 from diff3r_cli.model.backbones.mvsplat import MVSplatArch, MVSplatEncoder
-from diff3r_cli.model.predictor import PredictorOutput
+from diff3r_cli.model.predictor import PredictorOutput, context_shape
 
 FAMILIES = ("mvsplat", "depthsplat")
 CONVENTIONS = {"mvsplat": "trained on RE10K (re10k.ckpt; acid.ckpt alike) at 256x256, 2 views, near 1 / far 100 "
@@ -125,11 +125,7 @@ class BackbonePredictor(nn.Module):
     def forward(self, images: torch.Tensor, K: torch.Tensor, w2c: torch.Tensor, near: torch.Tensor,
                 far: torch.Tensor) -> PredictorOutput:
         """images (B,V,H,W,3) in [0,1]; K (B,V,3,3) pixels; w2c (B,V,4,4); near/far (B,) or floats."""
-        if images.dim() != 5 or images.shape[-1] != 3:
-            raise ValueError(f"images must be (B,V,H,W,3), got {tuple(images.shape)}")
-        b, v, H, W, _ = images.shape
-        if v < 2:
-            raise ValueError("the backbone needs at least two context views")
+        b, v, H, W = context_shape(images, "the backbone")
         dev, dt = images.device, images.dtype
         c = self.cfg
         near = torch.as_tensor(near, device=dev, dtype=dt).reshape(-1).expand(b)
