@@ -31,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from diff3r_cli.model.backbones.dpt import DPTHead
-from diff3r_cli.model.backbones.mvsplat import warp_to_planes
+from diff3r_cli.model.backbones.mvsplat import MVSplatArch, warp_to_planes
 from diff3r_cli.model.backbones.unet import UNet
 from diff3r_cli.model.backbones.unimatch import CNNEncoder, MultiViewTransformer, add_window_position, imagenet_normalise
 from diff3r_cli.model.backbones.vit import VIT_SIZES, ViT
@@ -57,14 +57,10 @@ class DepthSplatArch:
     attn_splits: int = 2
     num_transformer_layers: int = 6
 
-    @property
-    def d_sh(self) -> int:
-        return (self.sh_degree + 1) ** 2
+    opacity_channels = 1  # DepthSplat's Gaussian head predicts opacity too
 
-    @property
-    def raw_channels(self) -> int:
-        """1 (opacity) + 2 (pixel offset) + 3 (scale) + 4 (rotation) + 3*d_sh (colour)."""
-        return 1 + 2 + 7 + 3 * self.d_sh
+    d_sh = MVSplatArch.d_sh
+    raw_channels = MVSplatArch.raw_channels
 
     @property
     def multiple(self) -> int:

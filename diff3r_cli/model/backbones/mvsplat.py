@@ -47,14 +47,16 @@ class MVSplatArch:
     attn_splits: int = 2
     num_transformer_layers: int = 6
 
+    opacity_channels = 0  # MVSplat's opacity comes from the depth head, not the Gaussian head
+
     @property
     def d_sh(self) -> int:
         return (self.sh_degree + 1) ** 2
 
     @property
     def raw_channels(self) -> int:
-        """2 (pixel offset) + 3 (scale) + 4 (rotation) + 3*d_sh (colour)."""
-        return 2 + 7 + 3 * self.d_sh
+        """opacity_channels + 2 (pixel offset) + 3 (scale) + 4 (rotation) + 3*d_sh (colour)."""
+        return self.opacity_channels + 2 + 7 + 3 * self.d_sh
 
     @property
     def lam_feature_channels(self) -> int:
