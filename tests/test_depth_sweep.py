@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from diff3r_cli.cameras import Cameras
-from diff3r_cli.depth import SweepConfig, sparse_depth_error, sweep_depth, view_depths, with_depths
+from diff3r_cli.depth import sparse_depth_error, sweep_depth, view_depths, with_depths
 from diff3r_cli.depth.sweep import _box
 from diff3r_cli.gaussians import Gaussians
 from diff3r_cli.geometry import pixel_centres, unproject

@@ -74,6 +74,13 @@ def _box(x: torch.Tensor, w: int) -> torch.Tensor:
     return s / (ny[:, None] * nx[None, :]).to(x.dtype)
 
 
+def _window_stats(img: torch.Tensor, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and standard deviation (1,H,W) of the w×w RGB windows of img (3,H,W)."""
+    mu = _box(img.mean(0)[None], w)
+    var = (_box((img * img).mean(0)[None], w) - mu * mu).clamp_min(0)
+    return mu, var.sqrt()
+
+
 def _ray_terms(K_ref: torch.Tensor, w2c_ref: torch.Tensor, K_src: torch.Tensor, w2c_src: torch.Tensor,
                h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
     """a (3,P), b (3,1) with the source pixel (homogeneous) of reference pixel p at depth d = d·a + b."""
@@ -128,9 +135,7 @@ def _sweep_view(images: torch.Tensor, K: torch.Tensor, w2c: torch.Tensor, i: int
     """
     v, _, h, w = images.shape
     ref = images[i]
-    mu_r = _box(ref.mean(0)[None], cfg.window)
-    var_r = (_box((ref * ref).mean(0)[None], cfg.window) - mu_r * mu_r).clamp_min(0)
-    stats = (mu_r, var_r.sqrt())
+    stats = _window_stats(ref, cfg.window)
     if factors.dim() == 1:
         factors = factors[:, None, None].expand(-1, h, w)
     n = factors.shape[0]
@@ -217,9 +222,7 @@ def sweep_depth(images: torch.Tensor, cameras: Cameras, guess: torch.Tensor,
         log2 = log1 + fine_grid[best2] + step2 * dl2
         wide_edge = (log1 <= log_grid[0] + dl) | (log1 >= log_grid[-1] - dl)
         edge = (best2 == 0) | (best2 == cfg.fine - 1) | wide_edge
-        ref = img[i]
-        mu = _box(ref.mean(0)[None], cfg.window)[0]
-        sd = (_box((ref * ref).mean(0)[None], cfg.window)[0] - mu * mu).clamp_min(0).sqrt()
+        sd = _window_stats(img[i], cfg.window)[1][0]                     # texture gate (full resolution)
         depth = guess[i] * torch.exp(log2)
         ok = (score >= cfg.min_zncc) & (sd >= cfg.min_std) & ~edge
         ok &= _shift_gate(K, w2c, i, src, depth) >= cfg.min_shift_px
