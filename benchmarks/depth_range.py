@@ -3,7 +3,8 @@
 For each scene, with `reconstruct`'s defaults (working size, context views, near/far), predict the
 context views' depth three times: with (near, far), (near/2, far) and (near, far·2). Prints the
 median |log ratio| of each pixel's depth between the runs, for the network alone and for the
-network followed by the photometric sweep (diff3r_cli.depth, reconstruct's default). A depth that
+network followed by one photometric sweep, and for reconstruct's depth stage (`predict_matched`: the
+sweep's accepted depths re-set the range, the network predicts again, a second sweep). A depth that
 comes from matching stays put (≤ 0.05); one read off the range follows it (log 2 = 0.69).
 Writes benchmarks/results/depth_range.json.
 
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from diff3r_cli.depth import sweep_depth, view_depths
+from diff3r_cli.depth import predict_matched, sweep_depth, view_depths
 from diff3r_cli.engines.policy import DEFAULT_MODEL, context_views, estimate_depth_range, working_resolution
 from diff3r_cli.model.inference import predict_gaussians
 from diff3r_cli.model.io import load_model, resolve_model_path
@@ -31,17 +32,19 @@ SCENES = {"fox": DATA / "fox", "fern": DATA / "llff_fern", "viking": HERE.parent
 
 
 def depth_moves(net, images: torch.Tensor, cams, near: float, far: float) -> dict:
-    """Median |log depth ratio| for near/2 and far·2, network alone and network + sweep."""
+    """Median |log depth ratio| for near/2 and far·2: the network alone, the network + one sweep, and
+    the pipeline (reconstruct's depth stage: the range re-set from the matched depths)."""
     out = {}
     base = {}
     for tag, (n, f) in (("base", (near, far)), ("near/2", (near / 2, far)), ("far*2", (near, far * 2))):
         g, _ = predict_gaussians(net, images, cams, n, f, "cpu")
         d = view_depths(g, cams)
-        ds = sweep_depth(images, cams, d).depth
+        kinds = {"network": d, "network+sweep": sweep_depth(images, cams, d).depth,
+                 "pipeline": predict_matched(net, images, cams, n, f, "cpu").sweep.depth}
         if tag == "base":
-            base = {"network": d, "network+sweep": ds}
+            base = kinds
             continue
-        for kind, dd in (("network", d), ("network+sweep", ds)):
+        for kind, dd in kinds.items():
             out[f"{kind} {tag}"] = round(float(torch.log(dd / base[kind]).abs().median()), 4)
     return out
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from diff3r_cli.depth import sweep_depth, view_depths
+from diff3r_cli.depth import predict_matched, sweep_depth, view_depths
 from diff3r_cli.engines.policy import DEFAULT_MODEL, normalised_range
 from diff3r_cli.model.inference import predict_gaussians
 from diff3r_cli.model.io import load_model, resolve_model_path
@@ -38,3 +38,25 @@ def test_near_and_far_leave_the_pipelines_depth_in_place():
     net_only = float(torch.log(_depths(net, imgs, cams, near / 2, far, False)
                                / _depths(net, imgs, cams, near, far, False)).abs().median())
     assert net_only > 0.1
+
+
+def test_the_range_is_re_set_from_matched_depth_so_unmatched_pixels_stay_put_too():
+    """Pixels the sweep cannot decide (here: a flat, texture-less lower half) keep the network's depth;
+    predict_matched re-sets the range from the matched pixels, so those stay put as well."""
+    cams = _cameras([[0.0, 0, 0], [0.5, 0.05, 0], [-0.45, -0.05, 0.1]])
+    imgs, truth = _plane_scene(cams)
+    imgs[:, imgs.shape[1] // 2:] = 0.5
+    net = load_model(resolve_model_path(DEFAULT_MODEL), device="cpu")
+    near, far = normalised_range(float(torch.quantile(truth.double(), 0.05)))
+    base = predict_matched(net, imgs, cams, near, far, "cpu")
+    unmatched = ~base.sweep.valid
+    assert 0.3 < float(unmatched.float().mean()) < 0.7
+    # (near·2 is out of the sweep's reach here: this network's depth is already 1.75× too far at near)
+    for n, f in ((near / 2, far), (near, far * 2)):
+        m = predict_matched(net, imgs, cams, n, f, "cpu")
+        moved = torch.log(m.sweep.depth / base.sweep.depth).abs()
+        assert float(moved[unmatched].median()) <= 0.05, (n, f)
+        assert float(moved.median()) <= 0.05, (n, f)
+    # without the re-set range the unmatched pixels follow near: the test can tell
+    fixed = [predict_matched(net, imgs, cams, n, far, "cpu", rerange=False).sweep.depth for n in (near, near / 2)]
+    assert float(torch.log(fixed[1] / fixed[0]).abs()[unmatched].median()) > 0.3

@@ -5,12 +5,55 @@ Shared by `reconstruct` and `eval` so both score the same thing.
 
 from __future__ import annotations
 
+import math
+from typing import NamedTuple, Optional
+
 import torch
 
 from diff3r_cli.depth.fuse import floaters
 from diff3r_cli.depth.pixel_gaussians import view_depths, with_depths
-from diff3r_cli.depth.sweep import sweep_depth
+from diff3r_cli.depth.sweep import SweepResult, sweep_depth
 from diff3r_cli.gaussians import Gaussians
+
+# The sweep must accept at least this many pixels before its depths may set the depth range.
+RANGE_MIN_ACCEPTED = 200
+# A photo range closer than this (|log near ratio|) to the one given is not worth a second prediction.
+RANGE_TOLERANCE = 0.01
+
+
+class MatchedPrediction(NamedTuple):
+    """θ0 with depth from the photos, its Λ rows, the sweep's accepted share, the range used, and the
+    final sweep (None where the prediction is not pixel-aligned)."""
+
+    gaussians: Gaussians
+    lam: torch.Tensor
+    accepted: float
+    near: float
+    far: float
+    sweep: Optional[SweepResult] = None
+
+
+def photo_range(res: SweepResult, convention: str = "fitted") -> Optional[tuple[float, float]]:
+    """Near/far in a model's convention from the depths the sweep accepted; None with too few."""
+    from diff3r_cli.engines.policy import range_from_depths
+
+    z = res.depth[res.valid]
+    if z.numel() < RANGE_MIN_ACCEPTED:
+        return None
+    if z.numel() > 1_000_000:  # torch.quantile's input limit; a strided sample keeps the quantiles
+        z = z[:: z.numel() // 1_000_000 + 1]
+    return range_from_depths(z, convention)
+
+
+def _fuse(g: Gaussians, lam: torch.Tensor, cams, res: SweepResult) -> tuple[Gaussians, torch.Tensor]:
+    g = with_depths(g, cams, res.depth)
+    keep = ~floaters(g, cams, res.depth, res.valid)
+    return g[keep], lam[keep]
+
+
+def _pixel_aligned(g: Gaussians, images: torch.Tensor) -> bool:
+    v, h, w = images.shape[:3]
+    return len(g) == v * h * w
 
 
 def match_depth(g: Gaussians, lam: torch.Tensor, images: torch.Tensor,
@@ -19,13 +62,42 @@ def match_depth(g: Gaussians, lam: torch.Tensor, images: torch.Tensor,
     agree on (ZNCC sweep, where it decides), then the Gaussians that contradict another view's matched
     surface dropped (diff3r_cli.depth.fuse). Returns (Gaussians, their Λ rows, accepted share)."""
     cams = cameras.to(g.device)
-    v, h, w = images.shape[:3]
-    if len(g) != v * h * w:  # not one Gaussian per context pixel (e.g. a backbone that crops): no stage
+    if not _pixel_aligned(g, images):  # not one Gaussian per context pixel (e.g. a backbone that crops)
         return g, lam, 0.0
     res = sweep_depth(images.to(g.device), cams, view_depths(g, cams))
-    g = with_depths(g, cams, res.depth)
-    keep = ~floaters(g, cams, res.depth, res.valid)
-    return g[keep], lam[keep], res.accepted_fraction
+    g, lam = _fuse(g, lam, cams, res)
+    return g, lam, res.accepted_fraction
 
 
-__all__ = ["match_depth"]
+def predict_matched(model: torch.nn.Module, images: torch.Tensor, cameras, near: float, far: float,
+                    device=None, rerange: bool = True) -> MatchedPrediction:
+    """Predict, then take the depth from the photos (:func:`match_depth`), with the depth range itself
+    set by matching (rerange).
+
+    A predictor's depth follows the near/far it is given (the cost volume's planes and the training
+    scale live there), so a range that is off by 2× moves every unmatched pixel by 2×. With rerange,
+    the first prediction only seeds the sweep (which searches 0.4-2.5× around it); the depths the
+    sweep accepts give the range in the model's convention (PredictorConfig.depth_range), and the
+    network predicts again in that range before the final sweep. The given range then only has to
+    be within the sweep's reach.
+    """
+    from diff3r_cli.model.inference import predict_gaussians
+
+    g, lam = predict_gaussians(model, images, cameras, near, far, device)
+    cams = cameras.to(g.device)
+    if not _pixel_aligned(g, images):
+        return MatchedPrediction(g, lam, 0.0, near, far)
+    imgs = images.to(g.device)
+    res = sweep_depth(imgs, cams, view_depths(g, cams))
+    if rerange:
+        convention = getattr(getattr(model, "cfg", None), "depth_range", "fitted")
+        r = photo_range(res, convention)
+        if r is not None and abs(math.log(r[0] / near)) > RANGE_TOLERANCE:
+            near, far = r
+            g, lam = predict_gaussians(model, images, cameras, near, far, device)
+            res = sweep_depth(imgs, cams, view_depths(g, cams))
+    g, lam = _fuse(g, lam, cams, res)
+    return MatchedPrediction(g, lam, res.accepted_fraction, near, far, res)
+
+
+__all__ = ["MatchedPrediction", "match_depth", "photo_range", "predict_matched"]

@@ -201,11 +201,18 @@ def estimate_depth_range(scene, context: list[int], triangulate: bool = True,
         if convention == "normalised":
             return (*normalised_range(0.5 * ev), source)
         return ev * 0.25, ev * 4.0, source
-    if convention == "normalised":
-        return (*normalised_range(float(torch.quantile(ev.double(), 0.05))), source)
-    if source == "depth maps":
+    if source == "depth maps" and convention == "fitted":
         return float(ev.min()) * 0.8, float(ev.max()) * 1.2, source
-    return (*_widened_quantiles(ev), source)
+    return (*range_from_depths(ev, convention), source)
+
+
+def range_from_depths(z: torch.Tensor, convention: str = "fitted") -> tuple[float, float]:
+    """Near/far in a model's convention from sampled scene depths z (any shape, > 0): "normalised" from
+    the 5th percentile, "fitted" the robust 2-98 % quantiles widened."""
+    z = z.reshape(-1).double()
+    if convention == "normalised":
+        return normalised_range(float(torch.quantile(z, 0.05)))
+    return _widened_quantiles(z)
 
 
 def split_unseen(cameras: Cameras, context: list[int], max_interp: int = MAX_INTERP_VIEWS) -> tuple[list[int], list[int]]:

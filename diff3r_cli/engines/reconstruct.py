@@ -7,6 +7,7 @@ size, predict (load model, resample, depth range, network), refine, write, rende
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,8 +71,9 @@ def _read_input(path: Path, report: Reporter):
 def _predict(scene, context: list[int], model_path: Path, size: tuple[int, int], dev: torch.device,
              report: Reporter, sweep: bool = True) -> _Prediction:
     """Load the model, resample the views to the working size, find the depth range, predict, and
-    (sweep) correct the predicted depth by photometric matching between the context views."""
-    from diff3r_cli.depth import match_depth
+    (sweep) take the depth from photometric matching between the context views, the range included
+    (diff3r_cli.depth.predict_matched)."""
+    from diff3r_cli.depth import predict_matched
     from diff3r_cli.engines.policy import estimate_depth_range
     from diff3r_cli.model.inference import predict_gaussians
     from diff3r_cli.model.io import load_model
@@ -85,14 +87,19 @@ def _predict(scene, context: list[int], model_path: Path, size: tuple[int, int],
     with report.step("depth range"):
         near, far, range_src = estimate_depth_range(scene, context, convention=net.cfg.depth_range)
     t0 = time.perf_counter()
-    with report.step(f"predict Gaussians from {len(context)} views"):
-        g, lam = predict_gaussians(net, scene.images[context], scene.cameras[context], near, far, dev)
-    if getattr(net, "last_scene_scale", 1.0) != 1.0:  # a released backbone ran the scene at its training scale
-        range_src += f"; scene x{net.last_scene_scale:.3g} for the checkpoint"
     accepted = None
     if sweep:
-        with report.step(f"match depth across {len(context)} views"):
-            g, lam, accepted = match_depth(g, lam, scene.images[context], scene.cameras[context])
+        with report.step(f"predict Gaussians from {len(context)} views, depth matched across them"):
+            m = predict_matched(net, scene.images[context], scene.cameras[context], near, far, dev)
+        g, lam, accepted = m.gaussians, m.lam, m.accepted
+        if abs(math.log(m.near / near)) > 1e-9:
+            range_src += f"; re-set from matched depths to {m.near:.3g}..{m.far:.3g}"
+            near, far = m.near, m.far
+    else:
+        with report.step(f"predict Gaussians from {len(context)} views"):
+            g, lam = predict_gaussians(net, scene.images[context], scene.cameras[context], near, far, dev)
+    if getattr(net, "last_scene_scale", 1.0) != 1.0:  # a released backbone ran the scene at its training scale
+        range_src += f"; scene x{net.last_scene_scale:.3g} for the checkpoint"
     return _Prediction(scene, g, lam, near, far, range_src, time.perf_counter() - t0, accepted)
 
 

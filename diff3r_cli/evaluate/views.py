@@ -88,12 +88,12 @@ def predict(model: torch.nn.Module, views: EvalViews, device: torch.device,
     w, h = views.size
     cams = Cameras(views.context_K, views.context_w2c, w, h)
     near, far = depth_range if depth_range is not None else (views.near, views.far)
-    g, lam = predict_gaussians(model, views.context_images, cams, near, far, device)
     if views.sweep:
-        from diff3r_cli.depth import match_depth
+        from diff3r_cli.depth import predict_matched
 
-        g, lam, _ = match_depth(g, lam, views.context_images, cams)
-    return g, lam
+        m = predict_matched(model, views.context_images, cams, near, far, device)
+        return m.gaussians, m.lam
+    return predict_gaussians(model, views.context_images, cams, near, far, device)
 
 
 def tto_states(g0: Gaussians, lam: Optional[torch.Tensor], cameras: Cameras, images: torch.Tensor,
