@@ -7,7 +7,6 @@ size, predict (load model, resample, depth range, network), refine, write, rende
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,7 +91,7 @@ def _predict(scene, context: list[int], model_path: Path, size: tuple[int, int],
         with report.step(f"predict Gaussians from {len(context)} views, depth matched across them"):
             m = predict_matched(net, scene.images[context], scene.cameras[context], near, far, dev)
         g, lam, accepted = m.gaussians, m.lam, m.accepted
-        if abs(math.log(m.near / near)) > 1e-9:
+        if m.near != near:  # predict_matched re-set the range from the matched depths
             range_src += f"; re-set from matched depths to {m.near:.3g}..{m.far:.3g}"
             near, far = m.near, m.far
     else:
