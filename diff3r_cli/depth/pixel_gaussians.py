@@ -39,6 +39,31 @@ def with_depths(g: Gaussians, cameras: Cameras, depth: torch.Tensor) -> Gaussian
     return Gaussians(means.reshape(-1, 3), log_scales.reshape(-1, 3), g.quats, g.opacity_logits, g.sh)
 
 
+PIXEL_CENTRE_TOL = 1e-3  # px: how close a projection must come to a pixel centre to mark its view
+
+
+def source_views(g: Gaussians, cameras: Cameras, tol: float = PIXEL_CENTRE_TOL) -> torch.Tensor:
+    """(N,) long: the context view each pixel Gaussian was predicted from, -1 where none is found.
+
+    A pixel Gaussian sits on the ray through its pixel's centre, so it projects onto a pixel centre
+    of its own view (to float rounding) and, in general, nowhere near one in another view. This
+    holds after :func:`with_depths` and after fusion drops Gaussians (when the view-major blocks no
+    longer have V·H·W entries); it stops holding once TTO moves the means.
+    """
+    owner = torch.full((len(g),), -1, dtype=torch.long, device=g.means.device)
+    w2c, K = cameras.w2c.to(g.means), cameras.K.to(g.means)
+    for j in range(len(cameras)):
+        pc = g.means @ w2c[j, :3, :3].T + w2c[j, :3, 3]
+        uv = pc @ K[j].T
+        z = uv[:, 2]
+        zs = torch.where(z > 1e-9, z, torch.ones_like(z))
+        fu, fv = uv[:, 0] / zs - 0.5, uv[:, 1] / zs - 0.5
+        off = torch.maximum((fu - fu.round()).abs(), (fv - fv.round()).abs())
+        inside = (z > 1e-9) & (fu > -1) & (fu < cameras.width) & (fv > -1) & (fv < cameras.height)
+        owner = torch.where((owner < 0) & inside & (off < tol), torch.full_like(owner, j), owner)
+    return owner
+
+
 def sparse_depth_error(depth: torch.Tensor, cameras: Cameras, points: torch.Tensor) -> dict:
     """Relative error of per-view depth maps (V,H,W) at the pixels where sparse world points project.
 
@@ -67,4 +92,4 @@ def sparse_depth_error(depth: torch.Tensor, cameras: Cameras, points: torch.Tens
     return {"median": float(r.median()), "bias": float(s.median()), "count": int(r.numel())}
 
 
-__all__ = ["view_depths", "with_depths", "sparse_depth_error"]
+__all__ = ["view_depths", "with_depths", "source_views", "sparse_depth_error"]

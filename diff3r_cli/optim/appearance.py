@@ -39,6 +39,7 @@ APPEARANCE_WEIGHT = 1e-4                # μ: far below the data term's curvatur
 APPEARANCE_LR = 1e-2                    # Adam step of the gains and offsets (splat colours: 2.5e-3 on SH DC)
 SPREAD_ON = 0.05                        # relative gain spread between views that switches "auto" on
 COMPENSATION_MODES = ("auto", "on", "off")
+UNOWNED_MAX = 0.01                      # share of Gaussians without a source view that still allows the split
 
 
 def identity(views: int, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
@@ -105,24 +106,28 @@ def exposure_spread(g0: Gaussians, cameras: Cameras, images: torch.Tensor, backe
     """How much the context views disagree in exposure: max over channels of (max − min)/mean of the
     per-view gains between each photo and its render from the other views' Gaussians.
 
-    Needs view-major pixel-aligned Gaussians (N divisible by the number of views, as every
-    predictor here makes); otherwise every Gaussian renders every view (a weaker test). 0 when
-    fewer than two views can be compared.
+    Each view is compared with the Gaussians of the other views: pixel Gaussians are attributed to
+    their views by where they project (``depth.source_views``: exact even after fusion dropped some,
+    when the view-major blocks are no longer equal); failing that, view-major blocks when N = V·H·W;
+    otherwise every Gaussian renders every view (a weaker test: a view's own Gaussians reproduce its
+    exposure). 0 when fewer than two views can be compared.
     """
+    from diff3r_cli.depth.pixel_gaussians import source_views
     from diff3r_cli.render import render
 
     v = len(cameras)
     n = g0.num
+    owner = None
+    if v > 1:
+        with torch.no_grad():
+            owner = source_views(g0, cameras)
+        if float((owner < 0).float().mean()) > UNOWNED_MAX:
+            per = cameras.width * cameras.height
+            owner = torch.arange(n, device=g0.means.device) // per if n == v * per else None
     gains = []
     with torch.no_grad():
         for k in range(v):
-            if n % v == 0 and v > 1:
-                per = n // v
-                keep = torch.ones(n, dtype=torch.bool, device=g0.means.device)
-                keep[k * per:(k + 1) * per] = False
-                gk = g0[keep]
-            else:
-                gk = g0
+            gk = g0[owner != k] if owner is not None else g0
             out = render(gk, cameras[k:k + 1], backend=backend)
             img = images[k].to(out.rgb.dtype)
             gain = _ls_gains(out.rgb[0], img, out.alpha[0] > 0.5)
