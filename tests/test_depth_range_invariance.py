@@ -60,3 +60,19 @@ def test_the_range_is_re_set_from_matched_depth_so_unmatched_pixels_stay_put_too
     # without the re-set range the unmatched pixels follow near: the test can tell
     fixed = [predict_matched(net, imgs, cams, n, far, "cpu", rerange=False).sweep.depth for n in (near, near / 2)]
     assert float(torch.log(fixed[1] / fixed[0]).abs()[unmatched].median()) > 0.3
+
+
+def test_eval_reports_the_range_the_depth_stage_re_set():
+    """`diff3r eval`'s per-scene rows name the range each prediction finally ran with, not the one given."""
+    from diff3r_cli.evaluate.views import EvalViews, score_runs
+
+    cams = _cameras([[0.0, 0, 0], [0.5, 0.05, 0], [-0.45, -0.05, 0.1]])
+    imgs, truth = _plane_scene(cams)
+    net = load_model(resolve_model_path(DEFAULT_MODEL), device="cpu")
+    near, far = normalised_range(float(torch.quantile(truth.double(), 0.05)))
+    expected = predict_matched(net, imgs, cams, near / 2, far, "cpu")
+    assert abs(expected.near / (near / 2) - 1) > 0.01  # the stage does re-set it here
+    v = EvalViews(imgs, cams.K, cams.w2c, imgs[:1], cams.K[:1], cams.w2c[:1], near / 2, far, sweep=True)
+    used: dict = {}
+    score_runs({"diff3r": net}, [("diff3r", "diff3r", True, 0)], v, "cpu", context=False, ranges_used=used)
+    assert used["diff3r"] == (expected.near, expected.far)

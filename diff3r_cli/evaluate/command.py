@@ -155,11 +155,16 @@ def _evaluate_scenes(ds, models: dict, runs: list[Run], device: torch.device, op
                "depth_range": [round(near, 4), round(far, 4), src]}
         if len(found) > 1:
             row["depth_ranges"] = {n: [round(a, 4), round(b, 4), c] for n, (a, b, c) in ranges.items()}
+        used: dict = {}
         metrics, nfail = evaluate_views(models, runs, sample["context_images"], sample["context_K"],
                                         sample["context_w2c"], sample["target_images"], sample["target_K"],
                                         sample["target_w2c"], near, far, device, optimizer,
                                         ranges={n: r[:2] for n, r in ranges.items()}, compensation=compensation,
-                                        sweep=sweep)
+                                        sweep=sweep, ranges_used=used)
+        moved = {n: [round(a, 4), round(b, 4)] for n, (a, b) in used.items()
+                 if abs(a / ranges[n][0] - 1) > 1e-6 or abs(b / ranges[n][1] - 1) > 1e-6}
+        if moved:  # the depth stage re-set the range from the matched depths (diff3r_cli.depth.stage)
+            row["depth_range_used"] = moved
         row.update(metrics)
         failures += nfail
         rows.append(row)

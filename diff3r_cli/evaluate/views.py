@@ -82,9 +82,11 @@ class ViewScores:
 
 
 def predict(model: torch.nn.Module, views: EvalViews, device: torch.device,
-            depth_range: Optional[tuple[float, float]] = None) -> tuple[Gaussians, torch.Tensor]:
+            depth_range: Optional[tuple[float, float]] = None,
+            used: Optional[list] = None) -> tuple[Gaussians, torch.Tensor]:
     """θ0 and Λ (N,5) of one model from the context views, without gradients (the one prediction
-    entry); depth_range: (near, far) instead of the views' own."""
+    entry); depth_range: (near, far) instead of the views' own. used: when a list is given, the
+    (near, far) the final prediction ran with is appended (the depth stage may re-set the range)."""
     w, h = views.size
     cams = Cameras(views.context_K, views.context_w2c, w, h)
     near, far = depth_range if depth_range is not None else (views.near, views.far)
@@ -92,7 +94,11 @@ def predict(model: torch.nn.Module, views: EvalViews, device: torch.device,
         from diff3r_cli.depth import predict_matched
 
         m = predict_matched(model, views.context_images, cams, near, far, device)
+        if used is not None:
+            used.append((m.near, m.far))
         return m.gaussians, m.lam
+    if used is not None:
+        used.append((near, far))
     return predict_gaussians(model, views.context_images, cams, near, far, device)
 
 
@@ -159,17 +165,22 @@ def score(g: Gaussians, views: EvalViews, backend: str = "auto", context: bool =
 
 def score_runs(models: dict[str, torch.nn.Module], runs: list[Run], views: EvalViews, device: torch.device,
                optimizer: str = "adam", backend: str = "auto", context: bool = True,
-               compensation: str = "off") -> tuple[dict[str, Optional[ViewScores]], int]:
+               compensation: str = "off", ranges_used: Optional[dict] = None
+               ) -> tuple[dict[str, Optional[ViewScores]], int]:
     """Every configuration of ``runs`` on one tuple: ({"<method>@<steps>": scores}, numerical failures).
 
     A TTO run that fails numerically counts once and leaves None for its configurations with
-    steps > 0 (θ0 is still scored). compensation: see :func:`tto_states`.
+    steps > 0 (θ0 is still scored). compensation: see :func:`tto_states`. ranges_used: when a dict
+    is given, it receives model key -> the (near, far) each model's prediction finally used.
     """
     dev = torch.device(device)
     w, h = views.size
     ctx_images = views.context_images.to(dev)
     ctx_cams = Cameras(views.context_K.to(dev), views.context_w2c.to(dev), w, h)
-    preds = {name: predict(net, views, dev, views.range_for(name)) for name, net in models.items()}
+    used: dict[str, list] = {name: [] for name in models}
+    preds = {name: predict(net, views, dev, views.range_for(name), used[name]) for name, net in models.items()}
+    if ranges_used is not None:
+        ranges_used.update({name: u[-1] for name, u in used.items()})
     groups: dict[tuple[str, bool], list[tuple[str, int]]] = {}
     for method, mname, unc, s in runs:
         groups.setdefault((mname, unc), []).append((method, s))
@@ -195,17 +206,20 @@ def evaluate_views(models: dict, runs: list[Run], ctx_images: torch.Tensor, ctx_
                    ctx_w2c: torch.Tensor, tgt_images: torch.Tensor, tgt_K: torch.Tensor, tgt_w2c: torch.Tensor,
                    near: float, far: float, device: torch.device, optimizer: str = "adam",
                    renders: Optional[dict] = None, ranges: Optional[dict] = None,
-                   compensation: str = "off", sweep: bool = False) -> tuple[dict, int]:
+                   compensation: str = "off", sweep: bool = False,
+                   ranges_used: Optional[dict] = None) -> tuple[dict, int]:
     """`score_runs` with the per-scene means of `diff3r eval`: ({"<method>@<steps>": {"psnr", "ssim",
     "context_psnr"} or None}, failures). context_psnr: the context views re-rendered from the same
     Gaussians (high with a low target PSNR = overfitting). renders: when a dict is given, the target
     renders (T,H,W,3) are stored in it under "<method>@<steps>". ranges: model key -> (near, far)
     for models that take another depth range than near/far. compensation: see :func:`tto_states`.
     sweep: every model's θ0 gets the photometric depth stage of `reconstruct` (diff3r_cli.depth).
+    ranges_used: see :func:`score_runs`.
     """
     views = EvalViews(ctx_images, ctx_K, ctx_w2c, tgt_images, tgt_K, tgt_w2c, float(near), float(far), ranges,
                       sweep)
-    scores, failures = score_runs(models, runs, views, device, optimizer, compensation=compensation)
+    scores, failures = score_runs(models, runs, views, device, optimizer, compensation=compensation,
+                                  ranges_used=ranges_used)
     if renders is not None:
         renders.update({k: v.renders for k, v in scores.items() if v is not None})
     return {k: None if v is None else v.means() for k, v in scores.items()}, failures
