@@ -17,11 +17,13 @@ BIAS = torch.tensor([0.03, -0.02, 0.0], dtype=torch.float64)
 
 
 def _scene():
-    """Two views of the same blobs; view 1 photographed with another exposure / white balance."""
+    """Two views of the same blobs photographed at two exposures / white balances whose mean is the
+    identity (the gauge: the splat keeps the context views' mean exposure)."""
     cams = two_cameras(SIZE)
     gt = blobs(6, seed=2)
     clean = render(gt, cams).rgb.detach()
     shot = clean.clone()
+    shot[0] = clean[0] * (2 - GAIN) - BIAS
     shot[1] = clean[1] * GAIN + BIAS
     return cams, gt, clean, shot
 
@@ -38,14 +40,15 @@ def test_compensation_recovers_a_known_affine_change():
     a = hist[-1]["appearance"]
     assert hist[-1]["compensation"]["on"]
     gain, bias = a[:, :3], a[:, 3:]
-    assert torch.allclose(gain[0], torch.ones(3, dtype=a.dtype), atol=0.02) and bias[0].abs().max() < 0.02, a[0]
+    assert torch.allclose(gain[0], 2 - GAIN, atol=0.03), a[0]
+    assert torch.allclose(bias[0], -BIAS, atol=0.02), a[0]
     assert torch.allclose(gain[1], GAIN, atol=0.03), a[1]
     assert torch.allclose(bias[1], BIAS, atol=0.02), a[1]
     # not baked into the splat: identity renders still match the clean photos
     assert float((render(g, cams).rgb - clean).abs().max()) < 0.02
     # the context view re-rendered with its transform matches its photo
     assert float((apply_appearance(render(g, cams).rgb, a) - shot).abs().mean()) < 0.01
-    # without compensation TTO cannot explain view 1
+    # without compensation TTO cannot explain the two exposures
     _, plain = optimize(gt, lam, cams, shot, 100, compensation="off")
     assert "appearance" not in plain[-1]
     assert hist[-1]["photometric"] < 0.1 * plain[-1]["photometric"]
@@ -123,3 +126,18 @@ def test_spread_after_fusion_attributes_gaussians_to_their_views():
     assert full > 0.3
     assert abs(exposure_spread(shot_g[keep], cams, shot) - full) < 0.1 * full
     assert exposure_spread(clean_g[keep], cams, clean) < SPREAD_ON
+
+
+def test_an_exposure_common_to_every_view_goes_to_the_splat_not_the_transforms():
+    """A gain shared by all views trades against the splat colours at no cost in the photos; the
+    transforms are centred over the views, so that common mode stays in the splat (novel views
+    render with the identity: a drifting common gain would shift their exposure)."""
+    cams = two_cameras(SIZE)
+    gt = blobs(6, seed=2)
+    brighter = (render(gt, cams).rgb.detach() * 1.25).clamp(0, 1)
+    g, hist = optimize(gt, None, cams, brighter, 150, compensation="on")
+    a = hist[-1]["appearance"]
+    assert torch.allclose(a[:, :3].mean(0), torch.ones(3, dtype=a.dtype), atol=1e-6)
+    assert a[:, 3:].mean(0).abs().max() < 1e-6
+    # the splat took the brighter exposure: identity renders approach the photos
+    assert float((render(g, cams).rgb - brighter).abs().mean()) < 0.02
