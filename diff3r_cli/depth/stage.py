@@ -10,6 +10,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
+from diff3r_cli.depth.covisible import anchor_weights, covisible
 from diff3r_cli.depth.fuse import floaters
 from diff3r_cli.depth.pixel_gaussians import view_depths, with_depths
 from diff3r_cli.depth.sweep import SweepResult, sweep_depth
@@ -22,8 +23,10 @@ RANGE_TOLERANCE = 0.01
 
 
 class MatchedPrediction(NamedTuple):
-    """θ0 with depth from the photos, its Λ rows, the sweep's accepted share, the range used, and the
-    final sweep (None where the prediction is not pixel-aligned)."""
+    """θ0 with depth from the photos, its TTO anchor (the predicted Λ rows, scaled down where another
+    view sees the Gaussian: depth/covisible.py), the sweep's accepted share, the range used, the
+    final sweep, and which Gaussians another view sees (the last two None where the prediction is
+    not pixel-aligned)."""
 
     gaussians: Gaussians
     lam: torch.Tensor
@@ -31,6 +34,7 @@ class MatchedPrediction(NamedTuple):
     near: float
     far: float
     sweep: Optional[SweepResult] = None
+    covisible: Optional[torch.Tensor] = None
 
 
 def photo_range(res: SweepResult, convention: str = "fitted") -> Optional[tuple[float, float]]:
@@ -45,10 +49,10 @@ def photo_range(res: SweepResult, convention: str = "fitted") -> Optional[tuple[
     return range_from_depths(z, convention)
 
 
-def _fuse(g: Gaussians, lam: torch.Tensor, cams, res: SweepResult) -> tuple[Gaussians, torch.Tensor]:
+def _fuse(g: Gaussians, cams, res: SweepResult) -> tuple[Gaussians, torch.Tensor]:
+    """The Gaussians at the matched depths, and which of them to keep (not floaters)."""
     g = with_depths(g, cams, res.depth)
-    keep = ~floaters(g, cams, res.depth, res.valid)
-    return g[keep], lam[keep]
+    return g, ~floaters(g, cams, res.depth, res.valid)
 
 
 def _pixel_aligned(g: Gaussians, images: torch.Tensor) -> bool:
@@ -65,12 +69,12 @@ def match_depth(g: Gaussians, lam: torch.Tensor, images: torch.Tensor,
     if not _pixel_aligned(g, images):  # not one Gaussian per context pixel (e.g. a backbone that crops)
         return g, lam, 0.0
     res = sweep_depth(images.to(g.device), cams, view_depths(g, cams))
-    g, lam = _fuse(g, lam, cams, res)
-    return g, lam, res.accepted_fraction
+    g, keep = _fuse(g, cams, res)
+    return g[keep], lam[keep], res.accepted_fraction
 
 
 def predict_matched(model: torch.nn.Module, images: torch.Tensor, cameras, near: float, far: float,
-                    device=None, rerange: bool = True) -> MatchedPrediction:
+                    device=None, rerange: bool = True, anchor: bool = True) -> MatchedPrediction:
     """Predict, then take the depth from the photos (:func:`match_depth`), with the depth range itself
     set by matching (rerange).
 
@@ -80,6 +84,10 @@ def predict_matched(model: torch.nn.Module, images: torch.Tensor, cameras, near:
     sweep accepts give the range in the model's convention (PredictorConfig.depth_range), and the
     network predicts again in that range before the final sweep. The given range then only has to
     be within the sweep's reach.
+
+    anchor: the returned Λ is the TTO anchor of :func:`diff3r_cli.depth.covisible.anchor_weights`
+    (the predicted rows where only the Gaussian's own view sees it, a small fraction elsewhere);
+    without, the predicted rows as they are.
     """
     from diff3r_cli.model.inference import predict_gaussians
 
@@ -96,8 +104,11 @@ def predict_matched(model: torch.nn.Module, images: torch.Tensor, cameras, near:
             near, far = r
             g, lam = predict_gaussians(model, images, cameras, near, far, device)
             res = sweep_depth(imgs, cams, view_depths(g, cams))
-    g, lam = _fuse(g, lam, cams, res)
-    return MatchedPrediction(g, lam, res.accepted_fraction, near, far, res)
+    g, keep = _fuse(g, cams, res)
+    seen = covisible(g, cams)
+    if anchor:
+        lam = anchor_weights(lam, seen)
+    return MatchedPrediction(g[keep], lam[keep], res.accepted_fraction, near, far, res, seen[keep])
 
 
 __all__ = ["MatchedPrediction", "match_depth", "photo_range", "predict_matched"]
