@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from diff3r_cli.cameras import Cameras
+from diff3r_cli.depth.pixel_gaussians import project_to_view
 from diff3r_cli.gaussians import Gaussians
 
 # Λ is scaled by this where another context view sees the Gaussian (measured on the real test split:
@@ -31,19 +32,11 @@ def covisible(g: Gaussians, cameras: Cameras) -> torch.Tensor:
     n = h * w
     if len(g) != v * n:
         raise ValueError(f"{len(g)} Gaussians are not pixel-aligned to {v} views of {w}x{h}")
-    w2c, K = cameras.w2c.to(g.means), cameras.K.to(g.means)
     seen = torch.zeros(v * n, dtype=torch.bool, device=g.means.device)
     for i in range(v):
-        X = g.means[i * n:(i + 1) * n]
         for j in range(v):
-            if j == i:
-                continue
-            pc = X @ w2c[j, :3, :3].T + w2c[j, :3, 3]
-            z = pc[:, 2]
-            uv = pc @ K[j].T
-            zs = torch.where(z > 1e-9, z, torch.ones_like(z))
-            u, vv = uv[:, 0] / zs, uv[:, 1] / zs
-            seen[i * n:(i + 1) * n] |= (z > 1e-9) & (u >= 0) & (u < w) & (vv >= 0) & (vv < h)
+            if j != i:
+                seen[i * n:(i + 1) * n] |= project_to_view(g.means[i * n:(i + 1) * n], cameras, j)[3]
     return seen
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from diff3r_cli.cameras import Cameras
+from diff3r_cli.depth.pixel_gaussians import project_to_view
 from diff3r_cli.gaussians import Gaussians
 
 FLOATER_MARGIN = 0.05  # τ: how far in front of a matched surface a Gaussian must be to contradict it
@@ -28,20 +29,13 @@ def floaters(g: Gaussians, cameras: Cameras, depth: torch.Tensor, valid: torch.T
     n = h * w
     if len(g) != v * n or len(cameras) != v:
         raise ValueError(f"{len(g)} Gaussians are not pixel-aligned to {v} views of {w}x{h}")
-    w2c = cameras.w2c.to(g.means)
-    K = cameras.K.to(g.means)
     bad = torch.zeros(v * n, dtype=torch.bool, device=g.means.device)
     for i in range(v):
         X = g.means[i * n:(i + 1) * n]
         for j in range(v):
             if j == i:
                 continue
-            pc = X @ w2c[j, :3, :3].T + w2c[j, :3, 3]
-            z = pc[:, 2]
-            uv = pc @ K[j].T
-            zs = torch.where(z > 1e-9, uv[:, 2], torch.ones_like(z))
-            u, vv = uv[:, 0] / zs, uv[:, 1] / zs
-            inside = (z > 1e-9) & (u >= 0) & (u < w) & (vv >= 0) & (vv < h)
+            z, u, vv, inside = project_to_view(X, cameras, j)
             ui, vi = u.clamp(0, w - 1).long(), vv.clamp(0, h - 1).long()
             dj = depth[j].to(z)[vi, ui]
             bad[i * n:(i + 1) * n] |= inside & valid[j][vi, ui] & (z < dj * (1 - margin))

@@ -39,6 +39,18 @@ def with_depths(g: Gaussians, cameras: Cameras, depth: torch.Tensor) -> Gaussian
     return Gaussians(means.reshape(-1, 3), log_scales.reshape(-1, 3), g.quats, g.opacity_logits, g.sh)
 
 
+def project_to_view(X: torch.Tensor, cameras: Cameras, j: int) -> tuple[torch.Tensor, ...]:
+    """Points X (N,3) in camera j: (z-depth, u, v in pixels, inside: in front and within the frame)."""
+    w2c, K = cameras.w2c[j].to(X), cameras.K[j].to(X)
+    pc = X @ w2c[:3, :3].T + w2c[:3, 3]
+    z = pc[:, 2]
+    uv = pc @ K.T
+    zs = torch.where(z > 1e-9, uv[:, 2], torch.ones_like(z))
+    u, v = uv[:, 0] / zs, uv[:, 1] / zs
+    inside = (z > 1e-9) & (u >= 0) & (u < cameras.width) & (v >= 0) & (v < cameras.height)
+    return z, u, v, inside
+
+
 PIXEL_CENTRE_TOL = 1e-3  # px: how close a projection must come to a pixel centre to mark its view
 
 
@@ -92,4 +104,4 @@ def sparse_depth_error(depth: torch.Tensor, cameras: Cameras, points: torch.Tens
     return {"median": float(r.median()), "bias": float(s.median()), "count": int(r.numel())}
 
 
-__all__ = ["view_depths", "with_depths", "source_views", "sparse_depth_error"]
+__all__ = ["view_depths", "with_depths", "project_to_view", "source_views", "sparse_depth_error"]
