@@ -47,9 +47,10 @@ def reconstruct(
     refine_steps: Annotated[int, typer.Option(min=0, help="Test-time optimization steps on the context views "
                                                           "after prediction (0 = none).")] = DEFAULT_REFINE_STEPS,
     anchor: Annotated[bool, typer.Option("--anchor/--no-anchor", help="Anchor that refine to the prediction by "
-                                         "the predicted uncertainty (the paper's uncertainty-weighted TTO). Off by "
-                                         "default: the bundled models' uncertainty holds the Gaussians too "
-                                         "tightly for a short refine on real photos.")] = False,
+                                         "the predicted uncertainty (the paper's uncertainty-weighted TTO), held where only a "
+                                         "Gaussian's own photo sees it. Off by default: it pays over 200 steps "
+                                         "(real test split +0.28 dB over plain) but not over the default 15 "
+                                         "(fox: 21.90 against 22.06 dB unseen).")] = False,
     no_uncertainty: Annotated[bool, typer.Option("--no-uncertainty", help="Do not store the predicted "
                                                  "uncertainty in the .ply (and never anchor by it).")] = False,
     render: Annotated[bool, typer.Option("--render/--no-render", help="Also render into <stem>_renders/: "
