@@ -6,8 +6,8 @@ ray and still reproduce the photo, which is overfitting, not refinement (plain T
 context views at 40-48 dB while the novel views lose up to 1 dB). A Gaussian another view also sees
 is held by two photos, so the fit moves it toward what both agree on.
 
-The predicted Λ says little about which is which: on the real test split its rows vary by under
-10 % between the 5th and 95th percentile within a group. The anchor the pipeline uses is therefore
+The predicted Λ says little about which is which: on the real test split, within a group, its
+95th percentile is only 1.05-1.25x its 5th (median over the tuples). The anchor the pipeline uses is therefore
 the predicted Λ where only one view constrains a Gaussian and a small fraction of it where another
 view does (:func:`anchor_weights`).
 """
