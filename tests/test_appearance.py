@@ -139,5 +139,8 @@ def test_an_exposure_common_to_every_view_goes_to_the_splat_not_the_transforms()
     a = hist[-1]["appearance"]
     assert torch.allclose(a[:, :3].mean(0), torch.ones(3, dtype=a.dtype), atol=1e-6)
     assert a[:, 3:].mean(0).abs().max() < 1e-6
-    # the splat took the brighter exposure: identity renders approach the photos
-    assert float((render(g, cams).rgb - brighter).abs().mean()) < 0.02
+    # the splat took the brighter exposure: identity renders are as bright as the photos (the
+    # blobs sit on black, so compare total brightness, not a mean over mostly empty pixels; with
+    # the drifting common mode of the uncentred transforms it was 0.89)
+    ratio = float(render(g, cams).rgb.sum() / brighter.sum())
+    assert abs(ratio - 1) < 0.03, ratio

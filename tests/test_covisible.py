@@ -59,3 +59,24 @@ def test_anchor_scales_only_the_covisible_rows():
     a = anchor_weights(lam, seen)
     assert torch.equal(a[~seen], lam[~seen])
     assert torch.allclose(a[seen], lam[seen] * COVISIBLE_SCALE)
+
+
+def test_the_depth_stage_hands_tto_the_covisibility_anchor():
+    """predict_matched's Λ is the network's rows scaled by COVISIBLE_SCALE exactly where another
+    context view sees the Gaussian (the wiring `eval`'s +unc rows, `refine` and the .ply rely on)."""
+    from diff3r_cli.depth import predict_matched
+    from diff3r_cli.engines.policy import DEFAULT_MODEL, normalised_range
+    from diff3r_cli.model.io import load_model, resolve_model_path
+    from test_depth_sweep import _cameras, _plane_scene
+
+    cams = _cameras([[0.0, 0, 0], [0.5, 0.05, 0], [-0.45, -0.05, 0.1]])
+    imgs, truth = _plane_scene(cams)
+    net = load_model(resolve_model_path(DEFAULT_MODEL), device="cpu")
+    near, far = normalised_range(float(torch.quantile(truth.double(), 0.05)))
+    held = predict_matched(net, imgs, cams, near, far, "cpu")
+    raw = predict_matched(net, imgs, cams, near, far, "cpu", anchor=False)
+    assert torch.equal(held.gaussians.means, raw.gaussians.means)
+    seen = held.covisible
+    assert 0.1 < float(seen.float().mean()) < 1.0  # both kinds occur on this fixture
+    assert torch.equal(held.lam[~seen], raw.lam[~seen])
+    assert torch.allclose(held.lam[seen], raw.lam[seen] * COVISIBLE_SCALE)
