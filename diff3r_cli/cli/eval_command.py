@@ -34,6 +34,10 @@ def eval_cmd(
     sweep: Annotated[bool, typer.Option("--sweep/--no-sweep", help="Correct each prediction's depth by "
                                                                "photometric matching between the context views, "
                                                                "as reconstruct does.")] = True,
+    backdrop: Annotated[bool, typer.Option("--backdrop/--no-backdrop", help="With --sweep: a far, blurred "
+                                                                     "backdrop behind the scene fills what "
+                                                                     "no Gaussian covers, as reconstruct "
+                                                                     "does.")] = True,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the results (summary and "
                                                                     "per-scene rows) to this JSON file.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the outlier draws (same seed, same corruptions).")] = 0,
@@ -54,7 +58,7 @@ def eval_cmd(
     result = evaluate_main(data_root=data_root, data=data.value, model=model, ff_model=ff_model, tto_steps=steps,
                            outliers=outliers, limit=limit, device=device.value, resolution=resolution,
                            optimizer=optimizer.value, json_out=json_out, seed=seed,
-                           compensation=compensate.value, sweep=sweep)
+                           compensation=compensate.value, sweep=sweep, backdrop=backdrop)
     if isinstance(result, dict) and "summary" in result:  # the library returns; the CLI presents
         from diff3r_cli.evaluate.report import print_summary
 

@@ -10,6 +10,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
+from diff3r_cli.depth.backdrop import with_backdrop
 from diff3r_cli.depth.covisible import anchor_weights, covisible
 from diff3r_cli.depth.fuse import floaters
 from diff3r_cli.depth.pixel_gaussians import view_depths, with_depths
@@ -25,8 +26,8 @@ RANGE_TOLERANCE = 0.01
 class MatchedPrediction(NamedTuple):
     """θ0 with depth from the photos, its TTO anchor (the predicted Λ rows, scaled down where another
     view sees the Gaussian: depth/covisible.py), the sweep's accepted share, the range used, the
-    final sweep, and which Gaussians another view sees (the last two None where the prediction is
-    not pixel-aligned)."""
+    final sweep, which Gaussians another view sees (these two None where the prediction is not
+    pixel-aligned), and how many backdrop Gaussians are appended last (depth/backdrop.py)."""
 
     gaussians: Gaussians
     lam: torch.Tensor
@@ -35,6 +36,7 @@ class MatchedPrediction(NamedTuple):
     far: float
     sweep: Optional[SweepResult] = None
     covisible: Optional[torch.Tensor] = None
+    backdrop: int = 0
 
 
 def photo_range(res: SweepResult, convention: str = "fitted") -> Optional[tuple[float, float]]:
@@ -74,7 +76,8 @@ def match_depth(g: Gaussians, lam: torch.Tensor, images: torch.Tensor,
 
 
 def predict_matched(model: torch.nn.Module, images: torch.Tensor, cameras, near: float, far: float,
-                    device=None, rerange: bool = True, anchor: bool = True) -> MatchedPrediction:
+                    device=None, rerange: bool = True, anchor: bool = True,
+                    backdrop: bool = True) -> MatchedPrediction:
     """Predict, then take the depth from the photos (:func:`match_depth`), with the depth range itself
     set by matching (rerange).
 
@@ -88,6 +91,9 @@ def predict_matched(model: torch.nn.Module, images: torch.Tensor, cameras, near:
     anchor: the returned Λ is the TTO anchor of :func:`diff3r_cli.depth.covisible.anchor_weights`
     (the predicted rows where only the Gaussian's own view sees it, a small fraction elsewhere);
     without, the predicted rows as they are.
+
+    backdrop: append a far, blurred backdrop behind the scene (:mod:`diff3r_cli.depth.backdrop`),
+    last, with the median predicted Λ row; it is not covisible.
     """
     from diff3r_cli.model.inference import predict_gaussians
 
@@ -106,9 +112,15 @@ def predict_matched(model: torch.nn.Module, images: torch.Tensor, cameras, near:
             res = sweep_depth(imgs, cams, view_depths(g, cams))
     g, keep = _fuse(g, cams, res)
     seen = covisible(g, cams)
+    row = lam.median(0).values
     if anchor:
         lam = anchor_weights(lam, seen)
-    return MatchedPrediction(g[keep], lam[keep], res.accepted_fraction, near, far, res, seen[keep])
+    g, lam, seen = g[keep], lam[keep], seen[keep]
+    n = 0
+    if backdrop:
+        g, lam, n = with_backdrop(g, lam, cams, imgs, row=row)
+        seen = torch.cat([seen, seen.new_zeros(n)])
+    return MatchedPrediction(g, lam, res.accepted_fraction, near, far, res, seen, n)
 
 
 __all__ = ["MatchedPrediction", "match_depth", "photo_range", "predict_matched"]

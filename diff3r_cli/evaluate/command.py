@@ -44,7 +44,7 @@ def evaluate_main(data_root: Path, data: str = "re10k", model: Optional[str] = N
                   limit: Optional[int] = None, device: str = "auto", resolution: Optional[int] = None,
                   optimizer: str = "adam", split: str = "test", json_out: Optional[Path] = None,
                   progress: bool = True, seed: int = 0, depth_range: str = "auto",
-                  compensation: str = "auto", sweep: bool = True) -> dict:
+                  compensation: str = "auto", sweep: bool = True, backdrop: bool = True) -> dict:
     """Evaluate on the fixed test views of an RE10K-format root (evaluation_index.json); prints nothing
     but the progress bar (present the result with `report.print_summary`).
 
@@ -52,7 +52,8 @@ def evaluate_main(data_root: Path, data: str = "re10k", model: Optional[str] = N
     multiple of 16, intrinsics exact). depth_range "auto": an example without stored depth maps
     (real data) gets near/far from its context views' features triangulated with the known poses,
     as `reconstruct` does; "dataset": the dataset's near/far (1..100, the RE10K convention).
-    sweep: θ0's depth corrected by the photometric sweep between the context views, as in `reconstruct`.
+    sweep: θ0's depth corrected by the photometric sweep between the context views, as in `reconstruct`;
+    backdrop: with it the far blurred backdrop behind the scene (diff3r_cli.depth.backdrop).
     outliers: the probability P that a tuple's context views are corrupted (``outlier_config``:
     occluders in one view with probability P, a local exposure blob and a whole view at another
     exposure/white balance each with P/2; targets stay clean), drawn from ``seed`` and the
@@ -84,12 +85,12 @@ def evaluate_main(data_root: Path, data: str = "re10k", model: Optional[str] = N
     t_start = time.perf_counter()
     with progress_bar(limit) if progress else nullcontext(None) as advance:
         rows, failures = _evaluate_scenes(ds, models, runs, dev, optimizer, depth_range, limit, advance,
-                                          compensation, sweep)
+                                          compensation, sweep, backdrop)
     if not rows:
         raise UserError("no evaluation scenes found", index, "check that the index keys match the chunks")
     result = {"data_root": str(root), "resolution": res, "outliers": bool(outliers),
               "outlier_probability": float(outliers), "seed": int(seed), "compensation": compensation,
-              "optimizer": optimizer, "sweep": sweep,
+              "optimizer": optimizer, "sweep": sweep, "backdrop": bool(sweep and backdrop),
               "models": {k: str(resolve_model_path(v)) for k, v in (("diff3r", model), ("ff", ff_model)) if v},
               "tto_steps": steps_list, "num_scenes": len(rows), "numerical_failures": failures,
               "seconds": round(time.perf_counter() - t_start, 1), "summary": summarize(rows, runs), "scenes": rows}
@@ -133,7 +134,7 @@ def outlier_config(p: float):
 
 def _evaluate_scenes(ds, models: dict, runs: list[Run], device: torch.device, optimizer: str, depth_range: str,
                      limit: Optional[int], advance, compensation: str = "off",
-                     sweep: bool = False) -> tuple[list[dict], int]:
+                     sweep: bool = False, backdrop: bool = True) -> tuple[list[dict], int]:
     """One row per scene (key, views, size, depth range, every configuration's means) and the failures."""
     rows: list[dict] = []
     failures = 0
@@ -160,7 +161,7 @@ def _evaluate_scenes(ds, models: dict, runs: list[Run], device: torch.device, op
                                         sample["context_w2c"], sample["target_images"], sample["target_K"],
                                         sample["target_w2c"], near, far, device, optimizer,
                                         ranges={n: r[:2] for n, r in ranges.items()}, compensation=compensation,
-                                        sweep=sweep, ranges_used=used)
+                                        sweep=sweep, ranges_used=used, backdrop=backdrop)
         moved = {n: [round(a, 4), round(b, 4)] for n, (a, b) in used.items()
                  if abs(a / ranges[n][0] - 1) > 1e-6 or abs(b / ranges[n][1] - 1) > 1e-6}
         if moved:  # the depth stage re-set the range from the matched depths (diff3r_cli.depth.stage)

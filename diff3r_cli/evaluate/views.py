@@ -42,6 +42,7 @@ class EvalViews:
     far: float
     ranges: Optional[dict] = None  # model key -> (near, far) where a model's convention differs
     sweep: bool = False            # correct θ0's depth by the photometric sweep (as `reconstruct` does)
+    backdrop: bool = True          # with the sweep: the far blurred backdrop behind the scene (depth/backdrop.py)
 
     def range_for(self, name: str) -> tuple[float, float]:
         """near/far for the model ``name``."""
@@ -93,7 +94,7 @@ def predict(model: torch.nn.Module, views: EvalViews, device: torch.device,
     if views.sweep:
         from diff3r_cli.depth import predict_matched
 
-        m = predict_matched(model, views.context_images, cams, near, far, device)
+        m = predict_matched(model, views.context_images, cams, near, far, device, backdrop=views.backdrop)
         if used is not None:
             used.append((m.near, m.far))
         return m.gaussians, m.lam
@@ -207,17 +208,17 @@ def evaluate_views(models: dict, runs: list[Run], ctx_images: torch.Tensor, ctx_
                    near: float, far: float, device: torch.device, optimizer: str = "adam",
                    renders: Optional[dict] = None, ranges: Optional[dict] = None,
                    compensation: str = "off", sweep: bool = False,
-                   ranges_used: Optional[dict] = None) -> tuple[dict, int]:
+                   ranges_used: Optional[dict] = None, backdrop: bool = True) -> tuple[dict, int]:
     """`score_runs` with the per-scene means of `diff3r eval`: ({"<method>@<steps>": {"psnr", "ssim",
     "context_psnr"} or None}, failures). context_psnr: the context views re-rendered from the same
     Gaussians (high with a low target PSNR = overfitting). renders: when a dict is given, the target
     renders (T,H,W,3) are stored in it under "<method>@<steps>". ranges: model key -> (near, far)
     for models that take another depth range than near/far. compensation: see :func:`tto_states`.
-    sweep: every model's θ0 gets the photometric depth stage of `reconstruct` (diff3r_cli.depth).
-    ranges_used: see :func:`score_runs`.
+    sweep: every model's θ0 gets the photometric depth stage of `reconstruct` (diff3r_cli.depth);
+    backdrop: and the far blurred backdrop of that stage. ranges_used: see :func:`score_runs`.
     """
     views = EvalViews(ctx_images, ctx_K, ctx_w2c, tgt_images, tgt_K, tgt_w2c, float(near), float(far), ranges,
-                      sweep)
+                      sweep, backdrop)
     scores, failures = score_runs(models, runs, views, device, optimizer, compensation=compensation,
                                   ranges_used=ranges_used)
     if renders is not None:
