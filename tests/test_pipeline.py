@@ -45,9 +45,12 @@ def test_reconstruct_refine_render(tiny):
                               "--refine-steps", "2"])
     assert res.exit_code == 0, res.output
     g, lam = read_ply(out)
-    # one Gaussian per context pixel, less those the depth stage found in front of another view's surface
-    assert 0.5 * 2 * 32 * 32 <= len(g) <= 2 * 32 * 32 and lam is not None and len(lam) == len(g) and g.is_finite()
     doc = json.loads(out.with_suffix(".json").read_text())
+    n_back = doc["extras"]["backdrop_gaussians"]  # the far backdrop, 4 px cells, a 25 % margin, per view
+    assert n_back == 2 * (8 + 2 * 2) ** 2
+    # one Gaussian per context pixel, less those the depth stage found in front of another view's surface
+    assert 0.5 * 2 * 32 * 32 <= len(g) - n_back <= 2 * 32 * 32
+    assert lam is not None and len(lam) == len(g) and g.is_finite()
     assert doc["context_views"] == [0, 2] and doc["extras"]["held_out_views"] == [1]
     renders = root / "out" / "s_renders"
     # context and interpolation renders are named by their index in the input
@@ -175,7 +178,10 @@ def test_engines_are_quiet_library_calls_with_typed_results(tiny, tmp_path, caps
     r = reconstruct_scene(scene, tmp_path / "s.ply", model=str(model), refine_steps=2, frames=3, video="",
                           progress=events.append)
     assert isinstance(r, ReconstructResult) and isinstance(r.renders, RenderFolder)
-    assert (r.context, r.interp, r.extrap) == ([0, 2], [1], []) and 0.5 * 2 * 32 * 32 <= r.gaussians <= 2 * 32 * 32
+    assert (r.context, r.interp, r.extrap) == ([0, 2], [1], [])
+    n_back = json.loads((tmp_path / "s.json").read_text())["extras"]["backdrop_gaussians"]
+    assert n_back == 2 * (8 + 2 * 2) ** 2                       # 4 px cells, a 25 % margin, per view
+    assert 0.5 * 2 * 32 * 32 <= r.gaussians - n_back <= 2 * 32 * 32
     plain = reconstruct_scene(scene, tmp_path / "p.ply", model=str(model), refine_steps=0, render=False, sweep=False)
     assert plain.gaussians == 2 * 32 * 32                       # without the depth stage: exactly one per pixel
     assert (r.width, r.height, r.renders.frames, r.renders.video) == (32, 32, 3, None)

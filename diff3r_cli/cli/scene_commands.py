@@ -64,6 +64,11 @@ def reconstruct(
     sweep: Annotated[bool, typer.Option("--sweep/--no-sweep", help="Correct the predicted depth by photometric "
                                                                "matching (ZNCC plane sweep) between the context "
                                                                "views where the photos decide it.")] = True,
+    backdrop: Annotated[bool, typer.Option("--backdrop/--no-backdrop", help="With --sweep: add a far, blurred "
+                                                                     "backdrop behind the scene, so unseen views "
+                                                                     "show the scene's colour instead of black "
+                                                                     "where no Gaussian covers them (part of the "
+                                                                     ".ply; --no-backdrop for a bare object).")] = True,
     compact_ply: Annotated[bool, typer.Option("--compact-ply", help="Store SH at its own degree with Λ in the "
                                               "vertex element (smaller; the reference SIBR viewer cannot read it). "
                                               "Default: the 62-property layout every viewer reads.")] = False,
@@ -87,7 +92,7 @@ def reconstruct(
                                    refine_steps=refine_steps, uncertainty=not no_uncertainty, render=render,
                                    anchor=anchor,
                                    eval_all=eval_all, video="gif" if gif else "mp4", progress=progress, sweep=sweep,
-                                   compensation=compensate.value, **({"ply_layout": "compact"} if compact_ply else {}))
+                                   backdrop=backdrop, compensation=compensate.value, **({"ply_layout": "compact"} if compact_ply else {}))
     print_result(reconstruct_rows(result))
 
 

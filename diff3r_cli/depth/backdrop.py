@@ -27,10 +27,11 @@ from diff3r_cli.gaussians import Gaussians, rgb_to_sh_dc
 @dataclass(frozen=True)
 class BackdropConfig:
     cells: int = 32              # grid cells along the long side of a view (resolution independent)
+    min_cell: float = 4.0        # pixels: small images get fewer, not sub-pixel, cells
     margin: float = 0.25         # extension beyond the frame on each side, as a share of the long side
     blur: float = 0.3            # Gaussian blur sigma of the colours, as a share of the long side
     depth_factor: float = 3.0    # sheet depth = depth_factor × the view's 95th-percentile Gaussian depth
-    opacity: float = 0.5         # per Gaussian; neighbours overlap, so the sheet is nearly opaque
+    opacity: float = 0.9         # per Gaussian; with the overlap of neighbours the sheet is opaque
     footprint: float = 0.8       # Gaussian sigma in cells
 
 
@@ -56,9 +57,9 @@ def backdrop(g: Gaussians, cameras: Cameras, images: torch.Tensor,
     dev, dt = g.means.device, g.means.dtype
     cams = cameras.to(dev)
     long_side = max(h, w)
-    step = long_side / cfg.cells                       # pixels per cell
+    step = max(long_side / cfg.cells, cfg.min_cell)    # pixels per cell
     gh, gw = max(1, round(h / step)), max(1, round(w / step))
-    m = max(0, round(cfg.margin * cfg.cells))
+    m = max(0, round(cfg.margin * long_side / step))
     parts = []
     for i in range(v):
         w2c = cams.w2c[i].to(dt)
@@ -70,7 +71,7 @@ def backdrop(g: Gaussians, cameras: Cameras, images: torch.Tensor,
             z = z[:: z.numel() // 1_000_000 + 1]
         depth = cfg.depth_factor * float(torch.quantile(z, 0.95))
         low = F.adaptive_avg_pool2d(images[i].to(dev, dt).permute(2, 0, 1)[None], (gh, gw))
-        low = _blur(F.pad(low, (m, m, m, m), mode="replicate"), cfg.blur * cfg.cells)[0]   # (3, gh+2m, gw+2m)
+        low = _blur(F.pad(low, (m, m, m, m), mode="replicate"), cfg.blur * long_side / step)[0]   # (3, gh+2m, gw+2m)
         ys = (torch.arange(gh + 2 * m, device=dev, dtype=dt) - m + 0.5) * (h / gh)
         xs = (torch.arange(gw + 2 * m, device=dev, dtype=dt) - m + 0.5) * (w / gw)
         yy, xx = torch.meshgrid(ys, xs, indexing="ij")

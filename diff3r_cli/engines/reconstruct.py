@@ -55,6 +55,7 @@ class _Prediction:
     range_from: str
     seconds: float
     sweep_accepted: Optional[float] = None  # share of pixels whose depth the photometric sweep set
+    backdrop: int = 0                        # backdrop Gaussians appended last (depth/backdrop.py)
 
 
 def _read_input(path: Path, report: Reporter):
@@ -68,10 +69,10 @@ def _read_input(path: Path, report: Reporter):
 
 
 def _predict(scene, context: list[int], model_path: Path, size: tuple[int, int], dev: torch.device,
-             report: Reporter, sweep: bool = True) -> _Prediction:
+             report: Reporter, sweep: bool = True, backdrop: bool = True) -> _Prediction:
     """Load the model, resample the views to the working size, find the depth range, predict, and
     (sweep) take the depth from photometric matching between the context views, the range included
-    (diff3r_cli.depth.predict_matched)."""
+    (diff3r_cli.depth.predict_matched), with the far blurred backdrop behind the scene (backdrop)."""
     from diff3r_cli.depth import predict_matched
     from diff3r_cli.engines.policy import estimate_depth_range
     from diff3r_cli.model.inference import predict_gaussians
@@ -86,11 +87,12 @@ def _predict(scene, context: list[int], model_path: Path, size: tuple[int, int],
     with report.step("depth range"):
         near, far, range_src = estimate_depth_range(scene, context, convention=net.cfg.depth_range)
     t0 = time.perf_counter()
-    accepted = None
+    accepted, n_back = None, 0
     if sweep:
         with report.step(f"predict Gaussians from {len(context)} views, depth matched across them"):
-            m = predict_matched(net, scene.images[context], scene.cameras[context], near, far, dev)
-        g, lam, accepted = m.gaussians, m.lam, m.accepted
+            m = predict_matched(net, scene.images[context], scene.cameras[context], near, far, dev,
+                                backdrop=backdrop)
+        g, lam, accepted, n_back = m.gaussians, m.lam, m.accepted, m.backdrop
         if m.near != near:  # predict_matched re-set the range from the matched depths
             range_src += f"; re-set from matched depths to {m.near:.3g}..{m.far:.3g}"
             near, far = m.near, m.far
@@ -99,7 +101,7 @@ def _predict(scene, context: list[int], model_path: Path, size: tuple[int, int],
             g, lam = predict_gaussians(net, scene.images[context], scene.cameras[context], near, far, dev)
     if getattr(net, "last_scene_scale", 1.0) != 1.0:  # a released backbone ran the scene at its training scale
         range_src += f"; scene x{net.last_scene_scale:.3g} for the checkpoint"
-    return _Prediction(scene, g, lam, near, far, range_src, time.perf_counter() - t0, accepted)
+    return _Prediction(scene, g, lam, near, far, range_src, time.perf_counter() - t0, accepted, n_back)
 
 
 def _write_splat(out: Path, scene, context: list[int], g: Gaussians, lam: Optional[torch.Tensor], info: dict,
@@ -139,7 +141,7 @@ def reconstruct_scene(path: Path, out: Path, model: Optional[str] = None, views:
                       optimizer: str = "adam", anchor: bool = False,
                       frames: int = PATH_FRAMES, eval_all: bool = False, video: str = "mp4",
                       progress: Optional[ProgressCallback] = None, ply_layout: str = "viewer",
-                      sweep: bool = True, compensation: str = "auto") -> ReconstructResult:
+                      sweep: bool = True, compensation: str = "auto", backdrop: bool = True) -> ReconstructResult:
     """Load posed images, predict Gaussians, optionally refine, write .ply + sidecar (+ renders).
 
     resolution: the short side (int, native aspect), (W, H), or None (native, long side capped).
@@ -150,7 +152,8 @@ def reconstruct_scene(path: Path, out: Path, model: Optional[str] = None, views:
     anchor: anchor that refine to the prediction by Λ (the paper's uncertainty-weighted TTO); default
     plain TTO (see policy.DEFAULT_REFINE_STEPS). uncertainty=False also leaves Λ out of the .ply.
     sweep: correct the predicted depth by a photometric (ZNCC) sweep between the context views
-    (diff3r_cli.depth) where matching decides it; the prediction's depth elsewhere.
+    (diff3r_cli.depth) where matching decides it; the prediction's depth elsewhere. backdrop (with
+    sweep): append a far, blurred backdrop that fills what no Gaussian covers (depth/backdrop.py).
     compensation: per-view exposure/white-balance transforms in the refinement ("auto" | "on" |
     "off"); stored in the sidecar (extras.appearance) and applied to the context views' renders
     (their PSNR) only, never baked into the splat.
@@ -170,7 +173,7 @@ def reconstruct_scene(path: Path, out: Path, model: Optional[str] = None, views:
     t_load = time.perf_counter() - t0
     context = context_views(scene, views, path)
     size = working_resolution(scene.width, scene.height, resolution)
-    p = _predict(scene, context, model_path, size, dev, report, sweep=sweep)
+    p = _predict(scene, context, model_path, size, dev, report, sweep=sweep, backdrop=backdrop)
     scene, g = p.scene, p.gaussians
     t_ref, appearance, comp = 0.0, None, None
     refine_steps = DEFAULT_REFINE_STEPS if refine_steps is None else int(refine_steps)
@@ -192,7 +195,7 @@ def reconstruct_scene(path: Path, out: Path, model: Optional[str] = None, views:
                               "far": p.far, "depth_range_from": p.range_from, "refine_steps": refine_steps,
                               "refine_anchored": bool(refine_steps > 0 and uncertainty and anchor),
                               "uncertainty": uncertainty, "held_out_views": held, "interp_views": interp,
-                              "depth_sweep_accepted": p.sweep_accepted,
+                              "depth_sweep_accepted": p.sweep_accepted, "backdrop_gaussians": p.backdrop,
                               **({"appearance": comp} if comp is not None else {}),
                               **({"frame": scene.extras["frame"]} if scene.extras.get("frame") else {})})
     _write_splat(out, scene, context, g, p.lam.detach().cpu() if uncertainty else None, info, ply_layout, report)
