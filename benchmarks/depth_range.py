@@ -19,9 +19,8 @@ from pathlib import Path
 
 import torch
 
-from diff3r_cli.depth import predict_matched, sweep_depth, view_depths
+from diff3r_cli.depth import predict_matched, sweep_depth
 from diff3r_cli.engines.policy import DEFAULT_MODEL, context_views, estimate_depth_range, working_resolution
-from diff3r_cli.model.inference import predict_gaussians
 from diff3r_cli.model.io import load_model, resolve_model_path
 from diff3r_cli.scene_io import load_scene
 from diff3r_cli.scene_io.images import resize_scene
@@ -37,10 +36,9 @@ def depth_moves(net, images: torch.Tensor, cams, near: float, far: float) -> dic
     out = {}
     base = {}
     for tag, (n, f) in (("base", (near, far)), ("near/2", (near / 2, far)), ("far*2", (near, far * 2))):
-        g, _ = predict_gaussians(net, images, cams, n, f, "cpu")
-        d = view_depths(g, cams)
-        kinds = {"network": d, "network+sweep": sweep_depth(images, cams, d).depth,
-                 "pipeline": predict_matched(net, images, cams, n, f, "cpu").sweep.depth}
+        m = predict_matched(net, images, cams, n, f, "cpu", backdrop=False)
+        d = m.network_depth  # the first network pass, at (n, f)
+        kinds = {"network": d, "network+sweep": sweep_depth(images, cams, d).depth, "pipeline": m.sweep.depth}
         if tag == "base":
             base = kinds
             continue

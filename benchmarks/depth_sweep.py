@@ -83,10 +83,9 @@ def run_split(root: Path, model: str, resolution: int) -> list[dict]:
         fcams = Cameras(sample["context_K_full"].double(), sample["context_w2c"].double(), full.shape[2], full.shape[1])
         pts = triangulate_known_cameras(full, fcams)["points3d"]
         near, far, _ = depth_range_for(sample, "auto", net.cfg.depth_range)
-        g, _ = predict_gaussians(net, imgs, cams, near, far, "cpu")
-        m = predict_matched(net, imgs, cams, near, far, "cpu")
+        m = predict_matched(net, imgs, cams, near, far, "cpu", backdrop=False)
         row = {"key": sample["key"], "points": int(pts.shape[0]), "accepted": round(m.accepted, 3)}
-        for tag, d in (("network", view_depths(g, cams)), ("pipeline", m.sweep.depth)):
+        for tag, d in (("network", m.network_depth), ("pipeline", m.sweep.depth)):
             err = sparse_depth_error(d, cams, pts)
             row[tag] = {"depth_err": round(err["median"], 4), "depth_bias": round(err["bias"], 4), "count": err["count"]}
         rows.append(row)

@@ -136,6 +136,12 @@ def test_the_depth_stage_appends_the_backdrop_last():
     assert torch.equal(with_b.gaussians.means[:-n], bare.gaussians.means)
     assert not bool(with_b.covisible[-n:].any())
     assert torch.allclose(with_b.lam[-n:], _median_row(net, imgs, cams, near, far).expand(n, -1))
+    # network_depth: the first pass's own depth, at the range given (what the depth benchmarks report)
+    from diff3r_cli.depth import view_depths
+    from diff3r_cli.model.inference import predict_gaussians
+
+    first, _ = predict_gaussians(net, imgs, cams, near, far, "cpu")
+    assert torch.equal(bare.network_depth, view_depths(first, cams))
 
 
 def _median_row(net, imgs, cams, near, far) -> torch.Tensor:

@@ -27,7 +27,8 @@ class MatchedPrediction(NamedTuple):
     """θ0 with depth from the photos, its TTO anchor (the predicted Λ rows, scaled down where another
     view sees the Gaussian: depth/covisible.py), the sweep's accepted share, the range used, the
     final sweep, which Gaussians another view sees (these two None where the prediction is not
-    pixel-aligned), and how many backdrop Gaussians are appended last (depth/backdrop.py)."""
+    pixel-aligned), how many backdrop Gaussians are appended last (depth/backdrop.py), and the
+    first network pass's own depth (V,H,W) at the range given (None where not pixel-aligned)."""
 
     gaussians: Gaussians
     lam: torch.Tensor
@@ -37,6 +38,7 @@ class MatchedPrediction(NamedTuple):
     sweep: Optional[SweepResult] = None
     covisible: Optional[torch.Tensor] = None
     backdrop: int = 0
+    network_depth: Optional[torch.Tensor] = None
 
 
 def photo_range(res: SweepResult, convention: str = "fitted") -> Optional[tuple[float, float]]:
@@ -102,7 +104,8 @@ def predict_matched(model: torch.nn.Module, images: torch.Tensor, cameras, near:
     if not _pixel_aligned(g, images):
         return MatchedPrediction(g, lam, 0.0, near, far)
     imgs = images.to(g.device)
-    res = sweep_depth(imgs, cams, view_depths(g, cams))
+    first = view_depths(g, cams)
+    res = sweep_depth(imgs, cams, first)
     if rerange:
         convention = getattr(getattr(model, "cfg", None), "depth_range", "fitted")
         r = photo_range(res, convention)
@@ -120,7 +123,7 @@ def predict_matched(model: torch.nn.Module, images: torch.Tensor, cameras, near:
     if backdrop:
         g, lam, n = with_backdrop(g, lam, cams, imgs, row=row)
         seen = torch.cat([seen, seen.new_zeros(n)])
-    return MatchedPrediction(g, lam, res.accepted_fraction, near, far, res, seen, n)
+    return MatchedPrediction(g, lam, res.accepted_fraction, near, far, res, seen, n, first)
 
 
 __all__ = ["MatchedPrediction", "match_depth", "photo_range", "predict_matched"]
