@@ -83,11 +83,11 @@ class ViewScores:
 
 
 def predict(model: torch.nn.Module, views: EvalViews, device: torch.device,
-            depth_range: Optional[tuple[float, float]] = None,
-            used: Optional[list] = None) -> tuple[Gaussians, torch.Tensor]:
-    """θ0 and Λ (N,5) of one model from the context views, without gradients (the one prediction
-    entry); depth_range: (near, far) instead of the views' own. used: when a list is given, the
-    (near, far) the final prediction ran with is appended (the depth stage may re-set the range)."""
+            depth_range: Optional[tuple[float, float]] = None
+            ) -> tuple[Gaussians, torch.Tensor, tuple[float, float]]:
+    """θ0, Λ (N,5) and the (near, far) the final prediction ran with (the depth stage may re-set
+    the range) of one model from the context views, without gradients (the one prediction entry);
+    depth_range: (near, far) instead of the views' own."""
     w, h = views.size
     cams = Cameras(views.context_K, views.context_w2c, w, h)
     near, far = depth_range if depth_range is not None else (views.near, views.far)
@@ -95,12 +95,9 @@ def predict(model: torch.nn.Module, views: EvalViews, device: torch.device,
         from diff3r_cli.depth import predict_matched
 
         m = predict_matched(model, views.context_images, cams, near, far, device, backdrop=views.backdrop)
-        if used is not None:
-            used.append((m.near, m.far))
-        return m.gaussians, m.lam
-    if used is not None:
-        used.append((near, far))
-    return predict_gaussians(model, views.context_images, cams, near, far, device)
+        return m.gaussians, m.lam, (m.near, m.far)
+    g, lam = predict_gaussians(model, views.context_images, cams, near, far, device)
+    return g, lam, (near, far)
 
 
 def tto_states(g0: Gaussians, lam: Optional[torch.Tensor], cameras: Cameras, images: torch.Tensor,
@@ -178,10 +175,12 @@ def score_runs(models: dict[str, torch.nn.Module], runs: list[Run], views: EvalV
     w, h = views.size
     ctx_images = views.context_images.to(dev)
     ctx_cams = Cameras(views.context_K.to(dev), views.context_w2c.to(dev), w, h)
-    used: dict[str, list] = {name: [] for name in models}
-    preds = {name: predict(net, views, dev, views.range_for(name), used[name]) for name, net in models.items()}
-    if ranges_used is not None:
-        ranges_used.update({name: u[-1] for name, u in used.items()})
+    preds = {}
+    for name, net in models.items():
+        g, lam, used = predict(net, views, dev, views.range_for(name))
+        preds[name] = (g, lam)
+        if ranges_used is not None:
+            ranges_used[name] = used
     groups: dict[tuple[str, bool], list[tuple[str, int]]] = {}
     for method, mname, unc, s in runs:
         groups.setdefault((mname, unc), []).append((method, s))
