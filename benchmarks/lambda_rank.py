@@ -72,7 +72,8 @@ def main() -> None:
         h, w = s["context_images"].shape[1:3]
         cams = Cameras(s["context_K"], s["context_w2c"], w, h)
         imgs = s["context_images"]
-        m = predict_matched(net, imgs, cams, near, far, "cpu", anchor=a.source == "pipeline")
+        m = predict_matched(net, imgs, cams, near, far, "cpu", anchor=a.source == "pipeline",
+                            backdrop=False)  # the predicted Gaussians only: the backdrop is not predicted
         g0, lam = m.gaussians, m.lam
         all_cams = Cameras(torch.cat([s["context_K"], s["target_K"]]), torch.cat([s["context_w2c"], s["target_w2c"]]),
                            w, h)
