@@ -152,3 +152,35 @@ def _median_row(net, imgs, cams, near, far) -> torch.Tensor:
     m = predict_matched(net, imgs, cams, near, far, "cpu", backdrop=False)
     _, lam = predict_gaussians(net, imgs, cams, m.near, m.far, "cpu")
     return lam.median(0).values
+
+
+def test_each_view_gets_its_own_sheet_and_colours():
+    """Two views with photos of different colours: each sheet lies on its own camera's rays and
+    carries its own photo's colour (a view mix-up would swap them)."""
+    from diff3r_cli.depth.pixel_gaussians import project_to_view
+
+    one = _camera()
+    w2c = one.w2c.repeat(2, 1, 1).clone()
+    w2c[1, 0, 3] += 0.4                                   # the second camera 0.4 to the side
+    cams = Cameras(one.K.repeat(2, 1, 1), w2c, one.width, one.height)
+    g, _ = _wall(Cameras(one.K, one.w2c, one.width, one.height))
+    imgs = torch.zeros(2, one.height, one.width, 3, dtype=torch.float64)
+    imgs[0, ..., 0] = 0.9                                  # view 0 red, view 1 blue
+    imgs[1, ..., 2] = 0.8
+    b = backdrop(g, cams, imgs, BackdropConfig(min_cell=1.0))
+    half = len(b) // 2
+    rgb = 0.5 + SH_C0 * b.sh[:, 0]
+    assert torch.allclose(rgb[:half], torch.tensor([0.9, 0.0, 0.0], dtype=torch.float64).expand(half, 3))
+    assert torch.allclose(rgb[half:], torch.tensor([0.0, 0.0, 0.8], dtype=torch.float64).expand(half, 3))
+    cfg = BackdropConfig(min_cell=1.0)
+    h, w = one.height, one.width
+    step = max(max(h, w) / cfg.cells, cfg.min_cell)
+    gh, gw, m = round(h / step), round(w / step), round(cfg.margin * max(h, w) / step)
+    ys = (torch.arange(gh + 2 * m, dtype=torch.float64) - m + 0.5) * (h / gh)
+    xs = (torch.arange(gw + 2 * m, dtype=torch.float64) - m + 0.5) * (w / gw)
+    yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+    for i, part in ((0, b.means[:half]), (1, b.means[half:])):
+        _, u, v, _ = project_to_view(part, cams, i)        # its own camera: the cell grid exactly
+        assert torch.allclose(u, xx.reshape(-1), atol=1e-6) and torch.allclose(v, yy.reshape(-1), atol=1e-6)
+        _, u2, _, _ = project_to_view(part, cams, 1 - i)   # the other camera: shifted by the baseline
+        assert float((u2 - xx.reshape(-1)).abs().min()) > 0.5
