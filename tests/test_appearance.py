@@ -144,3 +144,22 @@ def test_an_exposure_common_to_every_view_goes_to_the_splat_not_the_transforms()
     # the drifting common mode of the uncentred transforms it was 0.89)
     ratio = float(render(g, cams).rgb.sum() / brighter.sum())
     assert abs(ratio - 1) < 0.03, ratio
+
+
+def test_spread_ignores_the_backdrop():
+    """The depth stage appends a backdrop (not pixel Gaussians, owned by no view): the views are
+    still compared with the other views' Gaussians only, so the spread is the one without it
+    (with the backdrop in every render each view half-reproduced its own exposure: 0.02 vs 0.47)."""
+    from diff3r_cli.depth.backdrop import backdrop
+
+    cams = two_cameras(16)
+    ones = torch.ones(3, dtype=torch.float64)
+    clean_g, _ = _plane_pixels(cams, [ones, ones])
+    clean = render(clean_g, cams).rgb.detach()
+    shot_g, _ = _plane_pixels(cams, [ones, GAIN])
+    shot = clean.clone()
+    shot[1] = clean[1] * GAIN
+    b = backdrop(shot_g, cams, shot)
+    with_b = Gaussians(*(torch.cat([x, y]) for x, y in zip(shot_g.tensors(), b.tensors())))
+    full = exposure_spread(shot_g, cams, shot)
+    assert abs(exposure_spread(with_b, cams, shot) - full) < 0.1 * full

@@ -41,7 +41,7 @@ APPEARANCE_WEIGHT = 1e-4                # μ: far below the data term's curvatur
 APPEARANCE_LR = 1e-2                    # Adam step of the gains and offsets (splat colours: 2.5e-3 on SH DC)
 SPREAD_ON = 0.05                        # relative gain spread between views that switches "auto" on
 COMPENSATION_MODES = ("auto", "on", "off")
-UNOWNED_MAX = 0.01                      # share of Gaussians without a source view that still allows the split
+OWNED_MIN = 0.5                         # share of pixel Gaussians (with a source view) that allows the split
 
 
 def identity(views: int, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
@@ -119,9 +119,10 @@ def exposure_spread(g0: Gaussians, cameras: Cameras, images: torch.Tensor, backe
 
     Each view is compared with the Gaussians of the other views: pixel Gaussians are attributed to
     their views by where they project (``depth.source_views``: exact even after fusion dropped some,
-    when the view-major blocks are no longer equal); failing that, view-major blocks when N = V·H·W;
-    otherwise every Gaussian renders every view (a weaker test: a view's own Gaussians reproduce its
-    exposure). 0 when fewer than two views can be compared.
+    when the view-major blocks are no longer equal); Gaussians of no view (the depth stage's
+    backdrop) render no view, since a view's own backdrop reproduces its exposure. When most
+    Gaussians have no view: view-major blocks when N = V·H·W, otherwise every Gaussian renders every
+    view (a weaker test). 0 when fewer than two views can be compared.
     """
     from diff3r_cli.depth.pixel_gaussians import source_views
     from diff3r_cli.render import render
@@ -132,13 +133,13 @@ def exposure_spread(g0: Gaussians, cameras: Cameras, images: torch.Tensor, backe
     if v > 1:
         with torch.no_grad():
             owner = source_views(g0, cameras)
-        if float((owner < 0).float().mean()) > UNOWNED_MAX:
+        if float((owner >= 0).float().mean()) < OWNED_MIN:
             per = cameras.width * cameras.height
             owner = torch.arange(n, device=g0.means.device) // per if n == v * per else None
     gains = []
     with torch.no_grad():
         for k in range(v):
-            gk = g0[owner != k] if owner is not None else g0
+            gk = g0[(owner >= 0) & (owner != k)] if owner is not None else g0
             out = render(gk, cameras[k:k + 1], backend=backend)
             img = images[k].to(out.rgb.dtype)
             gain = _ls_gains(out.rgb[0], img, out.alpha[0] > 0.5)
