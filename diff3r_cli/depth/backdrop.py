@@ -22,6 +22,8 @@ import torch.nn.functional as F
 
 from diff3r_cli.cameras import Cameras
 from diff3r_cli.gaussians import Gaussians, rgb_to_sh_dc
+from diff3r_cli.geometry import unproject
+from diff3r_cli.metrics import gaussian_window_1d
 
 
 @dataclass(frozen=True)
@@ -38,9 +40,7 @@ class BackdropConfig:
 def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur of (1,C,H,W) with replicated borders."""
     r = max(1, int(3 * sigma))
-    t = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
-    k = torch.exp(-t ** 2 / (2 * sigma ** 2))
-    k = k / k.sum()
+    k = gaussian_window_1d(2 * r + 1, sigma, dtype=x.dtype, device=x.device)
     c = x.shape[1]
     x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
     return F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
@@ -75,13 +75,11 @@ def backdrop(g: Gaussians, cameras: Cameras, images: torch.Tensor,
         ys = (torch.arange(gh + 2 * m, device=dev, dtype=dt) - m + 0.5) * (h / gh)
         xs = (torch.arange(gw + 2 * m, device=dev, dtype=dt) - m + 0.5) * (w / gw)
         yy, xx = torch.meshgrid(ys, xs, indexing="ij")
-        pix = torch.stack([xx, yy, torch.ones_like(xx)], -1).reshape(-1, 3)
-        K = cams.K[i].to(dt)
-        rays = pix @ torch.linalg.inv(K.double()).to(dt).T            # z = 1 camera rays
-        c2w = torch.linalg.inv(w2c.double()).to(dt)
-        means = (rays * depth) @ c2w[:3, :3].T + c2w[:3, 3]
+        pix = torch.stack([xx.reshape(-1), yy.reshape(-1), torch.ones_like(xx.reshape(-1))])
+        K = cams.K[i:i + 1].to(dt)
+        means = unproject(K, cams.c2w[i:i + 1].to(dt), pix, torch.full_like(pix[:1], depth))[0]
         n = means.shape[0]
-        sigma = cfg.footprint * step * depth / float(K[0, 0])
+        sigma = cfg.footprint * step * depth / float(K[0, 0, 0])
         sh = torch.zeros(n, g.sh.shape[1], 3, device=dev, dtype=dt)
         sh[:, 0] = rgb_to_sh_dc(low.reshape(3, -1).T.clamp(0, 1))
         logit = float(torch.logit(torch.tensor(cfg.opacity)))
@@ -90,8 +88,7 @@ def backdrop(g: Gaussians, cameras: Cameras, images: torch.Tensor,
                                torch.full((n,), logit, device=dev, dtype=dt), sh))
     if not parts:
         return g[torch.zeros(0, dtype=torch.long, device=dev)]
-    return Gaussians(*[torch.cat([getattr(p, f) for p in parts]) for f in
-                       ("means", "log_scales", "quats", "opacity_logits", "sh")])
+    return Gaussians(*(torch.cat(ts) for ts in zip(*(p.tensors() for p in parts))))
 
 
 def with_backdrop(g: Gaussians, lam: torch.Tensor, cameras: Cameras, images: torch.Tensor,
@@ -106,10 +103,8 @@ def with_backdrop(g: Gaussians, lam: torch.Tensor, cameras: Cameras, images: tor
         return g, lam, 0
     if row is None:
         row = lam.median(0).values if len(lam) else torch.ones(5, device=lam.device, dtype=lam.dtype)
-    rows = row.to(lam)[None].expand(n, -1)
-    out = Gaussians(*[torch.cat([getattr(g, f), getattr(b, f)]) for f in
-                      ("means", "log_scales", "quats", "opacity_logits", "sh")])
-    return out, torch.cat([lam, rows.to(lam)]), n
+    out = Gaussians(*(torch.cat([x, y]) for x, y in zip(g.tensors(), b.tensors())))
+    return out, torch.cat([lam, row.to(lam)[None].expand(n, -1)]), n
 
 
 __all__ = ["BackdropConfig", "backdrop", "with_backdrop"]

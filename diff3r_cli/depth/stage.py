@@ -115,7 +115,7 @@ def predict_matched(model: torch.nn.Module, images: torch.Tensor, cameras, near:
             res = sweep_depth(imgs, cams, view_depths(g, cams))
     g, keep = _fuse(g, cams, res)
     seen = covisible(g, cams)
-    row = lam.median(0).values
+    row = lam.median(0).values if backdrop else None  # the network's typical row, before anchoring
     if anchor:
         lam = anchor_weights(lam, seen)
     g, lam, seen = g[keep], lam[keep], seen[keep]
