@@ -125,6 +125,59 @@ def test_sfm_recovers_synthetic_cameras_up_to_similarity(synth_folder):
     assert points_in_view_fraction(s) > 0.9
 
 
+def test_photos_left_unposed_are_matched_again(synth_folder, monkeypatch):
+    """pycolmap's matches vary between runs, so a mapping that leaves photos unposed is retried on a
+    fresh matching (new RANSAC seed) and the reconstruction posing the most photos wins."""
+    root, truth = synth_folder
+    real_mapping = folder_mod.pycolmap.incremental_mapping
+    seeds, calls = [], []
+
+    def unlucky_first(db, images, out, opts, **kw):
+        calls.append(out.name)
+        recs = real_mapping(db, images, out, opts, **kw)
+        if out.name.startswith("sparse0"):  # the first matching: keep only a 2-photo model
+            for r in recs.values():
+                for im in list(r.images.values())[2:]:
+                    r.deregister_frame(im.frame_id)
+        return recs
+
+    real_match = folder_mod.match_all_pairs
+    monkeypatch.setattr(folder_mod, "match_all_pairs", lambda db, seed=0: (seeds.append(seed), real_match(db, seed)))
+    monkeypatch.setattr(folder_mod.pycolmap, "incremental_mapping", unlucky_first)
+    s = load_scene(root, progress=False)
+    assert s.extras["match_attempts"] == 2 and seeds == [0, 1]
+    assert calls[:2] == ["sparse0", "sparse0_loose"] and "sparse1" in calls
+    assert s.extras["num_registered"] == 5 and not s.extras["dropped"]
+    assert_matches_up_to_similarity(s, truth, centre_tol=0.05, angle_tol_deg=1.0)
+
+
+def test_matching_seeds_verification_and_clears(synth_folder, tmp_path, monkeypatch):
+    """match_all_pairs seeds the verification's RANSAC (pycolmap's default -1 is the clock), and
+    clear_matches leaves features but no matches behind for the next matching."""
+    import pycolmap
+
+    from diff3r_cli.scene_io import colmap_run
+
+    root, _ = synth_folder
+    db = tmp_path / "database.db"
+    names = sorted(p.name for p in root.iterdir())[:3]
+    pycolmap.extract_features(db, root, image_names=names, device=pycolmap.Device.cpu)
+    seen = {}
+    real = colmap_run.pycolmap.match_exhaustive
+    monkeypatch.setattr(colmap_run.pycolmap, "match_exhaustive",
+                        lambda d, **kw: (seen.update(seed=kw["verification_options"].ransac.random_seed), real(d, **kw)))
+    colmap_run.match_all_pairs(db, seed=7)
+    assert seen["seed"] == 7
+
+    def counts():
+        with pycolmap.Database.open(str(db)) as d:
+            return d.num_matches(), d.num_verified_image_pairs(), d.num_keypoints()
+    matched = counts()
+    assert matched[0] > 0 and matched[1] == 3
+    colmap_run.clear_matches(db)
+    assert counts() == (0, 0, matched[2])
+
+
 def test_two_view_strategy_recovers_synthetic_cameras(synth_folder):
     root, truth = synth_folder
     # two-view poses keep the focal they are given (here the true one; COLMAP's size prior is ~40% off)

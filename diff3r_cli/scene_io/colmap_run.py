@@ -3,12 +3,34 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
+from pathlib import Path
 
 import pycolmap
 
 from diff3r_cli.interrupts import reclaim
 
 reclaim()  # importing pycolmap installed glog's SIGTERM handler (a C++ stack trace): put ours back
+
+
+def match_all_pairs(database: Path, seed: int = 0) -> None:
+    """Exhaustive SIFT matching of every image pair in ``database``, verified by RANSAC seeded with ``seed``.
+
+    pycolmap's verification seeds itself from the clock by default (``random_seed`` -1). Seeding
+    it is not enough to make SfM repeatable: the matcher itself returns different matches from
+    run to run (measured on 5 synthetic frames with identical keypoints and descriptors: the
+    per-pair match counts change between runs, with one thread and with the brute-force matcher
+    too), which is why ``run_sfm`` matches again when photos were left unposed.
+    """
+    verification = pycolmap.TwoViewGeometryOptions()
+    verification.ransac.random_seed = int(seed)
+    pycolmap.match_exhaustive(database, verification_options=verification, device=pycolmap.Device.cpu)
+
+
+def clear_matches(database: Path) -> None:
+    """Drop the matches and verified geometries from ``database`` (features stay) before matching again."""
+    with pycolmap.Database.open(str(database)) as db:
+        db.clear_matches()
+        db.clear_two_view_geometries()
 
 
 @contextmanager

@@ -22,7 +22,7 @@ from PIL import Image
 
 from diff3r_cli.errors import UserError
 from diff3r_cli.interrupts import temp_path
-from diff3r_cli.scene_io.colmap_run import SfmProgress, quiet_colmap
+from diff3r_cli.scene_io.colmap_run import SfmProgress, clear_matches, match_all_pairs, quiet_colmap
 from diff3r_cli.scene_io.images import IMAGE_EXTENSIONS, load_image, plan_frame, quarter_turn, resample, stack_views
 from diff3r_cli.scene_io.scene import Scene
 from diff3r_cli.scene_io.two_view import rigid_4x4, two_view_poses
@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 SFM_HELP = ("what usually helps: photos with more overlap (each sharing most of its view with a neighbour), "
             "fewer photos of the part that matters, or --views to pick overlapping ones")
+# Matchings tried while photos stay unposed (pycolmap's matches vary between runs; see _map_with_rematch).
+MATCH_ATTEMPTS = 2
 
 
 def list_images(path: Path) -> list[Path]:
@@ -113,8 +115,9 @@ def _reader_options(n: int, f_prior: float | None, size: tuple[int, int], sfm_si
 
 
 def _features_and_matches(tmp: Path, names: list[str], reader: pycolmap.ImageReaderOptions, camera_mode: str,
-                          max_image_size: int, prog: SfmProgress) -> Path:
-    """SIFT features and exhaustive matches of the copies in tmp/images into tmp/database.db."""
+                          max_image_size: int, prog: SfmProgress, seed: int = 0) -> Path:
+    """SIFT features and exhaustive matches (repeatable: ``colmap_run.match_all_pairs``) of the copies in
+    tmp/images into tmp/database.db."""
     n = len(names)
     db = tmp / "database.db"
     extraction = pycolmap.FeatureExtractionOptions()
@@ -125,19 +128,19 @@ def _features_and_matches(tmp: Path, names: list[str], reader: pycolmap.ImageRea
                               extraction_options=extraction, device=pycolmap.Device.cpu)
     prog.done(task, n)
     task = prog.stage("SfM: exhaustive matching", n * (n - 1) // 2)
-    pycolmap.match_exhaustive(db, device=pycolmap.Device.cpu)
+    match_all_pairs(db, seed)
     prog.done(task)
     return db
 
 
-def _incremental_mapping(tmp: Path, db: Path, n: int, seed: int, focal: float | None, prog: SfmProgress
-                         ) -> tuple[pycolmap.Reconstruction | None, bool]:
+def _incremental_mapping(tmp: Path, db: Path, n: int, seed: int, focal: float | None, prog: SfmProgress,
+                         attempt: int = 0) -> tuple[pycolmap.Reconstruction | None, bool]:
     """The reconstruction registering the most images (default, then looser initialization) and
     whether the looser one was used."""
     best, loose_used = None, False
     for loose in (False, True):
         task = prog.stage("SfM: incremental mapping" + (" (looser init)" if loose else ""), n)
-        out = tmp / ("sparse_loose" if loose else "sparse")
+        out = tmp / (f"sparse{attempt}" + ("_loose" if loose else ""))
         out.mkdir()
         opts = _mapping_options(n, loose, seed)
         if focal is not None:  # the user knows it: do not let bundle adjustment drift it
@@ -152,6 +155,30 @@ def _incremental_mapping(tmp: Path, db: Path, n: int, seed: int, focal: float | 
         if best is not None and best.num_reg_images() == n:
             break
     return best, loose_used
+
+
+def _map_with_rematch(tmp: Path, db: Path, n: int, seed: int, focal: float | None, prog: SfmProgress
+                      ) -> tuple[pycolmap.Reconstruction | None, bool, int]:
+    """``_incremental_mapping``, matched and mapped again (up to ``MATCH_ATTEMPTS`` in all) while photos
+    are left unposed; the reconstruction posing the most photos, whether it used the looser
+    initialization, and how many matchings ran.
+
+    pycolmap's matches differ from run to run (``colmap_run.match_all_pairs``); on sacre_coeur that
+    decided between posing 3 and 10 of its 10 photos, so one unlucky matching should not decide it.
+    """
+    best, loose_used, attempt = None, False, 0
+    for attempt in range(MATCH_ATTEMPTS):
+        if attempt:
+            task = prog.stage("SfM: matching again (photos left unposed)", n * (n - 1) // 2)
+            clear_matches(db)
+            match_all_pairs(db, seed + attempt)
+            prog.done(task)
+        rec, loose = _incremental_mapping(tmp, db, n, seed, focal, prog, attempt)
+        if rec is not None and (best is None or rec.num_reg_images() > best.num_reg_images()):
+            best, loose_used = rec, loose
+        if best is not None and best.num_reg_images() == n:
+            break
+    return best, loose_used, attempt + 1
 
 
 def _reconstruction_poses(rec: pycolmap.Reconstruction, names: list[str]) -> dict:
@@ -195,10 +222,12 @@ def run_sfm(image_paths: list[Path], max_image_size: int = 1024, progress: bool 
         sfm_sizes = _write_sfm_copies(images, names, tmp / "images", max_image_size)
         f_prior = focal if focal is not None else exif_focal_px(image_paths[0], *sizes[0])
         reader = _reader_options(n, f_prior, sizes[0], sfm_sizes[0], camera_mode)
-        db = _features_and_matches(tmp, names, reader, camera_mode, max_image_size, prog)
-        best, loose_used = _incremental_mapping(tmp, db, n, seed, focal, prog) if strategy == "auto" else (None, False)
+        db = _features_and_matches(tmp, names, reader, camera_mode, max_image_size, prog, seed)
+        best, loose_used, attempts = _map_with_rematch(tmp, db, n, seed, focal, prog) if strategy == "auto" \
+            else (None, False, 0)
         n_reg = best.num_reg_images() if best is not None else 0
-        result = {"images": images, "names": names, "num_images": n, "loose_init": loose_used, "fallback": None}
+        result = {"images": images, "names": names, "num_images": n, "loose_init": loose_used, "fallback": None,
+                  "match_attempts": attempts}
         if n_reg == n or (n > 3 and n_reg >= 2):
             result.update(_reconstruction_poses(best, names))
         else:
@@ -224,7 +253,7 @@ def load_folder_scene(path: str | Path, resolution: tuple[int, int] | None = Non
     resampled to ``resolution`` (width, height) or, by default, to the majority's frame
     (``plan_frame``: photos of the minority orientation turned a quarter turn, said in one line).
     Fewer than 3 posed images (of 3 or more) is a UserError saying what usually helps. Extras:
-    reprojection_error (mean, pixels at SfM resolution), num_registered, num_images, sfm_seconds,
+    reprojection_error (mean, pixels at SfM resolution), num_registered, num_images, sfm_seconds, match_attempts,
     fallback (None or "two_view"), dropped (names SfM could not pose), undistorted.
     focal: known focal length (pixels, first image's size), e.g. from a calibration; kept fixed.
     """
@@ -276,7 +305,7 @@ def load_folder_scene(path: str | Path, resolution: tuple[int, int] | None = Non
     stacked, cams = stack_views(imgs, Ks, w2cs, plan.width, plan.height, mode, announce=False)
     extras = {"reprojection_error": r["reprojection_error"], "num_registered": r["num_registered"],
               "num_images": r["num_images"], "sfm_seconds": r["seconds"], "fallback": r["fallback"],
-              "loose_init": r["loose_init"], "dropped": [str(paths[r["names"].index(nm)]) for nm in r["dropped"]],
+              "loose_init": r["loose_init"], "match_attempts": r.get("match_attempts", 0), "dropped": [str(paths[r["names"].index(nm)]) for nm in r["dropped"]],
               "undistorted": any_undistorted, "turned": [str(paths[i]) for i, t in zip(keep, plan.turned) if t],
               "frame": plan.line}
     if "points3d" in r:

@@ -28,7 +28,7 @@ def triangulate_known_cameras(images: torch.Tensor, cameras: Cameras,
     """
     import pycolmap
 
-    from diff3r_cli.scene_io.colmap_run import quiet_colmap
+    from diff3r_cli.scene_io.colmap_run import match_all_pairs, quiet_colmap
 
     t0 = time.perf_counter()
     n = len(cameras)
@@ -51,7 +51,7 @@ def triangulate_known_cameras(images: torch.Tensor, cameras: Cameras,
         extraction.max_image_size = max(cameras.width, cameras.height)
         pycolmap.extract_features(db, tmp / "images", image_names=names, camera_mode=pycolmap.CameraMode.PER_IMAGE,
                                   reader_options=reader, extraction_options=extraction, device=pycolmap.Device.cpu)
-        pycolmap.match_exhaustive(db, device=pycolmap.Device.cpu)
+        match_all_pairs(db)
         rec = pycolmap.Reconstruction()
         with pycolmap.Database.open(str(db)) as d:
             for im in d.read_all_images():
