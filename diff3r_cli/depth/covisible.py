@@ -46,4 +46,26 @@ def anchor_weights(lam: torch.Tensor, seen: torch.Tensor, scale: float = COVISIB
     return lam * f[:, None]
 
 
-__all__ = ["COVISIBLE_SCALE", "covisible", "anchor_weights"]
+# The Gaussian sets a learned anchor calibration tells apart (rows of PredictorConfig.anchor_log_scales).
+ANCHOR_SETS = ("covisible", "single", "backdrop")
+
+
+def anchor_sets(seen: torch.Tensor, backdrop: int = 0) -> torch.Tensor:
+    """(N,) long: each Gaussian's row in ANCHOR_SETS; the last ``backdrop`` Gaussians are the backdrop
+    (never covisible)."""
+    idx = torch.where(seen, 0, 1).long()
+    if backdrop:
+        idx[len(idx) - int(backdrop):] = 2
+    return idx
+
+
+def calibrated(lam: torch.Tensor, sets: torch.Tensor, log_scales) -> torch.Tensor:
+    """Λ (N,5) times exp(log_scales[set, group]); log_scales a (3,5) tensor (differentiable) or nested
+    sequence."""
+    a = log_scales if torch.is_tensor(log_scales) else torch.tensor(log_scales, dtype=lam.dtype)
+    if tuple(a.shape) != (len(ANCHOR_SETS), lam.shape[1]):
+        raise ValueError(f"anchor log scales have shape {tuple(a.shape)}; expected ({len(ANCHOR_SETS)}, {lam.shape[1]})")
+    return lam * a.to(device=lam.device, dtype=lam.dtype)[sets.to(lam.device)].exp()
+
+
+__all__ = ["ANCHOR_SETS", "COVISIBLE_SCALE", "anchor_sets", "calibrated", "covisible", "anchor_weights"]

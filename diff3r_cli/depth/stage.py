@@ -11,7 +11,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from diff3r_cli.depth.backdrop import with_backdrop
-from diff3r_cli.depth.covisible import anchor_weights, covisible
+from diff3r_cli.depth.covisible import anchor_sets, anchor_weights, calibrated, covisible
 from diff3r_cli.depth.fuse import floaters
 from diff3r_cli.depth.pixel_gaussians import view_depths, with_depths
 from diff3r_cli.depth.sweep import SweepResult, sweep_depth
@@ -79,7 +79,7 @@ def match_depth(g: Gaussians, lam: torch.Tensor, images: torch.Tensor,
 
 def predict_matched(model: torch.nn.Module, images: torch.Tensor, cameras, near: float, far: float,
                     device=None, rerange: bool = True, anchor: bool = True,
-                    backdrop: bool = True) -> MatchedPrediction:
+                    backdrop: bool = True, calibrate: bool = True) -> MatchedPrediction:
     """Predict, then take the depth from the photos (:func:`match_depth`), with the depth range itself
     set by matching (rerange).
 
@@ -91,7 +91,9 @@ def predict_matched(model: torch.nn.Module, images: torch.Tensor, cameras, near:
     be within the sweep's reach.
 
     anchor: the returned Λ is the TTO anchor of :func:`diff3r_cli.depth.covisible.anchor_weights`
-    (the predicted rows where only the Gaussian's own view sees it, a small fraction elsewhere);
+    (the predicted rows where only the Gaussian's own view sees it, a small fraction elsewhere),
+    times the model's learned calibration per set and group where it has one and ``calibrate``
+    (``PredictorConfig.anchor_log_scales``, :func:`diff3r_cli.depth.covisible.calibrated`);
     without, the predicted rows as they are.
 
     backdrop: append a far, blurred backdrop behind the scene (:mod:`diff3r_cli.depth.backdrop`),
@@ -123,6 +125,9 @@ def predict_matched(model: torch.nn.Module, images: torch.Tensor, cameras, near:
     if backdrop:
         g, lam, n = with_backdrop(g, lam, cams, imgs, row=row)
         seen = torch.cat([seen, seen.new_zeros(n)])
+    log_scales = getattr(getattr(model, "cfg", None), "anchor_log_scales", None)
+    if anchor and calibrate and log_scales is not None:
+        lam = calibrated(lam, anchor_sets(seen, n), log_scales)
     return MatchedPrediction(g, lam, res.accepted_fraction, near, far, res, seen, n, first)
 
 

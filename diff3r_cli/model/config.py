@@ -41,6 +41,11 @@ class PredictorConfig:
     # the range) or "log" (depth = cost-volume depth · exp(DEPTH_LOG_BOUND·tanh(r)): the matching
     # decides, the head only corrects within a bounded factor).
     depth_residual: str = "t"
+    # The TTO anchor's calibration, learned through the optimisation layer after training
+    # (diff3r_cli/train/anchor_fit.py): log multipliers of Λ per Gaussian set (rows: covisible,
+    # single-view, backdrop; see depth/covisible.ANCHOR_SETS) and group (columns: mean, scale,
+    # rotation, opacity, colour). None: Λ as predicted (with the covisible scale).
+    anchor_log_scales: tuple[tuple[float, ...], ...] | None = None
 
     @staticmethod
     def preset(size: str, **overrides) -> "PredictorConfig":
@@ -67,6 +72,8 @@ class PredictorConfig:
         for k in ("enc_channels", "lam_init"):
             if k in d:
                 d[k] = tuple(d[k])
+        if d.get("anchor_log_scales") is not None:
+            d["anchor_log_scales"] = tuple(tuple(float(v) for v in row) for row in d["anchor_log_scales"])
         d.setdefault("lam_relative", False)
         d.setdefault("depth_residual", "t")  # files written before the 1/P convention
         known = {f for f in PredictorConfig.__dataclass_fields__}
