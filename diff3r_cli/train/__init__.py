@@ -15,6 +15,8 @@ Where things live:
   optimizer.py    AdamW groups, warm-up + cosine schedule
   signals.py      StopFlag: SIGINT/SIGTERM -> checkpoint and stop
   progress.py     the rich progress bar
+  anchor_fit.py   after training: the TTO anchor's calibration (Λ multiplier per Gaussian set and
+                  group) fitted through the layer (benchmarks/fit_anchor.py runs it)
 
 Run directory (``out``):
   config.json                 the options of the run
