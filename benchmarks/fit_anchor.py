@@ -69,7 +69,6 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=HERE / "results" / "anchor_fit.json")
     ap.add_argument("--write-model", action="store_true", help="store the table in the model file's config")
     args = ap.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     args.work.mkdir(parents=True, exist_ok=True)
     path = resolve_model_path(args.model)
     model = load_model(path, device="cpu")
