@@ -63,7 +63,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=0.3)
     ap.add_argument("--seeds", type=int, default=1, help="tuples per scene (one per seed)")
     ap.add_argument("--outliers", type=float, default=0.0, help="corrupt every second seed's context views")
-    ap.add_argument("--steps", type=int, default=200, help="TTO steps inside the layer")
+    ap.add_argument("--steps", default="200", help="TTO steps inside the layer; several (e.g. 50,200) are used in turn")
     ap.add_argument("--resolution", type=int, default=128)
     ap.add_argument("--work", type=Path, default=HERE.parent / "runs" / "anchor_fit")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "anchor_fit.json")
@@ -78,15 +78,17 @@ def main() -> None:
 
     def show(rec: dict) -> None:
         table = [[round(v, 2) for v in row] for row in rec["log_scales"]]
-        print(f"step {rec['step']}/{len(exs) * args.epochs} {rec['key']}: target {rec['psnr']:.2f} dB  {table}  "
+        print(f"step {rec['step']}/{len(exs) * args.epochs} {rec['key']} ({rec['tto_steps']} TTO steps): "
+              f"target {rec['psnr']:.2f} dB  {table}  "
               f"{time.perf_counter() - t0:.0f} s", flush=True)
 
-    state = fit_anchor(exs, args.epochs, args.lr, args.steps, state_path=args.work / "state.json", progress=show)
+    budgets = [int(b) for b in str(args.steps).split(",")]
+    state = fit_anchor(exs, args.epochs, args.lr, budgets, state_path=args.work / "state.json", progress=show)
     table = [[round(v, 4) for v in row] for row in state["log_scales"]]
     print(f"{'set':10s} " + " ".join(f"{g:>9s}" for g in GROUPS))
     for name, row in zip(ANCHOR_SETS, table):
         print(f"{name:10s} " + " ".join(f"{v:9.3f}" for v in row))
-    result = {"model": str(path.name), "epochs": args.epochs, "fit_steps": state["step"], "lr": args.lr, "steps": args.steps,
+    result = {"model": str(path.name), "epochs": args.epochs, "fit_steps": state["step"], "lr": args.lr, "steps": budgets,
               "outliers": args.outliers, "examples": [e.key for e in exs], "sets": list(ANCHOR_SETS),
               "groups": list(GROUPS), "log_scales": table, "log": state["log"]}
     atomic_write_json(args.out, result)

@@ -112,3 +112,9 @@ def test_an_interrupted_fit_resumes_where_it_stopped(tmp_path):
     resumed = fit_anchor([ex], epochs=3, lr=0.5, steps=20, state_path=path, backend="torch")
     assert resumed["step"] == 3 and len(resumed["log"]) == 3
     assert torch.allclose(torch.tensor(resumed["log_scales"]), torch.tensor(straight["log_scales"]), atol=1e-9)
+
+
+def test_several_tto_budgets_are_used_in_turn():
+    ex = _example()
+    state = fit_anchor([ex], epochs=3, lr=0.5, steps=[5, 20], backend="torch")
+    assert [r["tto_steps"] for r in state["log"]] == [5, 20, 5]

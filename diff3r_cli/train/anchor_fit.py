@@ -82,14 +82,16 @@ def _load_state(path: Optional[Path]) -> dict:
     return {"log_scales": [[0.0] * len(GROUPS) for _ in ANCHOR_SETS], "step": 0, "adam": None, "log": []}
 
 
-def fit_anchor(examples: Sequence[AnchorExample], epochs: int, lr: float = 0.3, steps: int = 200,
+def fit_anchor(examples: Sequence[AnchorExample], epochs: int, lr: float = 0.3, steps: int | Sequence[int] = 200,
                state_path: Optional[Path] = None, bound: float = 6.0,
                progress: Optional[Callable[[dict], None]] = None, **layer_options) -> dict:
     """Fit the (3,5) log multipliers by Adam on one example per step, ``epochs`` passes in order.
 
-    Returns the state: {"log_scales", "step", "adam", "log": one record per step (example key, its
-    target PSNR before the step, the gradient)}. With ``state_path`` the fit resumes from it and
-    rewrites it after every step. ``bound`` clamps each log multiplier (e^6 ≈ 400×). Layer options:
+    Returns the state: {"log_scales", "step", "adam", "log": one record per step (example key, TTO
+    budget, its target PSNR before the step, the gradient)}. With ``state_path`` the fit resumes from it and
+    rewrites it after every step. ``steps``: the TTO budget inside the layer, or several used in turn
+    (one per fit step) so that the table serves short and long refines alike. ``bound`` clamps each
+    log multiplier (e^6 ≈ 400×). Layer options:
     see ``optim.implicit.optimization_layer`` (defaults here: 40 PCG iterations to 1e-2).
     """
     layer_options = {"pcg_max_iter": 40, "pcg_rtol": 1e-2, **layer_options}
@@ -101,9 +103,11 @@ def fit_anchor(examples: Sequence[AnchorExample], epochs: int, lr: float = 0.3, 
                                            for k, v in state["adam"].items()}},
                              "param_groups": opt.state_dict()["param_groups"]})
     total = len(examples) * int(epochs)
+    budgets = [int(steps)] if isinstance(steps, int) else [int(b) for b in steps]
     while state["step"] < total:
         ex = examples[state["step"] % len(examples)]
-        loss, psnr = target_loss(a, ex, steps, **layer_options)
+        budget = budgets[state["step"] % len(budgets)]
+        loss, psnr = target_loss(a, ex, budget, **layer_options)
         opt.zero_grad()
         loss.backward()
         grad = a.grad.detach().clone()
@@ -113,7 +117,7 @@ def fit_anchor(examples: Sequence[AnchorExample], epochs: int, lr: float = 0.3, 
         state["step"] += 1
         state["log_scales"] = a.detach().tolist()
         state["adam"] = {k: v.tolist() for k, v in opt.state_dict()["state"][0].items()}
-        rec = {"step": state["step"], "key": ex.key, "psnr": psnr, "grad": grad.tolist()}
+        rec = {"step": state["step"], "key": ex.key, "tto_steps": budget, "psnr": psnr, "grad": grad.tolist()}
         state["log"].append(rec)
         if state_path is not None:
             atomic_write_json(state_path, state, indent=None)
