@@ -72,14 +72,14 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     path = resolve_model_path(args.model)
     model = load_model(path, device="cpu")
-    model.cfg.anchor_log_scales = None  # the fit starts from the uncalibrated anchor
     exs = examples(model, args.work, args.seeds, args.outliers, args.resolution)
     t0 = time.perf_counter()
 
     def show(rec: dict) -> None:
         table = [[round(v, 2) for v in row] for row in rec["log_scales"]]
         print(f"step {rec['step']}/{len(exs) * args.epochs} {rec['key']} ({rec['tto_steps']} TTO steps): "
-              f"target {rec['psnr']:.2f} dB  {table}  "
+              f"target {rec['psnr']:.2f} dB  {table}  IFT solve: residual {rec['pcg_residual']:.2g}"
+              f"{', Jacobi fallback' if rec['fallback'] else ''}  "
               f"{time.perf_counter() - t0:.0f} s", flush=True)
 
     budgets = [int(b) for b in str(args.steps).split(",")]

@@ -87,7 +87,7 @@ def _fake_sfm(posed: list[int]):
             w2c[names[i]] = torch.eye(4, dtype=torch.float64)
             w2c[names[i]][0, 3] = -0.1 * i
             cams[names[i]] = pycolmap.Camera(model="PINHOLE", width=w, height=h, params=[w, w, w / 2, h / 2])
-        return dict(images=images, names=names, num_images=len(paths), loose_init=False, fallback=None, w2c=w2c,
+        return dict(images=images, names=names, num_images=len(paths), loose_init=False, fallback=None, match_attempts=1, w2c=w2c,
                     cameras=cams, reprojection_error=0.5, num_registered=len(posed), seconds=0.0,
                     dropped=[nm for i, nm in enumerate(names) if i not in posed])
     return run

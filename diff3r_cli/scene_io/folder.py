@@ -253,8 +253,8 @@ def load_folder_scene(path: str | Path, resolution: tuple[int, int] | None = Non
     resampled to ``resolution`` (width, height) or, by default, to the majority's frame
     (``plan_frame``: photos of the minority orientation turned a quarter turn, said in one line).
     Fewer than 3 posed images (of 3 or more) is a UserError saying what usually helps. Extras:
-    reprojection_error (mean, pixels at SfM resolution), num_registered, num_images, sfm_seconds, match_attempts,
-    fallback (None or "two_view"), dropped (names SfM could not pose), undistorted.
+    reprojection_error (mean, pixels at SfM resolution), num_registered, num_images, sfm_seconds,
+    match_attempts, fallback (None or "two_view"), dropped (names SfM could not pose), undistorted.
     focal: known focal length (pixels, first image's size), e.g. from a calibration; kept fixed.
     """
     path = Path(path)
@@ -305,7 +305,8 @@ def load_folder_scene(path: str | Path, resolution: tuple[int, int] | None = Non
     stacked, cams = stack_views(imgs, Ks, w2cs, plan.width, plan.height, mode, announce=False)
     extras = {"reprojection_error": r["reprojection_error"], "num_registered": r["num_registered"],
               "num_images": r["num_images"], "sfm_seconds": r["seconds"], "fallback": r["fallback"],
-              "loose_init": r["loose_init"], "match_attempts": r.get("match_attempts", 0), "dropped": [str(paths[r["names"].index(nm)]) for nm in r["dropped"]],
+              "loose_init": r["loose_init"], "match_attempts": r["match_attempts"],
+              "dropped": [str(paths[r["names"].index(nm)]) for nm in r["dropped"]],
               "undistorted": any_undistorted, "turned": [str(paths[i]) for i, t in zip(keep, plan.turned) if t],
               "frame": plan.line}
     if "points3d" in r:

@@ -26,6 +26,7 @@ from diff3r_cli.cameras import Cameras
 from diff3r_cli.depth.covisible import ANCHOR_SETS, anchor_sets, calibrated
 from diff3r_cli.fsio import atomic_write_json
 from diff3r_cli.gaussians import GROUPS, Gaussians
+from diff3r_cli.optim.stats import LayerStats
 
 
 @dataclass
@@ -60,20 +61,22 @@ def prepare_example(model: torch.nn.Module, sample: dict, near: float, far: floa
 
 
 def target_loss(log_scales: torch.Tensor, ex: AnchorExample, steps: int = 200, **layer_options
-                ) -> tuple[torch.Tensor, float]:
-    """(MSE of the target views after ``steps`` of TTO anchored by the calibrated Λ, their mean PSNR);
-    the loss is differentiable in ``log_scales`` through the layer's IFT backward."""
-    from diff3r_cli.optim.implicit import optimization_layer
+                ) -> tuple[torch.Tensor, float, LayerStats]:
+    """(MSE of the target views after ``steps`` of TTO anchored by the calibrated Λ, their mean PSNR,
+    the layer's statistics); the loss is differentiable in ``log_scales`` through the layer's IFT
+    backward, whose solve (PCG, or its Jacobi fallback) is in ``stats.backward`` once it has run."""
+    from diff3r_cli.optim.implicit import optimization_layer_with_stats
     from diff3r_cli.render import render
 
     lam = calibrated(ex.lam0, ex.sets, log_scales)
-    g_star = optimization_layer(ex.g0, lam, ex.context, ex.context_images, steps, "adam", **layer_options)
+    g_star, stats = optimization_layer_with_stats(ex.g0, lam, ex.context, ex.context_images, steps, "adam",
+                                                  **layer_options)
     x = render(g_star, ex.target).rgb
     loss = ((x - ex.target_images.to(x)) ** 2).mean()
     with torch.no_grad():
         mse = ((x.clamp(0, 1) - ex.target_images.to(x)) ** 2).mean((1, 2, 3))
         psnr = float((-10 * torch.log10(mse.clamp_min(1e-12))).mean())
-    return loss, psnr
+    return loss, psnr, stats
 
 
 def _load_state(path: Optional[Path]) -> dict:
@@ -88,7 +91,8 @@ def fit_anchor(examples: Sequence[AnchorExample], epochs: int, lr: float = 0.3, 
     """Fit the (3,5) log multipliers by Adam on one example per step, ``epochs`` passes in order.
 
     Returns the state: {"log_scales", "step", "adam", "log": one record per step (example key, TTO
-    budget, its target PSNR before the step, the gradient)}. With ``state_path`` the fit resumes from it and
+    budget, its target PSNR before the step, the gradient, the IFT solve's relative residual and
+    fallback)}. With ``state_path`` the fit resumes from it and
     rewrites it after every step. ``steps``: the TTO budget inside the layer, or several used in turn
     (one per fit step) so that the table serves short and long refines alike. ``bound`` clamps each
     log multiplier (e^6 ≈ 400×). Layer options:
@@ -107,9 +111,10 @@ def fit_anchor(examples: Sequence[AnchorExample], epochs: int, lr: float = 0.3, 
     while state["step"] < total:
         ex = examples[state["step"] % len(examples)]
         budget = budgets[state["step"] % len(budgets)]
-        loss, psnr = target_loss(a, ex, budget, **layer_options)
+        loss, psnr, stats = target_loss(a, ex, budget, **layer_options)
         opt.zero_grad()
         loss.backward()
+        solve = stats.backward.solve
         grad = a.grad.detach().clone()
         opt.step()
         with torch.no_grad():
@@ -117,7 +122,9 @@ def fit_anchor(examples: Sequence[AnchorExample], epochs: int, lr: float = 0.3, 
         state["step"] += 1
         state["log_scales"] = a.detach().tolist()
         state["adam"] = {k: v.tolist() for k, v in opt.state_dict()["state"][0].items()}
-        rec = {"step": state["step"], "key": ex.key, "tto_steps": budget, "psnr": psnr, "grad": grad.tolist()}
+        # the solve's outcome: with Λ this small the PCG often stops short and v is the Jacobi fallback
+        rec = {"step": state["step"], "key": ex.key, "tto_steps": budget, "psnr": psnr, "grad": grad.tolist(),
+               "pcg_residual": solve.pcg_residual, "fallback": solve.fallback}
         state["log"].append(rec)
         if state_path is not None:
             atomic_write_json(state_path, state, indent=None)
