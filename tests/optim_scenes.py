@@ -84,3 +84,28 @@ def pixel_aligned(cams, dtype=torch.float64, seed: int = 0) -> Gaussians:
     opacity_logits = torch.full((n,), 1.0, dtype=dtype)
     sh = (torch.rand(n, 1, 3, generator=g, dtype=dtype) - 0.5) * 2.0
     return Gaussians(means, log_scales, quats, opacity_logits, sh)
+
+
+def plane_pixels(cams, gains) -> tuple[Gaussians, torch.Tensor]:
+    """One Gaussian per pixel of each view on the textured plane z = 0, view-major, coloured as that
+    view photographs the texture (colour × the view's gain), as a pixel-aligned predictor returns
+    them; and each Gaussian's view."""
+    parts, owner = [], []
+    size = cams.width
+    ys, xs = torch.meshgrid(torch.arange(size, dtype=torch.float64) + 0.5,
+                            torch.arange(size, dtype=torch.float64) + 0.5, indexing="ij")
+    pix = torch.stack([xs, ys, torch.ones_like(xs)], -1).reshape(-1, 3)
+    for j in range(len(cams)):
+        R, t = cams.w2c[j, :3, :3], cams.w2c[j, :3, 3]
+        c = -R.T @ t
+        d = pix @ torch.linalg.inv(cams.K[j]).T @ R  # rays in world axes (R.T applied on the right)
+        X = c + d * (-c[2] / d[:, 2:3])
+        rgb = 0.45 + 0.2 * torch.stack([torch.sin(5 * X[:, 0]), torch.cos(4 * X[:, 1]), torch.sin(3 * (X[:, 0] + X[:, 1]))], 1)
+        n = X.shape[0]
+        scale = torch.log(torch.full((n, 3), 0.7 * 3.0 / float(cams.K[j, 0, 0]), dtype=torch.float64))
+        quats = torch.zeros(n, 4, dtype=torch.float64)
+        quats[:, 0] = 1
+        sh = ((rgb * gains[j] - 0.5) / 0.28209479177387814)[:, None, :]
+        parts.append(Gaussians(X, scale, quats, torch.full((n,), 4.0, dtype=torch.float64), sh))
+        owner.append(torch.full((n,), j))
+    return Gaussians(*(torch.cat(ts) for ts in zip(*(p.tensors() for p in parts)))), torch.cat(owner)

@@ -9,7 +9,7 @@ from diff3r_cli.optim.appearance import SPREAD_ON, apply_appearance, decide, exp
 from diff3r_cli.optim.tto import optimize
 from diff3r_cli.render import render
 
-from optim_scenes import blobs, two_cameras
+from optim_scenes import blobs, plane_pixels, two_cameras
 
 SIZE = 12
 GAIN = torch.tensor([1.3, 0.85, 1.1], dtype=torch.float64)
@@ -82,31 +82,6 @@ def test_lm_optimises_the_transforms_too():
     assert torch.allclose(a[1, :3], GAIN, atol=0.02) and torch.allclose(a[1, 3:], BIAS, atol=0.01), a
 
 
-def _plane_pixels(cams, gains) -> tuple[Gaussians, torch.Tensor]:
-    """One Gaussian per pixel of each view on the textured plane z = 0, view-major, coloured as that
-    view photographs the texture (colour × the view's gain), as a pixel-aligned predictor returns
-    them; and each Gaussian's view."""
-    parts, owner = [], []
-    size = cams.width
-    ys, xs = torch.meshgrid(torch.arange(size, dtype=torch.float64) + 0.5,
-                            torch.arange(size, dtype=torch.float64) + 0.5, indexing="ij")
-    pix = torch.stack([xs, ys, torch.ones_like(xs)], -1).reshape(-1, 3)
-    for j in range(len(cams)):
-        R, t = cams.w2c[j, :3, :3], cams.w2c[j, :3, 3]
-        c = -R.T @ t
-        d = pix @ torch.linalg.inv(cams.K[j]).T @ R  # rays in world axes (R.T applied on the right)
-        X = c + d * (-c[2] / d[:, 2:3])
-        rgb = 0.45 + 0.2 * torch.stack([torch.sin(5 * X[:, 0]), torch.cos(4 * X[:, 1]), torch.sin(3 * (X[:, 0] + X[:, 1]))], 1)
-        n = X.shape[0]
-        scale = torch.log(torch.full((n, 3), 0.7 * 3.0 / float(cams.K[j, 0, 0]), dtype=torch.float64))
-        quats = torch.zeros(n, 4, dtype=torch.float64)
-        quats[:, 0] = 1
-        sh = ((rgb * gains[j] - 0.5) / 0.28209479177387814)[:, None, :]
-        parts.append(Gaussians(X, scale, quats, torch.full((n,), 4.0, dtype=torch.float64), sh))
-        owner.append(torch.full((n,), j))
-    return Gaussians(*(torch.cat(ts) for ts in zip(*(p.tensors() for p in parts)))), torch.cat(owner)
-
-
 def test_spread_after_fusion_attributes_gaussians_to_their_views():
     """Fusion drops some pixel Gaussians, so the view-major blocks are no longer V·H·W long (and N may
     be odd): the views are found by projection, and the spread is the one measured before fusion."""
@@ -114,9 +89,9 @@ def test_spread_after_fusion_attributes_gaussians_to_their_views():
 
     cams = two_cameras(16)
     ones = torch.ones(3, dtype=torch.float64)
-    clean_g, owner = _plane_pixels(cams, [ones, ones])
+    clean_g, owner = plane_pixels(cams, [ones, ones])
     clean = render(clean_g, cams).rgb.detach()
-    shot_g, _ = _plane_pixels(cams, [ones, GAIN])  # view 1's Gaussians carry its exposure
+    shot_g, _ = plane_pixels(cams, [ones, GAIN])  # view 1's Gaussians carry its exposure
     shot = clean.clone()
     shot[1] = clean[1] * GAIN
     keep = torch.ones(len(owner), dtype=torch.bool)
@@ -154,9 +129,9 @@ def test_spread_ignores_the_backdrop():
 
     cams = two_cameras(16)
     ones = torch.ones(3, dtype=torch.float64)
-    clean_g, _ = _plane_pixels(cams, [ones, ones])
+    clean_g, _ = plane_pixels(cams, [ones, ones])
     clean = render(clean_g, cams).rgb.detach()
-    shot_g, _ = _plane_pixels(cams, [ones, GAIN])
+    shot_g, _ = plane_pixels(cams, [ones, GAIN])
     shot = clean.clone()
     shot[1] = clean[1] * GAIN
     b = backdrop(shot_g, cams, shot)

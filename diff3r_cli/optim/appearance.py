@@ -69,10 +69,16 @@ class CompensatedEnergy(Energy):
         a0 = identity(views, base.theta0.dtype, base.theta0.device).reshape(-1)
         mu = torch.full_like(a0, float(weight))
         super().__init__(base.template, torch.cat([base.theta0, a0]), torch.cat([base.lam, mu]), base.cameras,
-                         base.images, base.background, base.backend, base.renderer)
+                         base.images, base.background, base.backend, base.renderer, base.pixel_weights)
         self.num_gaussian_params = base.theta0.numel()
         self.views = views
-        self.pivot = self.images.mean(dim=(1, 2))  # (V,3): each photo's mean colour
+        # (V,3): each photo's mean colour, over its trusted pixels where it has pixel weights (an
+        # occluder's colour must not move the transforms' parametrisation)
+        if self.pixel_weights is None:
+            self.pivot = self.images.mean(dim=(1, 2))
+        else:
+            w = self.pixel_weights.to(self.images.dtype)[..., None]
+            self.pivot = (self.images * w).sum(dim=(1, 2)) / w.sum(dim=(1, 2)).clamp_min(1e-12)
 
     def _parts(self, theta: torch.Tensor) -> torch.Tensor:
         """The transforms (V,6) in the plain (gain, bias) form from θ's tail (pivot form, free), centred

@@ -1,10 +1,12 @@
 """The TTO energy over the flat parameter vector θ, and its exact Hessian-vector products.
 
-    E(θ; θ0, Λ) = 1/(2P) Σ_views Σ_pixels ‖R(θ)_p − I_p‖²  +  ½ Σ_j λ_j (θ_j − θ0_j)²
+    E(θ; θ0, Λ) = 1/(2P) Σ_views Σ_pixels w_p ‖R(θ)_p − I_p‖²  +  ½ Σ_j λ_j (θ_j − θ0_j)²
 
 θ is ``Gaussians.flatten()`` (raw parameters: means, log-scales, unnormalised quaternions,
 opacity logits, SH). P = C·H·W is the number of pixels (the three colour channels of a
-pixel are summed, not averaged). λ_j is the per-scalar expansion of the (N,5) group
+pixel are summed, not averaged). w_p ∈ [0,1] are optional per-pixel confidences of the photos
+(1 when not given; see ``depth/consistency.py``): the residual carries √w_p, so J, the Gauss-Newton
+model and the layer's solves all see the weighted term. λ_j is the per-scalar expansion of the (N,5) group
 weights (``Gaussians.expand_groups``). The residual is r(θ) = R(θ) − I, shape (C,H,W,3),
 with Jacobian J = ∂r/∂θ, so ∇E = Jᵀr/P + Λ(θ−θ0) and the Gauss-Newton Hessian is
 H ≈ JᵀJ/P + Λ. Products with J and Jᵀ at a fixed θ live in ``linearization.py``.
@@ -87,6 +89,16 @@ def check_inputs(g0: Gaussians, lam: Optional[torch.Tensor], cameras: Cameras, i
     return lam
 
 
+def check_pixel_weights(w: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """Per-pixel confidences (C,H,W) in [0,1] for images (C,H,W,3), detached; ValueError otherwise."""
+    if tuple(w.shape) != tuple(images.shape[:3]):
+        raise ValueError(f"pixel weights have shape {tuple(w.shape)}; expected {tuple(images.shape[:3])} (C,H,W)")
+    w = w.detach().to(device=images.device)
+    if not bool(torch.isfinite(w).all()) or bool((w < 0).any()) or bool((w > 1).any()):
+        raise ValueError("pixel weights must be finite and in [0, 1]")
+    return w
+
+
 class Energy:
     """E(θ; θ0, Λ) for fixed cameras, images, θ0 and Λ (all detached)."""
 
@@ -100,6 +112,7 @@ class Energy:
         background: Optional[torch.Tensor] = None,
         backend: str = "auto",
         render_fn: Union[None, RenderFn, RgbRenderer] = None,
+        pixel_weights: Optional[torch.Tensor] = None,
     ) -> None:
         self.template = template.detach()
         self.theta0 = theta0.detach()
@@ -110,6 +123,9 @@ class Energy:
         self.backend = resolve_backend(backend, template.means)
         self.renderer = RgbRenderer.wrap(render_fn)
         self.num_pixels = int(images.shape[0] * images.shape[1] * images.shape[2])
+        self.pixel_weights = None if pixel_weights is None else check_pixel_weights(pixel_weights, images)
+        # √w, shaped to broadcast over the colour channels of the residual
+        self.residual_scale = None if self.pixel_weights is None else self.pixel_weights.to(theta0.dtype).sqrt()[..., None]
 
     # --- values ---------------------------------------------------------------------
     def render(self, theta: torch.Tensor, backend: Optional[str] = None) -> torch.Tensor:
@@ -117,8 +133,9 @@ class Energy:
         return self.renderer(self.template.unflatten(theta), self.cameras, self.background, backend or self.backend)
 
     def residual(self, theta: torch.Tensor) -> torch.Tensor:
-        """r(θ) = R(θ) − I, shape (C,H,W,3)."""
-        return self.render(theta) - self.images
+        """r(θ) = √w ⊙ (R(θ) − I), shape (C,H,W,3) (w = 1 without pixel weights)."""
+        r = self.render(theta) - self.images
+        return r if self.residual_scale is None else r * self.residual_scale
 
     def parts(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(photometric, proximal) as differentiable scalars."""
@@ -218,4 +235,4 @@ class ExactHessian:
         return (gp - gm) / (2.0 * eps)
 
 
-__all__ = ["Energy", "EnergyTerms", "ExactHessian", "RgbRenderer", "DEFAULT_RENDERER", "check_inputs"]
+__all__ = ["Energy", "EnergyTerms", "ExactHessian", "RgbRenderer", "DEFAULT_RENDERER", "check_inputs", "check_pixel_weights"]

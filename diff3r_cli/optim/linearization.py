@@ -39,6 +39,7 @@ class LinearizableEnergy(Protocol):
     lam: torch.Tensor
     theta0: torch.Tensor
     renderer: object  # carries ``jvp_verdicts``: dict[(backend, dtype), mode]
+    residual_scale: Optional[torch.Tensor]  # √w (C,H,W,1) of the pixel weights, None for none
 
     def residual(self, theta: torch.Tensor) -> torch.Tensor: ...
 
@@ -103,7 +104,9 @@ class Linearization:
         with torch.no_grad():
             _, tangent = forward_jvp(lambda th: self.energy.render(th, backend), (self.theta,),
                                      (v.to(self.theta.dtype),))
-        return tangent
+        # the residual is √w ⊙ (R − I): its Jv carries the pixel weights too
+        scale = getattr(self.energy, "residual_scale", None)
+        return tangent if scale is None else tangent * scale
 
     def _jvp_reverse(self, v: torch.Tensor) -> torch.Tensor:
         # Jᵀu is linear in u; differentiating ⟨Jᵀu, v⟩ w.r.t. u gives Jv, with one graph reused.

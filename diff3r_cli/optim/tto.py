@@ -175,16 +175,18 @@ def _fused_adam_available(*ts: torch.Tensor) -> bool:
 
 def prepare_energy(g0: Gaussians, lam: Optional[torch.Tensor], cameras: Cameras, images: torch.Tensor,
                    backend: str = "auto", background: Optional[torch.Tensor] = None,
-                   render_fn: Optional[RenderFn] = None) -> tuple[Energy, torch.Tensor, torch.Tensor]:
+                   render_fn: Optional[RenderFn] = None, pixel_weights: Optional[torch.Tensor] = None
+                   ) -> tuple[Energy, torch.Tensor, torch.Tensor]:
     """Validate the inputs and build E; returns (energy, θ0, λ) with θ0 = g0.flatten() and λ
     the per-scalar weights, both still in g0's and lam's autograd graphs (the energy holds
-    detached copies)."""
+    detached copies). pixel_weights: (C,H,W) confidences of the photos' pixels in [0,1]."""
     lam = check_inputs(g0, lam, cameras, images)
     theta0 = g0.flatten()
     check_finite(theta0.detach(), "the initial Gaussians θ0")
     lam_flat = g0.expand_groups(lam.to(g0.dtype))
     check_finite(lam_flat.detach(), "the uncertainty weights Λ")
-    energy = Energy(g0.detach(), theta0.detach(), lam_flat.detach(), cameras, images, background, backend, render_fn)
+    energy = Energy(g0.detach(), theta0.detach(), lam_flat.detach(), cameras, images, background, backend, render_fn,
+                    pixel_weights)
     return energy, theta0, lam_flat
 
 
@@ -218,6 +220,7 @@ def optimize(
     progress: Optional[Callable[[dict], None]] = None,
     render_fn: Optional[RenderFn] = None,
     compensation: str = "off",
+    pixel_weights: Optional[torch.Tensor] = None,
     **options,
 ) -> tuple[Gaussians, list[dict]]:
     """Minimise E(θ; θ0, Λ) on the context views; returns (g_star, history).
@@ -232,6 +235,8 @@ def optimize(
     compensation: per-view exposure/white-balance transforms optimised jointly ("on"), never
     ("off", the default here: the layer and training use plain E), or when the context views
     differ in exposure ("auto"; see ``appearance.py``). They are not baked into the Gaussians.
+    pixel_weights: (C,H,W) confidences in [0,1] of the photos' pixels, weighting the photometric term
+    (``diff3r_cli.depth.consistency``: low where the other views' Gaussians contradict the photo).
     history: list of dicts with step, energy, photometric, proximal (+ LM diagnostics); the
     last one also has time_s and "compensation" ({"on", "spread"}) and, when on, "appearance"
     (V,6: per-channel gain, bias per view); snapshot records hold the Gaussians' θ in "theta" and
@@ -242,7 +247,8 @@ def optimize(
         raise ValueError(f"steps must be >= 0, got {steps}")
     g0 = g0.detach()
     lam = None if lam is None else lam.detach()
-    energy, theta0, _ = prepare_energy(g0, lam, cameras, images, cfg.backend, background, render_fn)
+    energy, theta0, _ = prepare_energy(g0, lam, cameras, images, cfg.backend, background, render_fn,
+                                      pixel_weights)
     on, spread = decide(compensation, g0, cameras, images, cfg.backend)
     if on:
         energy = CompensatedEnergy(energy)

@@ -1,0 +1,102 @@
+"""How far each context photo's pixels are confirmed by the other context views.
+
+TTO fits every context pixel. Where a photo shows something the other photos do not (an occluder
+in one view, a local exposure change, a reflection), the fit bakes it into the scene and the novel
+views show it. The prediction already says where that happens: render view i from the Gaussians
+predicted from the *other* views, and compare with photo i after a per-channel gain (so that a
+whole-view exposure difference, which the exposure compensation handles, does not count). Where the
+other views cover the pixel and the colours disagree, the pixel is less trustworthy.
+
+The confidence is a Cauchy weight of the window-averaged colour difference d:
+``w = 1 / (1 + (d / tau)²)``, 1 where the other views do not cover the pixel (their opacity below
+``COVER``: nothing to compare with there). It weights the photometric term of the TTO
+(``optim.energy``: the residual carries √w).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from diff3r_cli.cameras import Cameras
+from diff3r_cli.gaussians import Gaussians
+
+TAU = 0.1      # colour difference (mean over RGB, images in [0,1]) at which a pixel's weight is 1/2
+WINDOW = 5     # box window of the difference (odd): single-pixel misregistration at edges is not an outlier
+COVER = 0.5    # the other views' rendered opacity above which they cover a pixel
+MIN_COVERED = 100  # pixels needed for the per-channel gain
+
+
+def _box(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Mean over a k×k window (zero padding not counted) of an (H,W) map."""
+    if k <= 1:
+        return x
+    return F.avg_pool2d(x[None, None], k, 1, k // 2, count_include_pad=False)[0, 0]
+
+
+def _robust_gain(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Per-channel gain g with q ≈ g·p, (3,), as the median ratio over pixels not too dark: a least-squares
+    gain would be pulled by the very outliers it is meant to expose (an occluder's colour)."""
+    ones = torch.ones(3, dtype=q.dtype, device=q.device)
+    if p.shape[0] < MIN_COVERED:
+        return ones
+    gains = []
+    for c in range(3):
+        lit = p[:, c] > 0.05
+        gains.append((q[lit, c] / p[lit, c]).median() if int(lit.sum()) >= MIN_COVERED else ones[c])
+    return torch.stack(gains)
+
+
+def cross_view_difference(g: Gaussians, cameras: Cameras, images: torch.Tensor,
+                          owner: Optional[torch.Tensor] = None, window: int = WINDOW,
+                          backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """(d, covered), both (V,H,W): each photo against its render from the other views' pixel
+    Gaussians (after a robust gain per channel), window-averaged; and where those Gaussians
+    cover the pixel. owner: each Gaussian's source view (``pixel_gaussians.source_views``; -1 for
+    none, e.g. the backdrop, which then renders no view)."""
+    from diff3r_cli.depth.pixel_gaussians import source_views
+    from diff3r_cli.render import render
+
+    v = len(cameras)
+    if window < 1 or window % 2 == 0:
+        raise ValueError(f"window must be odd and positive, got {window}")
+    with torch.no_grad():
+        if owner is None:
+            owner = source_views(g, cameras)
+        ds, cov = [], []
+        for i in range(v):
+            gi = g[(owner >= 0) & (owner != i)]
+            img = images[i].to(g.means)
+            if gi.num == 0:
+                ds.append(torch.zeros(img.shape[:2], dtype=img.dtype, device=img.device))
+                cov.append(torch.zeros(img.shape[:2], dtype=torch.bool, device=img.device))
+                continue
+            out = render(gi, cameras[i:i + 1], backend=backend)
+            alpha = out.alpha[0].to(img)
+            covered = alpha > COVER
+            # colour of the covering Gaussians, not dimmed where they cover only part of the pixel
+            rgb = out.rgb[0].to(img) / alpha.clamp_min(COVER)[..., None]
+            gain = _robust_gain(rgb[covered], img[covered])
+            # averaged over the covered pixels of the window only: an uncovered neighbour has nothing
+            # to compare with and must not raise the difference at the edge of the other views' frame
+            d = (rgb * gain - img).abs().mean(-1) * covered
+            c = covered.to(img.dtype)
+            ds.append(_box(d, window) / _box(c, window).clamp_min(1e-6) * c)
+            cov.append(covered)
+    return torch.stack(ds), torch.stack(cov)
+
+
+def pixel_confidence(g: Gaussians, cameras: Cameras, images: torch.Tensor, tau: float = TAU,
+                     window: int = WINDOW, backend: str = "auto") -> torch.Tensor:
+    """(V,H,W) weights in (0,1] of the context photos' pixels for the TTO's photometric term: low where
+    the other views' Gaussians contradict the photo (see the module docstring)."""
+    if not tau > 0:
+        raise ValueError(f"tau must be positive, got {tau}")
+    d, covered = cross_view_difference(g, cameras, images, window=window, backend=backend)
+    w = 1.0 / (1.0 + (d / tau) ** 2)
+    return torch.where(covered, w, torch.ones_like(w))
+
+
+__all__ = ["COVER", "TAU", "WINDOW", "cross_view_difference", "pixel_confidence"]
