@@ -263,13 +263,14 @@ def test_reconstruct_dispatch_parses_options(tmp_path, fake_engines):
     out = tmp_path / "o" / "x.ply"
     res = run("reconstruct", tmp_path / "scene", "--out", out, "--views", "0,1", "--resolution", "320x240",
               "--device", "cpu", "--refine-steps", "5", "--no-uncertainty", "--no-render", "--no-sweep",
-              "--no-backdrop")
+              "--no-backdrop", "--no-pixel-confidence")
     assert res.exit_code == 0, res.stderr
     (_, kw), = fake_engines["reconstruct_scene"].calls
     assert without_progress(kw) == {"path": tmp_path / "scene", "out": out, "model": None, "views": [0, 1],
                                     "resolution": (320, 240), "device": "cpu", "refine_steps": 5,
                                     "uncertainty": False, "render": False, "eval_all": False, "video": "mp4",
-                                    "anchor": False, "sweep": False, "backdrop": False, "compensation": "auto"}
+                                    "anchor": False, "sweep": False, "backdrop": False, "compensation": "auto",
+                                    "confidence": False}
     assert run("reconstruct", tmp_path / "scene", "--out", out, "--eval-all", "--gif", "--compact-ply",
                "--compensate", "off").exit_code == 0
     kw = fake_engines["reconstruct_scene"].calls[-1][1]
@@ -277,6 +278,7 @@ def test_reconstruct_dispatch_parses_options(tmp_path, fake_engines):
     assert kw["compensation"] == "off"
     # the defaults: a short plain refine after the photometric depth correction
     assert kw["refine_steps"] == 15 and kw["anchor"] is False and kw["sweep"] is True and kw["backdrop"] is True
+    assert kw["confidence"] is True
     assert run("reconstruct", tmp_path / "scene", "--out", out, "--anchor").exit_code == 0
     assert fake_engines["reconstruct_scene"].calls[-1][1]["anchor"] is True
 

@@ -130,3 +130,76 @@ def test_a_whole_view_exposure_change_is_not_an_outlier():
     g_pred, _ = plane_pixels(cams, [torch.ones(3, dtype=torch.float64), gain])
     w = pixel_confidence(g_pred, cams, shot)
     assert float(w.min()) > 0.8, float(w.min())
+
+
+def test_contradicted_gaussians_are_those_of_the_occluder():
+    from diff3r_cli.depth.consistency import contradicted
+
+    cams, g, photos = _occluded_plane()
+    shot = photos.clone()
+    shot[0][8:15, 9:16] = torch.tensor([0.9, 0.1, 0.8], dtype=shot.dtype)
+    g_pred, owner = plane_pixels(cams, [torch.ones(3, dtype=torch.float64)] * 2)
+    w = pixel_confidence(g_pred, cams, shot)
+    bad = contradicted(g_pred, cams, w)
+    # view 0's Gaussians are row-major over its pixels: the contradicted ones lie in the occluder box
+    rows, cols = torch.div(torch.arange(cams.width * cams.height), cams.width, rounding_mode="floor"), \
+        torch.arange(cams.width * cams.height) % cams.width
+    in_box = (rows >= 8) & (rows < 15) & (cols >= 9) & (cols < 16)
+    bad0 = bad[owner == 0]
+    assert bool(bad0[in_box].float().mean() > 0.6)
+    near_box = (rows >= 6) & (rows < 17) & (cols >= 7) & (cols < 18)  # the 5-px window reaches 2 px out
+    assert int(bad0[~near_box].sum()) == 0
+    assert int(bad[owner == 1].sum()) <= 0.05 * int((owner == 1).sum())
+
+
+@pytest.mark.parametrize("mode, expect", [("off", (False, False)), ("unc", (False, True)), ("all", (True, True))])
+def test_eval_gives_the_confidences_to_the_runs_asked_for(monkeypatch, mode, expect):
+    from diff3r_cli.evaluate import views as views_mod
+    from diff3r_cli.evaluate.views import EvalViews, score_runs
+    from diff3r_cli.model.predictor import build_predictor
+
+    got = {}
+    real = views_mod.tto_states
+
+    def spy(g0, lam, *args):
+        got[lam is not None] = args[-1] is not None
+        return real(g0, lam, *args)
+
+    monkeypatch.setattr(views_mod, "tto_states", spy)
+    tiny = dict(enc_channels=(4, 8), feat_dim=8, num_planes=4, refine_channels=8, head_channels=8, attn_layers=0)
+    net = build_predictor("small", **tiny)
+    K = torch.tensor([[20.0, 0, 8], [0, 20.0, 8], [0, 0, 1]]).repeat(2, 1, 1)
+    w2c = torch.eye(4).repeat(2, 1, 1)
+    w2c[1, 0, 3] = -0.2
+    v = EvalViews(torch.rand(2, 16, 16, 3), K, w2c, torch.rand(1, 16, 16, 3), K[:1], w2c[:1], 2.0, 9.0)
+    runs = [("ff+TTO", "diff3r", False, 1), ("diff3r+TTO+unc", "diff3r", True, 1)]
+    out, failures = score_runs({"diff3r": net}, runs, v, "cpu", context=False, confidence=mode)
+    assert failures == 0 and set(out) == {"ff+TTO@1", "diff3r+TTO+unc@1"}
+    assert (got[False], got[True]) == expect
+    with pytest.raises(ValueError, match="confidence"):
+        score_runs({"diff3r": net}, runs, v, "cpu", confidence="maybe")
+
+
+def test_confident_start_keeps_the_occluder_contradicted_after_the_prepass_and_drops_its_gaussians():
+    from diff3r_cli.depth.consistency import confident_start
+
+    cams, _, photos = _occluded_plane()
+    shot = photos.clone()
+    shot[0][8:15, 9:16] = torch.tensor([0.9, 0.1, 0.8], dtype=shot.dtype)
+    g_pred, owner = plane_pixels(cams, [torch.ones(3, dtype=torch.float64)] * 2)
+    inside = torch.zeros(cams.height, cams.width, dtype=torch.bool)
+    inside[8:15, 9:16] = True
+    g_pred.sh[inside.reshape(-1).nonzero().squeeze(1), 0] = (shot[0][inside] - 0.5) / 0.28209479177387814
+    lam = torch.ones(g_pred.num, 5, dtype=torch.float64)
+    g, lam_kept, w, kept = confident_start(g_pred, lam, cams, shot, drop=True, prepass=10)
+    assert int(kept.sum()) == g.num and torch.equal(g.means, g_pred.means[kept])
+    assert float(w[0][9:14, 10:15].max()) < 0.3  # the fit cannot make view 1's Gaussians show the occluder
+    assert float(w[1].median()) > 0.9
+    # two views cannot say which photo is wrong: view 0's occluder Gaussians also contradict view 1's
+    # photo where they project, so both views' Gaussians go there (the occluder's, and the patch of
+    # plane that view 1 shows under them), and nothing else
+    dropped = g_pred.num - g.num
+    assert 2 * 7 * 7 <= dropped <= 2 * 11 * 11 and len(lam_kept) == g.num
+    _, _, w_kept, all_kept = confident_start(g_pred, None, cams, shot, drop=False, prepass=0)
+    assert bool(all_kept.all())
+    assert torch.allclose(w_kept, pixel_confidence(g_pred, cams, shot))

@@ -9,7 +9,7 @@ import typer
 
 from diff3r_cli.cli.checks import check_output_file, parse_int_list, require_exists
 from diff3r_cli.cli.guard import guarded
-from diff3r_cli.cli.options import Compensation, DataKind, Device, Optimizer
+from diff3r_cli.cli.options import Compensation, Confidence, DataKind, Device, Optimizer
 
 
 @guarded
@@ -44,6 +44,13 @@ def eval_cmd(
     compensate: Annotated[Compensation, typer.Option(help="Per-view exposure/white-balance compensation in "
                                                           "TTO: auto = where the context views differ in "
                                                           "exposure.")] = Compensation.auto,
+    confidence: Annotated[Confidence, typer.Option(help="Which TTO runs weight each context pixel by how far "
+                                                       "the other context views confirm it (an occluder in "
+                                                       "one photo gets a low weight): unc = the "
+                                                       "uncertainty-anchored runs.")] = Confidence.unc,
+    drop_contradicted: Annotated[bool, typer.Option("--drop-contradicted/--keep-contradicted",
+                                                    help="With --confidence: those runs also start without "
+                                                         "the Gaussians predicted from contradicted pixels.")] = True,
 ) -> None:
     """Evaluate PSNR/SSIM on held-out target views, after 0..K test-time optimization steps.
 
@@ -58,7 +65,8 @@ def eval_cmd(
     result = evaluate_main(data_root=data_root, data=data.value, model=model, ff_model=ff_model, tto_steps=steps,
                            outliers=outliers, limit=limit, device=device.value, resolution=resolution,
                            optimizer=optimizer.value, json_out=json_out, seed=seed,
-                           compensation=compensate.value, sweep=sweep, backdrop=backdrop)
+                           compensation=compensate.value, sweep=sweep, backdrop=backdrop,
+                           confidence=confidence.value, drop=drop_contradicted)
     if isinstance(result, dict) and "summary" in result:  # the library returns; the CLI presents
         from diff3r_cli.evaluate.report import print_summary
 

@@ -19,7 +19,8 @@ DataKind = _choices("DataKind", "re10k", "synthetic", "mix")
 Stage = _choices("Stage", "ff", "diff3r")
 Split = _choices("Split", "train", "test")
 Compensation = _choices("Compensation", "auto", "on", "off")
+Confidence = _choices("Confidence", "unc", "all", "off")  # evaluate.views.CONFIDENCE_MODES
 # the renderer's own list, so a new backend appears in --backend without a second edit
 RenderBackend = _choices("RenderBackend", *BACKENDS)
 
-__all__ = ["Device", "Optimizer", "PathKind", "DataKind", "Stage", "Split", "Compensation", "RenderBackend"]
+__all__ = ["Device", "Optimizer", "PathKind", "DataKind", "Stage", "Split", "Compensation", "Confidence", "RenderBackend"]

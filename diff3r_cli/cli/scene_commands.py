@@ -24,6 +24,12 @@ _CompensateOpt = Annotated[Compensation, typer.Option(help="Per-view exposure/wh
                                                            "sidecar, not in the splat): auto = when the input views "
                                                            "differ in exposure.")]
 
+_ConfidenceOpt = Annotated[bool, typer.Option("--pixel-confidence/--no-pixel-confidence",
+                                              help="With the uncertainty anchor: weight each input pixel by how "
+                                                   "far the other input views confirm it, and drop the Gaussians "
+                                                   "of contradicted pixels (an occluder in one photo stays out "
+                                                   "of the scene).")]
+
 
 @guarded
 def reconstruct(
@@ -73,6 +79,7 @@ def reconstruct(
                                               "vertex element (smaller; the reference SIBR viewer cannot read it). "
                                               "Default: the 62-property layout every viewer reads.")] = False,
     compensate: _CompensateOpt = Compensation.auto,
+    pixel_confidence: _ConfidenceOpt = True,
 ) -> None:
     """Predict a 3DGS scene from posed (or SfM-posed) images in one network pass.
 
@@ -92,7 +99,8 @@ def reconstruct(
                                    refine_steps=refine_steps, uncertainty=not no_uncertainty, render=render,
                                    anchor=anchor,
                                    eval_all=eval_all, video="gif" if gif else "mp4", progress=progress, sweep=sweep,
-                                   backdrop=backdrop, compensation=compensate.value, **({"ply_layout": "compact"} if compact_ply else {}))
+                                   backdrop=backdrop, compensation=compensate.value, confidence=pixel_confidence,
+                                   **({"ply_layout": "compact"} if compact_ply else {}))
     print_result(reconstruct_rows(result))
 
 
@@ -116,6 +124,7 @@ def refine(
     compact_ply: Annotated[bool, typer.Option("--compact-ply", help="Store SH at its own degree with Λ in the "
                                               "vertex element (smaller; SIBR cannot read it).")] = False,
     compensate: _CompensateOpt = Compensation.auto,
+    pixel_confidence: _ConfidenceOpt = True,
 ) -> None:
     """Refine a predicted scene on its input views by uncertainty-weighted test-time optimization.
 
@@ -135,7 +144,7 @@ def refine(
         with RichProgress() as progress:
             result = refine_splat(ply=ply, steps=steps, optimizer=optimizer.value, uncertainty=not no_uncertainty,
                                   images=images, out=dest, progress=progress, compensation=compensate.value,
-                                  **({"ply_layout": "compact"} if compact_ply else {}))
+                                  confidence=pixel_confidence, **({"ply_layout": "compact"} if compact_ply else {}))
     except RefineInterrupted as e:
         notice = refine_interrupted_notice(e)
         if notice:

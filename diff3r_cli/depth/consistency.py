@@ -11,6 +11,11 @@ The confidence is a Cauchy weight of the window-averaged colour difference d:
 ``w = 1 / (1 + (d / tau)²)``, 1 where the other views do not cover the pixel (their opacity below
 ``COVER``: nothing to compare with there). It weights the photometric term of the TTO
 (``optim.energy``: the residual carries √w).
+
+With two context views the test cannot tell which photo is wrong: an occluder's Gaussians in view i
+also render into view j, where they contradict view j's photo. Both views lose the weight there (and
+with :func:`confident_start`'s ``drop`` both views' Gaussians go), which is what keeps the occluder
+out of the scene; a third view would break the tie.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ TAU = 0.1      # colour difference (mean over RGB, images in [0,1]) at which a p
 WINDOW = 5     # box window of the difference (odd): single-pixel misregistration at edges is not an outlier
 COVER = 0.5    # the other views' rendered opacity above which they cover a pixel
 MIN_COVERED = 100  # pixels needed for the per-channel gain
+PREPASS_STEPS = 50  # plain TTO steps before the confidences are measured (see confident_start)
 
 
 def _box(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -89,14 +95,64 @@ def cross_view_difference(g: Gaussians, cameras: Cameras, images: torch.Tensor,
 
 
 def pixel_confidence(g: Gaussians, cameras: Cameras, images: torch.Tensor, tau: float = TAU,
-                     window: int = WINDOW, backend: str = "auto") -> torch.Tensor:
+                     window: int = WINDOW, backend: str = "auto", owner: Optional[torch.Tensor] = None
+                     ) -> torch.Tensor:
     """(V,H,W) weights in (0,1] of the context photos' pixels for the TTO's photometric term: low where
-    the other views' Gaussians contradict the photo (see the module docstring)."""
+    the other views' Gaussians contradict the photo (see the module docstring). owner: see
+    :func:`cross_view_difference` (needed once TTO has moved the Gaussians off their pixel rays)."""
     if not tau > 0:
         raise ValueError(f"tau must be positive, got {tau}")
-    d, covered = cross_view_difference(g, cameras, images, window=window, backend=backend)
+    d, covered = cross_view_difference(g, cameras, images, owner=owner, window=window, backend=backend)
     w = 1.0 / (1.0 + (d / tau) ** 2)
     return torch.where(covered, w, torch.ones_like(w))
 
 
-__all__ = ["COVER", "TAU", "WINDOW", "cross_view_difference", "pixel_confidence"]
+def confident_start(g0: Gaussians, lam: Optional[torch.Tensor], cameras: Cameras, images: torch.Tensor,
+                    drop: bool = True, prepass: int = PREPASS_STEPS, compensation: str = "auto",
+                    backend: str = "auto"
+                    ) -> tuple[Gaussians, Optional[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """(θ0, Λ, pixel weights, kept) for a TTO that trusts each context pixel as far as the other views
+    confirm it: the weights come from the Gaussians after ``prepass`` plain TTO steps (θ0's own
+    geometry errors make the views disagree on clean photos too; a short fit settles those, while
+    what only one photo shows stays contradicted); with ``drop``, θ0 (and Λ) without the pixel
+    Gaussians predicted from contradicted pixels. kept: (N,) bool over the given Gaussians."""
+    from diff3r_cli.depth.pixel_gaussians import source_views
+
+    with torch.no_grad():
+        owner = source_views(g0, cameras)
+    g = g0
+    if prepass > 0:
+        from diff3r_cli.optim.tto import optimize
+
+        g, _ = optimize(g0, None, cameras, images, int(prepass), backend=backend, compensation=compensation)
+    w = pixel_confidence(g, cameras, images, backend=backend, owner=owner)
+    keep = torch.ones(len(g0), dtype=torch.bool, device=g0.means.device)
+    if drop:
+        keep = ~contradicted(g0, cameras, w, owner=owner)
+        g0 = g0[keep]
+        lam = None if lam is None else lam[keep]
+    return g0, lam, w, keep
+
+
+def contradicted(g: Gaussians, cameras: Cameras, weights: torch.Tensor, threshold: float = 0.5,
+                 owner: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(N,) bool: pixel Gaussians whose own pixel's confidence is below ``threshold`` (what they were
+    predicted from, the other views contradict); False for Gaussians of no view (the backdrop)."""
+    from diff3r_cli.depth.pixel_gaussians import project_to_view, source_views
+
+    out = torch.zeros(len(g), dtype=torch.bool, device=g.means.device)
+    with torch.no_grad():
+        owner = source_views(g, cameras) if owner is None else owner
+        for j in range(len(cameras)):
+            sel = (owner == j).nonzero().squeeze(1)
+            if sel.numel() == 0:
+                continue
+            _, u, v, _ = project_to_view(g.means[sel], cameras, j)
+            col = u.floor().long().clamp(0, cameras.width - 1)
+            row = v.floor().long().clamp(0, cameras.height - 1)
+            out[sel] = weights[j].to(out.device)[row, col] < threshold
+    return out
+
+
+__all__ = ["COVER", "PREPASS_STEPS", "TAU", "WINDOW", "confident_start", "contradicted", "cross_view_difference",
+           "pixel_confidence"]

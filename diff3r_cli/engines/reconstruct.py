@@ -141,7 +141,8 @@ def reconstruct_scene(path: Path, out: Path, model: Optional[str] = None, views:
                       optimizer: str = "adam", anchor: bool = False,
                       frames: int = PATH_FRAMES, eval_all: bool = False, video: str = "mp4",
                       progress: Optional[ProgressCallback] = None, ply_layout: str = "viewer",
-                      sweep: bool = True, compensation: str = "auto", backdrop: bool = True) -> ReconstructResult:
+                      sweep: bool = True, compensation: str = "auto", backdrop: bool = True,
+                      confidence: bool = True) -> ReconstructResult:
     """Load posed images, predict Gaussians, optionally refine, write .ply + sidecar (+ renders).
 
     resolution: the short side (int, native aspect), (W, H), or None (native, long side capped).
@@ -156,7 +157,9 @@ def reconstruct_scene(path: Path, out: Path, model: Optional[str] = None, views:
     sweep): append a far, blurred backdrop that fills what no Gaussian covers (depth/backdrop.py).
     compensation: per-view exposure/white-balance transforms in the refinement ("auto" | "on" |
     "off"); stored in the sidecar (extras.appearance) and applied to the context views' renders
-    (their PSNR) only, never baked into the splat.
+    (their PSNR) only, never baked into the splat. confidence (with anchor): the anchored refine also
+    weights each context pixel by how far the other views confirm it and drops the Gaussians of
+    contradicted pixels (``refine_gaussians``).
     """
     from diff3r_cli.engines.policy import (DEFAULT_MODEL, DEFAULT_REFINE_STEPS, context_views, pick_device,
                                            split_unseen, working_resolution)
@@ -175,7 +178,7 @@ def reconstruct_scene(path: Path, out: Path, model: Optional[str] = None, views:
     size = working_resolution(scene.width, scene.height, resolution)
     p = _predict(scene, context, model_path, size, dev, report, sweep=sweep, backdrop=backdrop)
     scene, g = p.scene, p.gaussians
-    t_ref, appearance, comp = 0.0, None, None
+    t_ref, appearance, comp, dropped = 0.0, None, None, None
     refine_steps = DEFAULT_REFINE_STEPS if refine_steps is None else int(refine_steps)
     if refine_steps > 0:
         from diff3r_cli.optim.appearance import from_sidecar, sidecar_record
@@ -183,7 +186,10 @@ def reconstruct_scene(path: Path, out: Path, model: Optional[str] = None, views:
         t0 = time.perf_counter()
         g, hist = refine_gaussians(g, p.lam if uncertainty and anchor else None, scene.cameras[context].to(dev),
                                    scene.images[context].to(dev), refine_steps, optimizer, progress=progress,
-                                   compensation=compensation)
+                                   compensation=compensation, confidence=confidence)
+        if "kept" in hist[-1]:  # Gaussians of contradicted pixels were dropped: their Λ rows go too
+            p.lam = p.lam[hist[-1]["kept"].to(p.lam.device)]
+            dropped = int((~hist[-1]["kept"]).sum())
         t_ref = time.perf_counter() - t0
         comp = sidecar_record(hist[-1])
         appearance = from_sidecar({"extras": {"appearance": comp}})
@@ -194,6 +200,7 @@ def reconstruct_scene(path: Path, out: Path, model: Optional[str] = None, views:
                       extras={"input": str(Path(path).resolve()), "format": scene.format, "near": p.near,
                               "far": p.far, "depth_range_from": p.range_from, "refine_steps": refine_steps,
                               "refine_anchored": bool(refine_steps > 0 and uncertainty and anchor),
+                              **({"dropped_contradicted": dropped} if dropped is not None else {}),
                               "uncertainty": uncertainty, "held_out_views": held, "interp_views": interp,
                               "depth_sweep_accepted": p.sweep_accepted, "backdrop_gaussians": p.backdrop,
                               **({"appearance": comp} if comp is not None else {}),

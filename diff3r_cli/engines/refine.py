@@ -55,6 +55,7 @@ class RefineInterrupted(KeyboardInterrupt):
         self.signum = getattr(cause, "signum", 2)
         self.exit_code = getattr(cause, "exit_code", 130)
         self.written: Optional[Path] = None
+        self.kept: Optional[torch.Tensor] = None  # which Gaussians ``best`` holds (see refine_gaussians)
 
 
 @dataclass
@@ -82,8 +83,14 @@ def photometric_psnr(photometric: float) -> float:
 
 def refine_gaussians(g0: Gaussians, lam: Optional[torch.Tensor], cameras: Cameras, images: torch.Tensor,
                      steps: int, optimizer: str = "adam", progress: Optional[ProgressCallback] = None,
-                     compensation: str = "auto") -> tuple[Gaussians, list[dict]]:
+                     compensation: str = "auto", confidence: bool = False
+                     ) -> tuple[Gaussians, list[dict]]:
     """Uncertainty-weighted TTO (lam=None: plain TTO), NaN-guarded; returns (Gaussians, history).
+
+    confidence (with lam): the context pixels weighted by how far the other views confirm them, and
+    the Gaussians of contradicted pixels dropped first (``depth.consistency.confident_start``: an
+    occluder in one photo stays out of the scene); the last history record's "kept" (N,) bool says
+    which of g0's Gaussians the result holds (Λ rows follow it).
 
     compensation: per-view exposure/white-balance transforms ("auto": where the context views
     differ in exposure; see optim/appearance.py); the last history record says whether they ran
@@ -99,17 +106,28 @@ def refine_gaussians(g0: Gaussians, lam: Optional[torch.Tensor], cameras: Camera
     imgs = images.to(g0.device, g0.dtype)
     # Adam's snapshots hand every iterate to the callback, which keeps only the best one
     extra = {"snapshots": set(range(steps + 1))} if optimizer == "adam" else {}
+    weights, kept = None, None
     best = BestIterate(report)
-    report.emit(ProgressEvent("optimize", f"refine ({optimizer})", steps))
     try:
+        if confidence and lam is not None and steps > 0 and len(cams) > 1:
+            from diff3r_cli.depth.consistency import confident_start
+
+            with report.step("checking each photo against the other views", 1) as advance:
+                g0, lam, weights, kept = confident_start(g0, lam, cams, imgs, compensation=compensation)
+                advance()
+        report.emit(ProgressEvent("optimize", f"refine ({optimizer})", steps))
         g, hist = optimize(g0, lam, cams, imgs, steps, optimizer=optimizer, progress=best, compensation=compensation,
-                           **extra)
+                           pixel_weights=weights, **extra)
     except KeyboardInterrupt as e:
         partial = g0.detach().unflatten(best.theta) if best.theta is not None else None
-        raise RefineInterrupted(e, partial, best.step, best.energy, steps) from None
+        err = RefineInterrupted(e, partial, best.step, best.energy, steps)
+        err.kept = kept
+        raise err from None
     report.emit(ProgressEvent("optimized", f"refine ({optimizer})", steps))
     if not g.is_finite():
         raise NumericalError("refinement produced non-finite Gaussians")
+    if kept is not None and hist:
+        hist[-1]["kept"] = kept
     return g, hist
 
 
@@ -125,8 +143,11 @@ def _refined_info(doc: dict, ply: Path, steps: int, optimizer: str, uncertainty:
 def refine_splat(ply: Path, steps: int = 200, optimizer: str = "adam", uncertainty: bool = True,
                  images: Optional[Path] = None, out: Optional[Path] = None, device: str = "auto",
                  progress: Optional[ProgressCallback] = None, ply_layout: str = "viewer",
-                 compensation: str = "auto") -> RefineResult:
+                 compensation: str = "auto", confidence: bool = True) -> RefineResult:
     """Uncertainty-weighted TTO of a reconstructed .ply on its context views; writes `out` atomically.
+
+    confidence: with the uncertainty, each context pixel weighted by how far the other views confirm
+    it, contradicted pixels' Gaussians dropped (see :func:`refine_gaussians`).
 
     Works at the scene's saved resolution (the network inputs stored by reconstruct). Ctrl-C or
     SIGTERM writes the best iterate so far to `out` (sidecar extras.partial = true) and raises
@@ -158,17 +179,22 @@ def refine_splat(ply: Path, steps: int = 200, optimizer: str = "adam", uncertain
     t0 = time.perf_counter()
     try:
         g, hist = refine_gaussians(g0, lam_used, cams, imgs.to(dev), steps, optimizer, progress=progress,
-                                   compensation=compensation)
+                                   compensation=compensation, confidence=confidence)
     except RefineInterrupted as e:
         # keep the work done so far: the best iterate, written atomically and marked partial
         if e.best is not None and e.best.is_finite():
             info["extras"].update({"partial": True, "steps_done": e.step, "energy": e.energy})
+            if e.kept is not None and lam_out is not None:
+                lam_out = lam_out[e.kept.cpu()]
             write_splat(out, e.best.to("cpu"), lam_out, info, layout=ply_layout)
             e.written = out
         raise
     dt = time.perf_counter() - t0
     first, last = hist[0], hist[-1]  # history holds E at θ0 and at every iterate, final included
     info["extras"]["appearance"] = sidecar_record(last)
+    if "kept" in last:  # Gaussians of contradicted pixels were dropped: their Λ rows go with them
+        info["extras"]["dropped_contradicted"] = int((~last["kept"]).sum())
+        lam_out = lam_out[last["kept"].cpu()] if lam_out is not None else None
     write_splat(out, g.to("cpu"), lam_out, info, layout=ply_layout)
     return RefineResult(ply=out, steps_run=len(hist) - 1, energy=(first["energy"], last["energy"]),
                         photometric=(first["photometric"], last["photometric"]), time_s=dt,

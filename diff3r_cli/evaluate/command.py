@@ -44,7 +44,8 @@ def evaluate_main(data_root: Path, data: str = "re10k", model: Optional[str] = N
                   limit: Optional[int] = None, device: str = "auto", resolution: Optional[int] = None,
                   optimizer: str = "adam", split: str = "test", json_out: Optional[Path] = None,
                   progress: bool = True, seed: int = 0, depth_range: str = "auto",
-                  compensation: str = "auto", sweep: bool = True, backdrop: bool = True) -> dict:
+                  compensation: str = "auto", sweep: bool = True, backdrop: bool = True,
+                  confidence: str = "unc", drop: bool = True) -> dict:
     """Evaluate on the fixed test views of an RE10K-format root (evaluation_index.json); prints nothing
     but the progress bar (present the result with `report.print_summary`).
 
@@ -59,7 +60,9 @@ def evaluate_main(data_root: Path, data: str = "re10k", model: Optional[str] = N
     exposure/white balance each with P/2; targets stay clean), drawn from ``seed`` and the
     scene key, so the same seed gives the same corruptions. compensation: per-view exposure
     transforms in every TTO run ("auto": where the context views differ in exposure); context
-    PSNR then uses each view's transform, target views the identity.
+    PSNR then uses each view's transform, target views the identity. confidence: which TTO runs weight
+    the context pixels by how far the other context views confirm them ("unc" | "all" | "off"), drop:
+    and start without the Gaussians of contradicted pixels (``views.confident_start``).
     Returns {"summary": [{method, steps, psnr, ssim, context_psnr, scenes, compensated}],
     "scenes": [per-scene rows], ...}.
     """
@@ -85,11 +88,12 @@ def evaluate_main(data_root: Path, data: str = "re10k", model: Optional[str] = N
     t_start = time.perf_counter()
     with progress_bar(limit) if progress else nullcontext(None) as advance:
         rows, failures = _evaluate_scenes(ds, models, runs, dev, optimizer, depth_range, limit, advance,
-                                          compensation, sweep, backdrop)
+                                          compensation, sweep, backdrop, confidence, drop)
     if not rows:
         raise UserError("no evaluation scenes found", index, "check that the index keys match the chunks")
     result = {"data_root": str(root), "resolution": res, "outliers": bool(outliers),
               "outlier_probability": float(outliers), "seed": int(seed), "compensation": compensation,
+              "confidence": confidence, "drop_contradicted": bool(drop and confidence != "off"),
               "optimizer": optimizer, "sweep": sweep, "backdrop": bool(sweep and backdrop),
               "models": {k: str(resolve_model_path(v)) for k, v in (("diff3r", model), ("ff", ff_model)) if v},
               "tto_steps": steps_list, "num_scenes": len(rows), "numerical_failures": failures,
@@ -134,7 +138,8 @@ def outlier_config(p: float):
 
 def _evaluate_scenes(ds, models: dict, runs: list[Run], device: torch.device, optimizer: str, depth_range: str,
                      limit: Optional[int], advance, compensation: str = "off",
-                     sweep: bool = False, backdrop: bool = True) -> tuple[list[dict], int]:
+                     sweep: bool = False, backdrop: bool = True, confidence: str = "off",
+                     drop: bool = False) -> tuple[list[dict], int]:
     """One row per scene (key, views, size, depth range, every configuration's means) and the failures."""
     rows: list[dict] = []
     failures = 0
@@ -161,7 +166,8 @@ def _evaluate_scenes(ds, models: dict, runs: list[Run], device: torch.device, op
                                         sample["context_w2c"], sample["target_images"], sample["target_K"],
                                         sample["target_w2c"], near, far, device, optimizer,
                                         ranges={n: r[:2] for n, r in ranges.items()}, compensation=compensation,
-                                        sweep=sweep, ranges_used=used, backdrop=backdrop)
+                                        sweep=sweep, ranges_used=used, backdrop=backdrop, confidence=confidence,
+                                        drop=drop)
         moved = {n: [round(a, 4), round(b, 4)] for n, (a, b) in used.items()
                  if abs(a / ranges[n][0] - 1) > 1e-6 or abs(b / ranges[n][1] - 1) > 1e-6}
         if moved:  # the depth stage re-set the range from the matched depths (diff3r_cli.depth.stage)

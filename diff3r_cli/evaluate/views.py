@@ -102,12 +102,14 @@ def predict(model: torch.nn.Module, views: EvalViews, device: torch.device,
 
 def tto_states(g0: Gaussians, lam: Optional[torch.Tensor], cameras: Cameras, images: torch.Tensor,
                budgets: list[int], optimizer: str = "adam", backend: str = "auto", compensation: str = "off",
-               appearance: Optional[dict] = None) -> dict[int, Gaussians]:
+               appearance: Optional[dict] = None, pixel_weights: Optional[torch.Tensor] = None
+               ) -> dict[int, Gaussians]:
     """Gaussians after each budget of TTO steps (0: θ0 itself). NumericalError propagates.
 
     compensation: per-view exposure transforms in the TTO ("off" | "on" | "auto", see
     optim/appearance.py); when ``appearance`` is a dict it receives, per budget, the context
-    views' transforms (V,6; None where compensation did not run).
+    views' transforms (V,6; None where compensation did not run). pixel_weights: (V,H,W)
+    confidences of the context pixels (``depth.consistency``).
     """
     from diff3r_cli.optim.tto import optimize
 
@@ -119,7 +121,7 @@ def tto_states(g0: Gaussians, lam: Optional[torch.Tensor], cameras: Cameras, ima
         return states
     if optimizer == "adam":
         g, hist = optimize(g0, lam, cameras, images, positive[-1], optimizer="adam", snapshots=set(positive),
-                           backend=backend, compensation=compensation)
+                           backend=backend, compensation=compensation, pixel_weights=pixel_weights)
         for s in positive:
             states[s] = g0.unflatten(hist[s]["theta"]) if s < len(hist) else g
             app[s] = hist[s].get("appearance") if s < len(hist) else None
@@ -128,7 +130,7 @@ def tto_states(g0: Gaussians, lam: Optional[torch.Tensor], cameras: Cameras, ima
     else:  # LM's iterates depend on the budget (its stopping rule): one run per budget
         for s in positive:
             states[s], hist = optimize(g0, lam, cameras, images, s, optimizer=optimizer, backend=backend,
-                                       compensation=compensation)
+                                       compensation=compensation, pixel_weights=pixel_weights)
             app[s] = hist[-1].get("appearance")
     return states
 
@@ -161,16 +163,25 @@ def score(g: Gaussians, views: EvalViews, backend: str = "auto", context: bool =
     return ViewScores(psnr_per_view(pred, gt), ss, ctx, pred)
 
 
+CONFIDENCE_MODES = ("off", "unc", "all")  # which TTO runs get the context pixels' confidences
+
+
 def score_runs(models: dict[str, torch.nn.Module], runs: list[Run], views: EvalViews, device: torch.device,
                optimizer: str = "adam", backend: str = "auto", context: bool = True,
-               compensation: str = "off", ranges_used: Optional[dict] = None
+               compensation: str = "off", ranges_used: Optional[dict] = None,
+               confidence: str = "off", drop: bool = False
                ) -> tuple[dict[str, Optional[ViewScores]], int]:
     """Every configuration of ``runs`` on one tuple: ({"<method>@<steps>": scores}, numerical failures).
 
     A TTO run that fails numerically counts once and leaves None for its configurations with
     steps > 0 (θ0 is still scored). compensation: see :func:`tto_states`. ranges_used: when a dict
     is given, it receives model key -> the (near, far) each model's prediction finally used.
+    confidence: which TTO runs weight the context pixels by how far the other views confirm them
+    ("unc": the uncertainty-anchored runs, "all", "off"; see ``depth.consistency.confident_start``, with
+    ``drop``).
     """
+    if confidence not in CONFIDENCE_MODES:
+        raise ValueError(f"unknown confidence mode {confidence!r} (use one of {', '.join(CONFIDENCE_MODES)})")
     dev = torch.device(device)
     w, h = views.size
     ctx_images = views.context_images.to(dev)
@@ -189,9 +200,18 @@ def score_runs(models: dict[str, torch.nn.Module], runs: list[Run], views: EvalV
     for (mname, unc), items in groups.items():
         g0, lam = preds[mname]
         app: dict = {}
+        weights = None
+        if any(s > 0 for _, s in items) and (confidence == "all" or (confidence == "unc" and unc)):
+            from diff3r_cli.depth.consistency import confident_start
+
+            g_start, lam_start, weights, _ = confident_start(g0, lam, ctx_cams, ctx_images, drop,
+                                                          compensation=compensation, backend=backend)
+        else:
+            g_start, lam_start = g0, lam
         try:
-            states = tto_states(g0, lam if unc else None, ctx_cams, ctx_images, [s for _, s in items], optimizer,
-                                backend, compensation, app)
+            states = tto_states(g_start, lam_start if unc else None, ctx_cams, ctx_images, [s for _, s in items],
+                                optimizer, backend, compensation, app, weights)
+            states[0] = g0
         except NumericalError:
             failures += 1
             states = {0: g0}
@@ -207,23 +227,25 @@ def evaluate_views(models: dict, runs: list[Run], ctx_images: torch.Tensor, ctx_
                    near: float, far: float, device: torch.device, optimizer: str = "adam",
                    renders: Optional[dict] = None, ranges: Optional[dict] = None,
                    compensation: str = "off", sweep: bool = False,
-                   ranges_used: Optional[dict] = None, backdrop: bool = True) -> tuple[dict, int]:
+                   ranges_used: Optional[dict] = None, backdrop: bool = True, confidence: str = "off",
+                   drop: bool = False) -> tuple[dict, int]:
     """`score_runs` with the per-scene means of `diff3r eval`: ({"<method>@<steps>": {"psnr", "ssim",
     "context_psnr"} or None}, failures). context_psnr: the context views re-rendered from the same
     Gaussians (high with a low target PSNR = overfitting). renders: when a dict is given, the target
     renders (T,H,W,3) are stored in it under "<method>@<steps>". ranges: model key -> (near, far)
     for models that take another depth range than near/far. compensation: see :func:`tto_states`.
     sweep: every model's θ0 gets the photometric depth stage of `reconstruct` (diff3r_cli.depth);
-    backdrop: and the far blurred backdrop of that stage. ranges_used: see :func:`score_runs`.
+    backdrop: and the far blurred backdrop of that stage. ranges_used, confidence, drop: see
+    :func:`score_runs`.
     """
     views = EvalViews(ctx_images, ctx_K, ctx_w2c, tgt_images, tgt_K, tgt_w2c, float(near), float(far), ranges,
                       sweep, backdrop)
     scores, failures = score_runs(models, runs, views, device, optimizer, compensation=compensation,
-                                  ranges_used=ranges_used)
+                                  ranges_used=ranges_used, confidence=confidence, drop=drop)
     if renders is not None:
         renders.update({k: v.renders for k, v in scores.items() if v is not None})
     return {k: None if v is None else v.means() for k, v in scores.items()}, failures
 
 
-__all__ = ["EvalViews", "ViewScores", "Run", "predict", "tto_states", "psnr_per_view", "score",
-           "score_runs", "evaluate_views"]
+__all__ = ["CONFIDENCE_MODES", "EvalViews", "ViewScores", "Run", "predict", "tto_states",
+           "psnr_per_view", "score", "score_runs", "evaluate_views"]
