@@ -110,10 +110,12 @@ def refine_gaussians(g0: Gaussians, lam: Optional[torch.Tensor], cameras: Camera
     best = BestIterate(report)
     try:
         if confidence and lam is not None and steps > 0 and len(cams) > 1:
-            from diff3r_cli.depth.consistency import confident_start
+            from diff3r_cli.depth.consistency import PREPASS_STEPS, confident_start
 
+            # the pre-pass never costs more than the refine itself (a 15-step refine: 15 more steps)
             with report.step("checking each photo against the other views", 1) as advance:
-                g0, lam, weights, kept = confident_start(g0, lam, cams, imgs, compensation=compensation)
+                g0, lam, weights, kept = confident_start(g0, lam, cams, imgs, prepass=min(PREPASS_STEPS, steps),
+                                                         compensation=compensation)
                 advance()
         report.emit(ProgressEvent("optimize", f"refine ({optimizer})", steps))
         g, hist = optimize(g0, lam, cams, imgs, steps, optimizer=optimizer, progress=best, compensation=compensation,

@@ -200,15 +200,13 @@ def score_runs(models: dict[str, torch.nn.Module], runs: list[Run], views: EvalV
     for (mname, unc), items in groups.items():
         g0, lam = preds[mname]
         app: dict = {}
-        weights = None
-        if any(s > 0 for _, s in items) and (confidence == "all" or (confidence == "unc" and unc)):
-            from diff3r_cli.depth.consistency import confident_start
-
-            g_start, lam_start, weights, _ = confident_start(g0, lam, ctx_cams, ctx_images, drop,
-                                                          compensation=compensation, backend=backend)
-        else:
-            g_start, lam_start = g0, lam
+        weights, g_start, lam_start = None, g0, lam
         try:
+            if any(s > 0 for _, s in items) and (confidence == "all" or (confidence == "unc" and unc)):
+                from diff3r_cli.depth.consistency import confident_start
+
+                g_start, lam_start, weights, _ = confident_start(g0, lam, ctx_cams, ctx_images, drop,
+                                                              compensation=compensation, backend=backend)
             states = tto_states(g_start, lam_start if unc else None, ctx_cams, ctx_images, [s for _, s in items],
                                 optimizer, backend, compensation, app, weights)
             states[0] = g0
