@@ -65,9 +65,10 @@ def tuple_row(model, sample: dict) -> dict:
            "confidence_s": round(t_conf, 2), "tto_s": round(t_tto, 2), "views": []}
     for i in range(len(cams)):
         frac = float(mask[i].float().mean())
-        view = {"outlier_fraction": round(frac, 4),
-                "clean_distrusted_theta0": round(float((w0[i][~mask[i]] < 0.5).float().mean()), 4),
-                "clean_distrusted_prepass": round(float((w_pass[i][~mask[i]] < 0.5).float().mean()), 4)}
+        view = {"outlier_fraction": round(frac, 4)}
+        if frac < 0.9:  # a view shot whole at another exposure has no clean pixels to count
+            view["clean_distrusted_theta0"] = round(float((w0[i][~mask[i]] < 0.5).float().mean()), 4)
+            view["clean_distrusted_prepass"] = round(float((w_pass[i][~mask[i]] < 0.5).float().mean()), 4)
         if 0.002 < frac < 0.9:  # local corruption: is it found?
             view["auroc_theta0"] = round(auroc(1 - w0[i][mask[i]], 1 - w0[i][~mask[i]]), 3)
             view["auroc_prepass"] = round(auroc(1 - w_pass[i][mask[i]], 1 - w_pass[i][~mask[i]]), 3)
@@ -99,19 +100,21 @@ def main() -> None:
         found = [v for v in r["views"] if "auroc_theta0" in v]
         a0 = " ".join(f"{v['auroc_theta0']:.3f}" for v in found) or "-"
         a1 = " ".join(f"{v['auroc_prepass']:.3f}" for v in found) or "-"
-        c0 = sum(v["clean_distrusted_theta0"] for v in r["views"]) / len(r["views"])
-        c1 = sum(v["clean_distrusted_prepass"] for v in r["views"]) / len(r["views"])
+        clean = [v for v in r["views"] if "clean_distrusted_theta0" in v]
+        c0 = sum(v["clean_distrusted_theta0"] for v in clean) / len(clean)
+        c1 = sum(v["clean_distrusted_prepass"] for v in clean) / len(clean)
         print(f"{r['key']:24s} {a0:>9s} {a1:>9s} {c0:12.3f} {c1:6.3f} {r['dropped']:8d} "
               f"{r['confidence_s']:7.1f} {r['tto_s']:6.1f}", flush=True)
     found = [v for r in rows for v in r["views"] if "auroc_theta0" in v]
+    clean = [v for r in rows for v in r["views"] if "clean_distrusted_theta0" in v]
     summary = {
         "corrupted_views": len(found),
         "auroc_theta0_mean": round(sum(v["auroc_theta0"] for v in found) / max(len(found), 1), 3),
         "auroc_prepass_mean": round(sum(v["auroc_prepass"] for v in found) / max(len(found), 1), 3),
-        "clean_distrusted_theta0_mean": round(sum(v["clean_distrusted_theta0"] for r in rows for v in r["views"])
-                                              / sum(len(r["views"]) for r in rows), 4),
-        "clean_distrusted_prepass_mean": round(sum(v["clean_distrusted_prepass"] for r in rows for v in r["views"])
-                                               / sum(len(r["views"]) for r in rows), 4),
+        "clean_distrusted_theta0_mean": round(sum(v["clean_distrusted_theta0"] for v in clean)
+                                              / max(len(clean), 1), 4),
+        "clean_distrusted_prepass_mean": round(sum(v["clean_distrusted_prepass"] for v in clean)
+                                               / max(len(clean), 1), 4),
         "confidence_over_tto_time": round(sum(r["confidence_s"] for r in rows) / sum(r["tto_s"] for r in rows), 3),
         "prepass_steps": PREPASS_STEPS, "tto_steps": TTO_STEPS,
     }

@@ -152,9 +152,16 @@ def test_contradicted_gaussians_are_those_of_the_occluder():
     assert int(bad[owner == 1].sum()) <= 0.05 * int((owner == 1).sum())
 
 
-@pytest.mark.parametrize("mode, expect", [("off", (False, False)), ("unc", (False, True)), ("all", (True, True))])
+@pytest.mark.parametrize("mode, expect", [("off", (False, False)), ("unc", (False, True)), ("all", (True, True)),
+                                          ("short", (False, False))])
 def test_eval_gives_the_confidences_to_the_runs_asked_for(monkeypatch, mode, expect):
+    from diff3r_cli.depth import consistency
     from diff3r_cli.evaluate import views as views_mod
+
+    if mode == "short":  # budgets below MIN_STEPS run without it
+        mode = "all"
+    else:
+        monkeypatch.setattr(consistency, "MIN_STEPS", 1)
     from diff3r_cli.evaluate.views import EvalViews, score_runs
     from diff3r_cli.model.predictor import build_predictor
 
@@ -203,3 +210,26 @@ def test_confident_start_keeps_the_occluder_contradicted_after_the_prepass_and_d
     _, _, w_kept, all_kept = confident_start(g_pred, None, cams, shot, drop=False, prepass=0)
     assert bool(all_kept.all())
     assert torch.allclose(w_kept, pixel_confidence(g_pred, cams, shot))
+
+
+def test_refine_checks_the_photos_only_for_long_enough_budgets(monkeypatch):
+    from diff3r_cli.depth import consistency
+    from diff3r_cli.engines.refine import refine_gaussians
+
+    cams, g0, images, _ = _problem()
+    lam = torch.full((g0.num, 5), 0.1, dtype=torch.float64)
+    calls = []
+    real = consistency.confident_start
+
+    def spy(*a, **k):
+        calls.append(k)
+        return real(*a, **{**k, "prepass": 2})
+
+    monkeypatch.setattr(consistency, "confident_start", spy)
+    _, hist = refine_gaussians(g0, lam, cams, images, 3, confidence=True)
+    assert not calls and "kept" not in hist[-1]
+    monkeypatch.setattr(consistency, "MIN_STEPS", 3)
+    g, hist = refine_gaussians(g0, lam, cams, images, 3, confidence=True)
+    assert len(calls) == 1 and int(hist[-1]["kept"].sum()) == g.num
+    _, hist = refine_gaussians(g0, None, cams, images, 3, confidence=True)  # plain TTO: never
+    assert len(calls) == 1

@@ -87,8 +87,9 @@ def refine_gaussians(g0: Gaussians, lam: Optional[torch.Tensor], cameras: Camera
                      ) -> tuple[Gaussians, list[dict]]:
     """Uncertainty-weighted TTO (lam=None: plain TTO), NaN-guarded; returns (Gaussians, history).
 
-    confidence (with lam): the context pixels weighted by how far the other views confirm them, and
-    the Gaussians of contradicted pixels dropped first (``depth.consistency.confident_start``: an
+    confidence (with lam, for at least ``depth.consistency.MIN_STEPS`` steps): the context pixels
+    weighted by how far the other views confirm them, and the Gaussians of contradicted pixels dropped
+    first (``depth.consistency.confident_start``: an
     occluder in one photo stays out of the scene); the last history record's "kept" (N,) bool says
     which of g0's Gaussians the result holds (Λ rows follow it).
 
@@ -109,13 +110,11 @@ def refine_gaussians(g0: Gaussians, lam: Optional[torch.Tensor], cameras: Camera
     weights, kept = None, None
     best = BestIterate(report)
     try:
-        if confidence and lam is not None and steps > 0 and len(cams) > 1:
-            from diff3r_cli.depth.consistency import PREPASS_STEPS, confident_start
+        from diff3r_cli.depth.consistency import MIN_STEPS, confident_start
 
-            # the pre-pass never costs more than the refine itself (a 15-step refine: 15 more steps)
+        if confidence and lam is not None and steps >= MIN_STEPS and len(cams) > 1:
             with report.step("checking each photo against the other views", 1) as advance:
-                g0, lam, weights, kept = confident_start(g0, lam, cams, imgs, prepass=min(PREPASS_STEPS, steps),
-                                                         compensation=compensation)
+                g0, lam, weights, kept = confident_start(g0, lam, cams, imgs, compensation=compensation)
                 advance()
         report.emit(ProgressEvent("optimize", f"refine ({optimizer})", steps))
         g, hist = optimize(g0, lam, cams, imgs, steps, optimizer=optimizer, progress=best, compensation=compensation,

@@ -166,6 +166,17 @@ def score(g: Gaussians, views: EvalViews, backend: str = "auto", context: bool =
 CONFIDENCE_MODES = ("off", "unc", "all")  # which TTO runs get the context pixels' confidences
 
 
+def _split_confident(groups: dict, confidence: str, min_steps: int) -> dict:
+    """(model, unc) -> items becomes (model, unc, confident) -> items: the runs the confidence applies
+    to (by ``confidence`` and a budget of at least ``min_steps``) apart from the rest, one TTO each."""
+    out: dict = {}
+    for (mname, unc), items in groups.items():
+        wanted = confidence == "all" or (confidence == "unc" and unc)
+        for method, s in items:
+            out.setdefault((mname, unc, wanted and s >= min_steps), []).append((method, s))
+    return out
+
+
 def score_runs(models: dict[str, torch.nn.Module], runs: list[Run], views: EvalViews, device: torch.device,
                optimizer: str = "adam", backend: str = "auto", context: bool = True,
                compensation: str = "off", ranges_used: Optional[dict] = None,
@@ -178,7 +189,8 @@ def score_runs(models: dict[str, torch.nn.Module], runs: list[Run], views: EvalV
     is given, it receives model key -> the (near, far) each model's prediction finally used.
     confidence: which TTO runs weight the context pixels by how far the other views confirm them
     ("unc": the uncertainty-anchored runs, "all", "off"; see ``depth.consistency.confident_start``, with
-    ``drop``).
+    ``drop``), for budgets of at least ``depth.consistency.MIN_STEPS`` (smaller budgets run without it,
+    in a TTO of their own).
     """
     if confidence not in CONFIDENCE_MODES:
         raise ValueError(f"unknown confidence mode {confidence!r} (use one of {', '.join(CONFIDENCE_MODES)})")
@@ -197,12 +209,14 @@ def score_runs(models: dict[str, torch.nn.Module], runs: list[Run], views: EvalV
         groups.setdefault((mname, unc), []).append((method, s))
     out: dict[str, Optional[ViewScores]] = {}
     failures = 0
-    for (mname, unc), items in groups.items():
+    from diff3r_cli.depth.consistency import MIN_STEPS
+
+    for (mname, unc, confident), items in _split_confident(groups, confidence, MIN_STEPS).items():
         g0, lam = preds[mname]
         app: dict = {}
         weights, g_start, lam_start = None, g0, lam
         try:
-            if any(s > 0 for _, s in items) and (confidence == "all" or (confidence == "unc" and unc)):
+            if confident:
                 from diff3r_cli.depth.consistency import confident_start
 
                 g_start, lam_start, weights, _ = confident_start(g0, lam, ctx_cams, ctx_images, drop,
