@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from diff3r_cli.cameras import Cameras
 from diff3r_cli.depth import sparse_depth_error, sweep_depth, view_depths, with_depths
-from diff3r_cli.depth.sweep import _box
+from diff3r_cli.depth.sweep import box_mean
 from diff3r_cli.gaussians import Gaussians
 from diff3r_cli.geometry import pixel_centres, unproject
 
@@ -59,7 +59,7 @@ def _plane_scene(cams: Cameras, z0: float = 4.0, slope: float = 0.15, flat: bool
 def test_box_filter_matches_avg_pool_with_clipped_windows():
     x = torch.rand(3, 19, 27, dtype=torch.float64)
     ref = F.avg_pool2d(x[:, None], 7, stride=1, padding=3, count_include_pad=False)[:, 0]
-    assert torch.allclose(_box(x, 7), ref, atol=1e-12)
+    assert torch.allclose(box_mean(x, 7), ref, atol=1e-12)
 
 
 def test_sweep_recovers_the_depth_of_a_slanted_plane_from_a_wrong_guess():

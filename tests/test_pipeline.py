@@ -265,3 +265,29 @@ def test_inference_lam_is_the_learned_part_without_the_training_floor():
     assert float((floored - learned).min()) == pytest.approx(10.0 / P, rel=1e-4)
     assert torch.equal(inference_lam(out.lam[0], 0.0, P), out.lam[0])             # no floor: unchanged
     assert float(inference_lam(torch.zeros(3, 5), 10.0, P).min()) == 0.0           # never negative
+
+
+def test_dropped_gaussians_take_their_lambda_rows_along(tiny, tmp_path, monkeypatch):
+    """The anchored refine drops the Gaussians of contradicted pixels: the written .ply keeps Λ rows
+    for exactly the Gaussians it holds, from reconstruct --anchor and from refine."""
+    from diff3r_cli.depth import consistency
+    from diff3r_cli.engines.reconstruct import reconstruct_scene
+    from diff3r_cli.engines.refine import refine_splat
+    from diff3r_cli.ply import read_ply
+
+    _, model, scene = tiny
+    monkeypatch.setattr(consistency, "MIN_STEPS", 1)
+    monkeypatch.setattr(consistency, "PREPASS_STEPS", 2)
+    # a known set of contradicted Gaussians, every 7th: the plumbing, not the detector, is under test
+    monkeypatch.setattr(consistency, "contradicted",
+                        lambda g, *a, **k: torch.arange(len(g), device=g.means.device) % 7 == 0)
+    before = reconstruct_scene(scene, tmp_path / "p.ply", model=str(model), refine_steps=0, render=False).gaussians
+    r = reconstruct_scene(scene, tmp_path / "a.ply", model=str(model), refine_steps=2, anchor=True, render=False)
+    g, lam = read_ply(tmp_path / "a.ply")
+    dropped = json.loads((tmp_path / "a.json").read_text())["extras"]["dropped_contradicted"]
+    assert dropped == (before + 6) // 7 and r.gaussians == before - dropped
+    assert lam is not None and lam.shape == (g.num, 5)
+    ref = refine_splat(tmp_path / "a.ply", steps=2)
+    g2, lam2 = read_ply(ref.ply)
+    assert g2.num == g.num - (g.num + 6) // 7 and lam2.shape == (g2.num, 5)
+    assert json.loads(ref.ply.with_suffix(".json").read_text())["extras"]["dropped_contradicted"] == g.num - g2.num

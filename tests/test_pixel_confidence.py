@@ -103,8 +103,7 @@ def test_confidence_is_low_on_an_occluder_in_one_view_and_high_elsewhere():
     box = (slice(8, 15), slice(9, 16))
     shot[0][box] = torch.tensor([0.9, 0.1, 0.8], dtype=shot.dtype)  # an occluder in view 0 only
     # the predictor reproduces what each photo shows: view 0's Gaussians at the occluder take its colour
-    g_pred, owner = plane_pixels(cams, [torch.ones(3, dtype=torch.float64)] * 2)
-    per = cams.width * cams.height
+    g_pred, _ = plane_pixels(cams, [torch.ones(3, dtype=torch.float64)] * 2)
     ys, xs = torch.meshgrid(torch.arange(cams.height), torch.arange(cams.width), indexing="ij")
     inside = torch.zeros(cams.height, cams.width, dtype=torch.bool)
     inside[box] = True
@@ -119,7 +118,6 @@ def test_confidence_is_low_on_an_occluder_in_one_view_and_high_elsewhere():
     # view 1 sees the plane behind the occluder: its photo agrees with what view 0's *other* Gaussians
     # show, but view 0's occluder Gaussians render into view 1 too, so only that footprint may drop
     assert float(w[1].median()) > 0.9
-    assert per == len(owner) // 2
 
 
 def test_a_whole_view_exposure_change_is_not_an_outlier():
@@ -233,3 +231,24 @@ def test_refine_checks_the_photos_only_for_long_enough_budgets(monkeypatch):
     assert len(calls) == 1 and int(hist[-1]["kept"].sum()) == g.num
     _, hist = refine_gaussians(g0, None, cams, images, 3, confidence=True)  # plain TTO: never
     assert len(calls) == 1
+
+
+def test_an_occluder_at_the_edge_of_the_other_views_frame_is_still_found():
+    """The window averages over covered pixels only: uncovered neighbours (nothing to compare with)
+    must neither dilute nor inflate the difference where the other view's frame ends."""
+    cams, _, photos = _occluded_plane()
+    g_pred, _ = plane_pixels(cams, [torch.ones(3, dtype=torch.float64)] * 2)
+    from diff3r_cli.depth.consistency import cross_view_difference
+
+    _, covered = cross_view_difference(g_pred, cams, photos)
+    first = int(covered[0][12].nonzero().min())  # the first column of view 0 that view 1 covers
+    shot = photos.clone()
+    box = (slice(8, 16), slice(first, first + 6))
+    shot[0][box] = torch.tensor([0.9, 0.1, 0.8], dtype=shot.dtype)
+    inside = torch.zeros(cams.height, cams.width, dtype=torch.bool)
+    inside[box] = True
+    g_pred.sh[inside.reshape(-1).nonzero().squeeze(1), 0] = (shot[0][inside] - 0.5) / 0.28209479177387814
+    w = pixel_confidence(g_pred, cams, shot)
+    edge = w[0][9:15, first:first + 2]  # the occluder's columns next to the uncovered ones
+    assert float(edge.max()) < 0.2, edge
+    assert bool((w[0][:, :first - 2] == 1).all())  # uncovered: nothing to compare, full weight

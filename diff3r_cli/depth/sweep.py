@@ -61,7 +61,7 @@ class SweepResult:
         return float(self.valid.float().mean())
 
 
-def _box(x: torch.Tensor, w: int) -> torch.Tensor:
+def box_mean(x: torch.Tensor, w: int) -> torch.Tensor:
     """Mean over a w×w window, clipped at the border, of x (N,H,W): summed-area table, O(1) per pixel."""
     n, h, wd = x.shape
     r = w // 2
@@ -76,8 +76,8 @@ def _box(x: torch.Tensor, w: int) -> torch.Tensor:
 
 def _window_stats(img: torch.Tensor, w: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and standard deviation (1,H,W) of the w×w RGB windows of img (3,H,W)."""
-    mu = _box(img.mean(0)[None], w)
-    var = (_box((img * img).mean(0)[None], w) - mu * mu).clamp_min(0)
+    mu = box_mean(img.mean(0)[None], w)
+    var = (box_mean((img * img).mean(0)[None], w) - mu * mu).clamp_min(0)
     return mu, var.sqrt()
 
 
@@ -117,7 +117,7 @@ def _zncc_stack(ref: torch.Tensor, ref_stats: tuple[torch.Tensor, torch.Tensor],
     warped = warped.reshape(3, s, h, wd)
     mu_r, sd_r = ref_stats
     inside = inside.reshape(s, h, wd).to(warped.dtype)
-    mu_s, ms2, mrs, cover = _box(torch.cat([warped.mean(0), (warped * warped).mean(0),
+    mu_s, ms2, mrs, cover = box_mean(torch.cat([warped.mean(0), (warped * warped).mean(0),
                                             (warped * ref[:, None]).mean(0), inside]), w).split(s)
     var_s = (ms2 - mu_s * mu_s).clamp_min(0)
     zncc = (mrs - mu_r * mu_s) / (sd_r * var_s.sqrt() + 1e-6)
@@ -234,4 +234,4 @@ def sweep_depth(images: torch.Tensor, cameras: Cameras, guess: torch.Tensor,
     return SweepResult(torch.stack(depths), torch.stack(valids), torch.stack(scores))
 
 
-__all__ = ["SweepConfig", "SweepResult", "sweep_depth"]
+__all__ = ["SweepConfig", "SweepResult", "box_mean", "sweep_depth"]

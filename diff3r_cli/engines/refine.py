@@ -89,9 +89,9 @@ def refine_gaussians(g0: Gaussians, lam: Optional[torch.Tensor], cameras: Camera
 
     confidence (with lam, for at least ``depth.consistency.MIN_STEPS`` steps): the context pixels
     weighted by how far the other views confirm them, and the Gaussians of contradicted pixels dropped
-    first (``depth.consistency.confident_start``: an
-    occluder in one photo stays out of the scene); the last history record's "kept" (N,) bool says
-    which of g0's Gaussians the result holds (Λ rows follow it).
+    first (``depth.consistency.confident_start``: an occluder in one photo stays out of the scene);
+    the last history record's "kept" (N,) bool says which of g0's Gaussians the result holds (Λ rows
+    follow it).
 
     compensation: per-view exposure/white-balance transforms ("auto": where the context views
     differ in exposure; see optim/appearance.py); the last history record says whether they ran
@@ -109,9 +109,9 @@ def refine_gaussians(g0: Gaussians, lam: Optional[torch.Tensor], cameras: Camera
     extra = {"snapshots": set(range(steps + 1))} if optimizer == "adam" else {}
     weights, kept = None, None
     best = BestIterate(report)
-    try:
-        from diff3r_cli.depth.consistency import MIN_STEPS, confident_start
+    from diff3r_cli.depth.consistency import MIN_STEPS, confident_start
 
+    try:
         if confidence and lam is not None and steps >= MIN_STEPS and len(cams) > 1:
             with report.step("checking each photo against the other views", 1) as advance:
                 g0, lam, weights, kept = confident_start(g0, lam, cams, imgs, compensation=compensation)

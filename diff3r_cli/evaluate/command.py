@@ -62,7 +62,9 @@ def evaluate_main(data_root: Path, data: str = "re10k", model: Optional[str] = N
     transforms in every TTO run ("auto": where the context views differ in exposure); context
     PSNR then uses each view's transform, target views the identity. confidence: which TTO runs weight
     the context pixels by how far the other context views confirm them ("unc" | "all" | "off"), drop:
-    and start without the Gaussians of contradicted pixels (``views.confident_start``).
+    and start without the Gaussians of contradicted pixels (``depth.consistency.confident_start``), for
+    budgets of at least ``depth.consistency.MIN_STEPS``. Library callers of ``evaluate_views`` /
+    ``score_runs`` get "off" unless they ask.
     Returns {"summary": [{method, steps, psnr, ssim, context_psnr, scenes, compensated}],
     "scenes": [per-scene rows], ...}.
     """

@@ -209,7 +209,7 @@ def score_runs(models: dict[str, torch.nn.Module], runs: list[Run], views: EvalV
         groups.setdefault((mname, unc), []).append((method, s))
     out: dict[str, Optional[ViewScores]] = {}
     failures = 0
-    from diff3r_cli.depth.consistency import MIN_STEPS
+    from diff3r_cli.depth.consistency import MIN_STEPS, confident_start
 
     for (mname, unc, confident), items in _split_confident(groups, confidence, MIN_STEPS).items():
         g0, lam = preds[mname]
@@ -217,8 +217,6 @@ def score_runs(models: dict[str, torch.nn.Module], runs: list[Run], views: EvalV
         weights, g_start, lam_start = None, g0, lam
         try:
             if confident:
-                from diff3r_cli.depth.consistency import confident_start
-
                 g_start, lam_start, weights, _ = confident_start(g0, lam, ctx_cams, ctx_images, drop,
                                                               compensation=compensation, backend=backend)
             states = tto_states(g_start, lam_start if unc else None, ctx_cams, ctx_images, [s for _, s in items],
