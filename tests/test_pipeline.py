@@ -291,3 +291,21 @@ def test_dropped_gaussians_take_their_lambda_rows_along(tiny, tmp_path, monkeypa
     g2, lam2 = read_ply(ref.ply)
     assert g2.num == g.num - (g.num + 6) // 7 and lam2.shape == (g2.num, 5)
     assert json.loads(ref.ply.with_suffix(".json").read_text())["extras"]["dropped_contradicted"] == g.num - g2.num
+
+    # an interrupted refine writes its best iterate so far: the Λ rows must follow the dropped ones there too
+    from diff3r_cli.engines.refine import BestIterate, RefineInterrupted
+
+    orig = BestIterate.__call__
+
+    def interrupt_at_step_1(self, rec):
+        orig(self, rec)
+        if rec["step"] == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(BestIterate, "__call__", interrupt_at_step_1)
+    with pytest.raises(RefineInterrupted) as err:
+        refine_splat(tmp_path / "a.ply", steps=3, out=tmp_path / "i.ply")
+    assert err.value.written == tmp_path / "i.ply"
+    g3, lam3 = read_ply(tmp_path / "i.ply")
+    assert json.loads((tmp_path / "i.json").read_text())["extras"]["partial"] is True
+    assert g3.num == g2.num and lam3.shape == (g3.num, 5) and torch.equal(lam3, lam2)
