@@ -180,3 +180,100 @@ def test_floaters_are_the_gaussians_in_front_of_another_views_matched_surface():
     assert dropped.reshape(3, H, W)[1, 14:26, 24:36].all()         # the flat patch's floaters
     assert float(dropped.float().mean()) < 0.1
     assert torch.equal(kept, kept.unique())                        # rows kept in order, once
+
+
+def _despeckle_reference(x, valid, image, window, tol, gate):
+    """Pixel by pixel, in float64: the lower median of the valid, similar-coloured neighbours in the
+    window (edges replicated), replacing a valid pixel that is more than tol away from it."""
+    h, w = x.shape
+    r = window // 2
+    out = x.clone().double()
+    for y in range(h):
+        for c in range(w):
+            vals = []
+            for dy in range(-r, r + 1):
+                for dx in range(-r, r + 1):
+                    yy, cc = y + dy, c + dx
+                    inside = 0 <= yy < h and 0 <= cc < w
+                    ys, cs = min(max(yy, 0), h - 1), min(max(cc, 0), w - 1)
+                    # padding: depth and colour replicate the edge, validity is zero outside
+                    if not inside:
+                        continue
+                    if valid[ys, cs] and float((image[ys, cs].double() - image[y, c].double()).abs().mean()) < gate:
+                        vals.append(float(x[ys, cs]))
+            if valid[y, c] and vals:
+                vals.sort()
+                med = vals[(len(vals) - 1) // 2]
+                if abs(float(x[y, c]) - med) > tol:
+                    out[y, c] = med
+    return out
+
+
+def test_despeckle_matches_a_pixel_by_pixel_reference():
+    from diff3r_cli.depth.sweep import despeckle
+
+    g = torch.Generator().manual_seed(5)
+    x = 0.05 * torch.randn(13, 11, generator=g, dtype=torch.float64)
+    valid = torch.rand(13, 11, generator=g) > 0.3
+    image = torch.rand(13, 11, 3, generator=g, dtype=torch.float64) * 0.3
+    for rows in (4, 16):  # chunk boundaries must not matter
+        got = despeckle(x, valid, image, 5, tol=0.03, gate=0.12, rows=rows)
+        ref = _despeckle_reference(x, valid, image, 5, tol=0.03, gate=0.12)
+        assert torch.allclose(got, ref, atol=0, rtol=0), (got - ref).abs().max()
+    assert not torch.equal(got, x)  # the case does replace some pixels
+    with pytest.raises(ValueError, match="odd"):
+        despeckle(x, valid, image, 4)
+
+
+def test_despeckle_removes_speckle_and_keeps_a_thin_structure_of_its_own_colour():
+    from diff3r_cli.depth.sweep import despeckle
+
+    g = torch.Generator().manual_seed(6)
+    x = torch.full((40, 40), math.log(4.0), dtype=torch.float64)
+    image = torch.full((40, 40, 3), 0.5, dtype=torch.float64)
+    image += 0.02 * torch.rand(40, 40, 3, generator=g, dtype=torch.float64)  # texture, within the gate
+    x[:, 17:20] = math.log(2.0)              # a pole, 3 px wide, twice as near, in its own colour
+    image[:, 17:20] = torch.tensor([0.9, 0.2, 0.1], dtype=torch.float64)
+    valid = torch.ones(40, 40, dtype=torch.bool)
+    noisy = x.clone()
+    spikes = torch.rand(40, 40, generator=g) < 0.1
+    spikes[:, 17:20] = False
+    noisy[spikes] += 0.3 * torch.randn(int(spikes.sum()), generator=g, dtype=torch.float64)
+    out = despeckle(noisy, valid, image, 11)
+    # the spikes beyond the tolerance take the surface's depth back, the small ones stay; the pole stays
+    expect = torch.where((noisy - x).abs() > 0.03, x, noisy)
+    assert int(((noisy - x).abs() > 0.03).sum()) > 100
+    assert torch.equal(out, expect)
+    # without the colour gate the pole is a minority in every window and is flattened onto the wall
+    flat = despeckle(noisy, valid, image, 11, gate=10.0)
+    assert bool((flat[:, 17:20] == math.log(4.0)).all())
+    # invalid pixels neither vote nor move
+    keep = valid.clone()
+    keep[5, 5] = False
+    out2 = despeckle(noisy, keep, image, 11)
+    assert out2[5, 5] == noisy[5, 5]
+
+
+def test_sweep_despeckle_is_what_the_default_config_runs(monkeypatch):
+    from diff3r_cli.depth import sweep as sweep_mod
+    from diff3r_cli.depth.sweep import SweepConfig
+
+    calls = []
+    real = sweep_mod.despeckle
+
+    def spy(log_depth, valid, image, window, tol, gate, **kw):
+        calls.append((window, tol, gate, image.shape))
+        return real(log_depth, valid, image, window, tol, gate, **kw)
+
+    monkeypatch.setattr(sweep_mod, "despeckle", spy)
+    cams = _cameras([[0.0, 0, 0], [0.4, 0, 0], [-0.3, 0.2, 0]])
+    imgs, depth = _plane_scene(cams)
+    on = sweep_depth(imgs, cams, depth * 1.3)
+    # once per view, window 13 % of the short side (48 px -> 6.2 -> the odd 7), on that view's photo
+    assert calls == [(7, 0.03, 0.1, (H, W, 3))] * 3
+    off = sweep_depth(imgs, cams, depth * 1.3, SweepConfig(despeckle=0))
+    assert len(calls) == 3 and torch.equal(on.valid, off.valid)
+    rel_on = ((on.depth - depth).abs() / depth)[on.valid]
+    rel_off = ((off.depth - depth).abs() / depth)[off.valid]
+    assert float(rel_on.quantile(0.99)) <= float(rel_off.quantile(0.99)) + 1e-6
+    assert float(rel_on.median()) < 0.01

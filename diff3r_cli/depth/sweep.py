@@ -15,8 +15,13 @@ A depth is accepted only where matching can decide it (the gates):
   in the best source view (small baselines and forward motion otherwise give depth by chance).
 
 Two passes: a wide one on a half-resolution copy (cheap, finds the basin), then a narrow one at
-full resolution around it; finally a 3×3 median of the accepted log-depth ratios removes isolated
-outliers. Cameras follow the project's convention (OpenCV axes, K in pixels, pixel centres at +0.5).
+full resolution around it; a 3×3 median of the accepted log-depth ratios removes isolated
+outliers. Finally the despeckle (:func:`despeckle`): an accepted depth more than 3 % away from the
+median of the accepted depths of similar colour in a window of 13 % of the short side takes that
+median. The sweep's depth noise is small per pixel (about 1.5 %) but, seen from 30–45° away, it
+scatters a surface into speckle; the window's median keeps depth edges (straight ones, and thin
+structures whose colour differs from what surrounds them). Cameras follow the project's convention
+(OpenCV axes, K in pixels, pixel centres at +0.5).
 """
 
 from __future__ import annotations
@@ -46,6 +51,12 @@ class SweepConfig:
     min_shift_px: float = 1.0     # baseline gate: pixel shift for a ±10 % depth change
     median: bool = True
     chunk: int = 16               # hypotheses evaluated at once (memory)
+    # despeckle (see the module docstring): window as a fraction of the short side (0: off), the
+    # log-depth distance from the window's median beyond which a depth is replaced, and the colour
+    # difference (mean |ΔRGB|, images in [0,1]) within which a neighbour votes
+    despeckle: float = 0.13
+    despeckle_tol: float = 0.03
+    despeckle_gate: float = 0.1
 
 
 @dataclass
@@ -172,6 +183,37 @@ def _median3(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return patches.median(0).values
 
 
+def despeckle(log_depth: torch.Tensor, valid: torch.Tensor, image: torch.Tensor, window: int,
+              tol: float = 0.03, gate: float = 0.1, rows: int = 16) -> torch.Tensor:
+    """log_depth (H,W) with each valid pixel more than ``tol`` from the median of the valid pixels of
+    similar colour in its window×window neighbourhood (its own included; mean |ΔRGB| of image (H,W,3)
+    below ``gate``) replaced by that median (the lower median for an even count); invalid pixels and
+    those within tol are returned unchanged. Works in ``rows``-row chunks to bound memory
+    (window² × rows × W values at a time)."""
+    if window < 1 or window % 2 == 0:
+        raise ValueError(f"window must be odd and positive, got {window}")
+    h, w = log_depth.shape
+    r = window // 2
+    x = F.pad(log_depth[None, None], (r, r, r, r), mode="replicate")[0, 0]
+    vp = F.pad(valid[None, None].float(), (r, r, r, r))[0, 0] > 0.5
+    img = image.permute(2, 0, 1).to(log_depth.dtype)
+    ip = F.pad(img[None], (r, r, r, r), mode="replicate")[0]
+    out = log_depth.clone()
+    n = window * window
+    for y0 in range(0, h, rows):
+        y1 = min(h, y0 + rows)
+        m = y1 - y0
+        px = F.unfold(x[None, None, y0:y1 + 2 * r], window).reshape(n, m, w)
+        pv = F.unfold(vp[None, None, y0:y1 + 2 * r].float(), window).reshape(n, m, w) > 0.5
+        pc = F.unfold(ip[None, :, y0:y1 + 2 * r], window).reshape(3, n, m, w)
+        similar = (pc - img[:, None, y0:y1]).abs().mean(0) < gate
+        med = torch.where(pv & similar, px, torch.full_like(px, float("nan"))).nanmedian(0).values
+        own = log_depth[y0:y1]
+        swap = valid[y0:y1] & ~med.isnan() & ((own - med).abs() > tol)
+        out[y0:y1] = torch.where(swap, med, own)
+    return out
+
+
 def _shift_gate(K: torch.Tensor, w2c: torch.Tensor, i: int, src: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
     """Pixel shift in the chosen source view for a ±10 % depth change around ``depth`` (H,W)."""
     h, w = depth.shape
@@ -228,10 +270,15 @@ def sweep_depth(images: torch.Tensor, cameras: Cameras, guess: torch.Tensor,
         ok &= _shift_gate(K, w2c, i, src, depth) >= cfg.min_shift_px
         if cfg.median:
             log2 = torch.where(ok, _median3(log2, ok), log2)
-        depths.append(torch.where(ok, guess[i] * torch.exp(log2), guess[i]))
+        depth = guess[i] * torch.exp(log2)
+        if cfg.despeckle > 0:
+            k = int(round(cfg.despeckle * min(h, w))) // 2 * 2 + 1
+            depth = torch.exp(despeckle(depth.clamp_min(1e-12).log(), ok, img[i].permute(1, 2, 0), k,
+                                        cfg.despeckle_tol, cfg.despeckle_gate))
+        depths.append(torch.where(ok, depth, guess[i]))
         valids.append(ok)
         scores.append(score)
     return SweepResult(torch.stack(depths), torch.stack(valids), torch.stack(scores))
 
 
-__all__ = ["SweepConfig", "SweepResult", "box_mean", "sweep_depth"]
+__all__ = ["SweepConfig", "SweepResult", "box_mean", "despeckle", "sweep_depth"]
