@@ -182,17 +182,18 @@ def test_floaters_are_the_gaussians_in_front_of_another_views_matched_surface():
     assert torch.equal(kept, kept.unique())                        # rows kept in order, once
 
 
-def _despeckle_reference(x, valid, image, window, tol, gate):
-    """Pixel by pixel, in float64: the lower median of the valid, similar-coloured neighbours in the
-    window (edges replicated), replacing a valid pixel that is more than tol away from it."""
+def _despeckle_reference(x, valid, image, window, tol, gate, step=1):
+    """Pixel by pixel, in float64: the lower median of the valid, similar-coloured neighbours at
+    offsets that are multiples of ``step`` within the window, replacing a valid pixel that is more
+    than tol away from it."""
     h, w = x.shape
-    r = window // 2
+    r = window // 2 // step * step
     out = x.clone().double()
     for y in range(h):
         for c in range(w):
             vals = []
-            for dy in range(-r, r + 1):
-                for dx in range(-r, r + 1):
+            for dy in range(-r, r + 1, step):
+                for dx in range(-r, r + 1, step):
                     yy, cc = y + dy, c + dx
                     inside = 0 <= yy < h and 0 <= cc < w
                     ys, cs = min(max(yy, 0), h - 1), min(max(cc, 0), w - 1)
@@ -221,6 +222,12 @@ def test_despeckle_matches_a_pixel_by_pixel_reference():
         ref = _despeckle_reference(x, valid, image, 5, tol=0.03, gate=0.12)
         assert torch.allclose(got, ref, atol=0, rtol=0), (got - ref).abs().max()
     assert not torch.equal(got, x)  # the case does replace some pixels
+    # a window wider than the sample grid: every 4th pixel of a 9-px window (offsets -4, 0, 4),
+    # and every 2nd of an 11-px one allowed 6 samples a side (5 used, -4 ... 4: the grid stays centred)
+    for window, samples, step in ((9, 3, 4), (11, 6, 2)):
+        got = despeckle(x, valid, image, window, tol=0.03, gate=0.12, samples=samples, rows=5)
+        ref = _despeckle_reference(x, valid, image, window, tol=0.03, gate=0.12, step=step)
+        assert torch.allclose(got, ref, atol=0, rtol=0), (window, (got - ref).abs().max())
     with pytest.raises(ValueError, match="odd"):
         despeckle(x, valid, image, 4)
 
