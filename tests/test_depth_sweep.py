@@ -259,6 +259,11 @@ def test_despeckle_removes_speckle_and_keeps_a_thin_structure_of_its_own_colour(
     keep[5, 5] = False
     out2 = despeckle(noisy, keep, image, 11)
     assert out2[5, 5] == noisy[5, 5]
+    # confident matches (keep) stay as they are, the others are still mended
+    confident = spikes & (torch.rand(40, 40, generator=g) < 0.5)
+    out3 = despeckle(noisy, valid, image, 11, keep=confident)
+    assert torch.equal(out3, torch.where(confident, noisy, expect))
+    assert int((confident & ((noisy - x).abs() > 0.03)).sum()) > 20
 
 
 def test_sweep_despeckle_is_what_the_default_config_runs(monkeypatch):
@@ -268,8 +273,11 @@ def test_sweep_despeckle_is_what_the_default_config_runs(monkeypatch):
     calls = []
     real = sweep_mod.despeckle
 
+    kept = []
+
     def spy(log_depth, valid, image, window, tol, gate, **kw):
         calls.append((window, tol, gate, image.shape))
+        kept.append(kw["keep"])
         return real(log_depth, valid, image, window, tol, gate, **kw)
 
     monkeypatch.setattr(sweep_mod, "despeckle", spy)
@@ -278,6 +286,9 @@ def test_sweep_despeckle_is_what_the_default_config_runs(monkeypatch):
     on = sweep_depth(imgs, cams, depth * 1.3)
     # once per view, window 13 % of the short side (48 px -> 6.2 -> the odd 7), on that view's photo
     assert calls == [(7, 0.03, 0.1, (H, W, 3))] * 3
+    # the sweep's confident matches are kept: those with ZNCC >= 0.9
+    assert all(torch.equal(k, on.score[i] >= 0.9) for i, k in enumerate(kept))
+    assert any(bool(k.any()) and not bool(k.all()) for k in kept)
     off = sweep_depth(imgs, cams, depth * 1.3, SweepConfig(despeckle=0))
     assert len(calls) == 3 and torch.equal(on.valid, off.valid)
     rel_on = ((on.depth - depth).abs() / depth)[on.valid]

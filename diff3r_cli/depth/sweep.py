@@ -18,7 +18,7 @@ Two passes: a wide one on a half-resolution copy (cheap, finds the basin), then 
 full resolution around it; a 3×3 median of the accepted log-depth ratios removes isolated
 outliers. Finally the despeckle (:func:`despeckle`): an accepted depth more than 3 % away from the
 median of the accepted depths of similar colour in a window of 13 % of the short side takes that
-median. The sweep's depth noise is small per pixel (about 1.5 %) but, seen from 30–45° away, it
+median, unless its match is a confident one (ZNCC ≥ 0.9). The sweep's depth noise is small per pixel (about 1.5 %) but, seen from 30–45° away, it
 scatters a surface into speckle; the window's median keeps depth edges (straight ones, and thin
 structures whose colour differs from what surrounds them). Cameras follow the project's convention
 (OpenCV axes, K in pixels, pixel centres at +0.5).
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +58,8 @@ class SweepConfig:
     despeckle: float = 0.13
     despeckle_tol: float = 0.03
     despeckle_gate: float = 0.1
+    despeckle_keep_zncc: float = 0.9  # matches this good are left as they are (fern's fronds: same
+                                      # colour, real depth detail, distinct texture)
 
 
 @dataclass
@@ -184,11 +187,13 @@ def _median3(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 
 
 def despeckle(log_depth: torch.Tensor, valid: torch.Tensor, image: torch.Tensor, window: int,
-              tol: float = 0.03, gate: float = 0.1, samples: int = 9, rows: int = 32) -> torch.Tensor:
+              tol: float = 0.03, gate: float = 0.1, samples: int = 9, rows: int = 32,
+              keep: Optional[torch.Tensor] = None) -> torch.Tensor:
     """log_depth (H,W) with each valid pixel more than ``tol`` from the median of the valid pixels of
     similar colour in its window×window neighbourhood (mean |ΔRGB| of image (H,W,3) below ``gate``)
     replaced by that median (the lower median for an even count); invalid pixels and those within
-    tol are returned unchanged.
+    tol are returned unchanged, and so are the pixels of ``keep`` (H,W) bool where given (they still
+    vote: the sweep's confident matches).
 
     The neighbourhood is sampled on a grid of at most ``samples`` × ``samples`` pixels centred on
     the pixel (spacing ceil((window - 1) / (samples - 1)), so a 33-px window reads 81 pixels, not
@@ -218,6 +223,8 @@ def despeckle(log_depth: torch.Tensor, valid: torch.Tensor, image: torch.Tensor,
         med = torch.where(pv & similar, px, torch.full_like(px, float("nan"))).nanmedian(0).values
         own = log_depth[y0:y1]
         swap = valid[y0:y1] & ~med.isnan() & ((own - med).abs() > tol)
+        if keep is not None:
+            swap &= ~keep[y0:y1]
         out[y0:y1] = torch.where(swap, med, own)
     return out
 
@@ -282,7 +289,8 @@ def sweep_depth(images: torch.Tensor, cameras: Cameras, guess: torch.Tensor,
         if cfg.despeckle > 0:
             k = int(round(cfg.despeckle * min(h, w))) // 2 * 2 + 1
             depth = torch.exp(despeckle(depth.clamp_min(1e-12).log(), ok, img[i].permute(1, 2, 0), k,
-                                        cfg.despeckle_tol, cfg.despeckle_gate))
+                                        cfg.despeckle_tol, cfg.despeckle_gate,
+                                        keep=score >= cfg.despeckle_keep_zncc))
         depths.append(torch.where(ok, depth, guess[i]))
         valids.append(ok)
         scores.append(score)
