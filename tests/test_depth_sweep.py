@@ -276,7 +276,7 @@ def test_sweep_despeckle_is_what_the_default_config_runs(monkeypatch):
     kept = []
 
     def spy(log_depth, valid, image, window, tol, gate, **kw):
-        calls.append((window, tol, gate, image.shape))
+        calls.append((window, tol, gate, kw["samples"], image.shape))
         kept.append(kw["keep"])
         return real(log_depth, valid, image, window, tol, gate, **kw)
 
@@ -284,8 +284,9 @@ def test_sweep_despeckle_is_what_the_default_config_runs(monkeypatch):
     cams = _cameras([[0.0, 0, 0], [0.4, 0, 0], [-0.3, 0.2, 0]])
     imgs, depth = _plane_scene(cams)
     on = sweep_depth(imgs, cams, depth * 1.3)
-    # once per view, window 13 % of the short side (48 px -> 6.2 -> the odd 7), on that view's photo
-    assert calls == [(7, 0.03, 0.1, (H, W, 3))] * 3
+    # once per view, window 13 % of the short side (48 px -> 6.2 -> the odd 7), read on at most 9×9
+    # samples, on that view's photo
+    assert calls == [(7, 0.03, 0.1, 9, (H, W, 3))] * 3
     # the sweep's confident matches are kept: those with ZNCC >= 0.9
     assert all(torch.equal(k, on.score[i] >= 0.9) for i, k in enumerate(kept))
     assert any(bool(k.any()) and not bool(k.all()) for k in kept)

@@ -18,10 +18,11 @@ Two passes: a wide one on a half-resolution copy (cheap, finds the basin), then 
 full resolution around it; a 3×3 median of the accepted log-depth ratios removes isolated
 outliers. Finally the despeckle (:func:`despeckle`): an accepted depth more than 3 % away from the
 median of the accepted depths of similar colour in a window of 13 % of the short side takes that
-median, unless its match is a confident one (ZNCC ≥ 0.9). The sweep's depth noise is small per pixel (about 1.5 %) but, seen from 30–45° away, it
-scatters a surface into speckle; the window's median keeps depth edges (straight ones, and thin
-structures whose colour differs from what surrounds them). Cameras follow the project's convention
-(OpenCV axes, K in pixels, pixel centres at +0.5).
+median, unless its match is a confident one (ZNCC ≥ 0.9). The sweep's depth is right on average
+(about 1.5 % error) but noisy from pixel to pixel, which, seen from 30–45° away, scatters a surface
+into speckle; the window's median keeps depth edges (straight ones, and thin structures whose colour
+differs from what surrounds them). Cameras follow the project's convention (OpenCV axes, K in
+pixels, pixel centres at +0.5).
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class SweepConfig:
     despeckle_gate: float = 0.1
     despeckle_keep_zncc: float = 0.9  # matches this good are left as they are (fern's fronds: same
                                       # colour, real depth detail, distinct texture)
+    despeckle_samples: int = 9        # the window is read on at most this many pixels a side
 
 
 @dataclass
@@ -285,13 +287,13 @@ def sweep_depth(images: torch.Tensor, cameras: Cameras, guess: torch.Tensor,
         ok &= _shift_gate(K, w2c, i, src, depth) >= cfg.min_shift_px
         if cfg.median:
             log2 = torch.where(ok, _median3(log2, ok), log2)
-        depth = guess[i] * torch.exp(log2)
+        log_depth = guess[i].log() + log2
         if cfg.despeckle > 0:
             k = int(round(cfg.despeckle * min(h, w))) // 2 * 2 + 1
-            depth = torch.exp(despeckle(depth.clamp_min(1e-12).log(), ok, img[i].permute(1, 2, 0), k,
-                                        cfg.despeckle_tol, cfg.despeckle_gate,
-                                        keep=score >= cfg.despeckle_keep_zncc))
-        depths.append(torch.where(ok, depth, guess[i]))
+            log_depth = despeckle(log_depth, ok, img[i].permute(1, 2, 0), k, cfg.despeckle_tol,
+                                  cfg.despeckle_gate, samples=cfg.despeckle_samples,
+                                  keep=score >= cfg.despeckle_keep_zncc)
+        depths.append(torch.where(ok, torch.exp(log_depth), guess[i]))
         valids.append(ok)
         scores.append(score)
     return SweepResult(torch.stack(depths), torch.stack(valids), torch.stack(scores))
