@@ -19,6 +19,10 @@
 #
 #   bash benchmarks/gpu_check.sh [WHEEL_DIR]          # default WHEEL_DIR: ./wheels
 #   bash benchmarks/gpu_check.sh --cpu                # no GPU: the same steps, small, on the CPU
+#   bash benchmarks/gpu_check.sh --installed          # dependencies already importable (e.g. wheels
+#                                                     # unpacked with pip --target onto PYTHONPATH):
+#                                                     # skip the install, run from the source tree
+#   GPU_CHECK_TRAIN_STEPS=5 bash benchmarks/gpu_check.sh ...   # fewer training steps (default 20)
 #
 # --cpu exercises every non-GPU step (install skipped when no wheel folder exists, no
 # gsplat, the CUDA tests skip) so the script itself is tested in CI.
@@ -27,10 +31,12 @@ cd "$(dirname "$0")/.."
 
 MODE=cuda
 WHEELS=./wheels
+INSTALL=yes
 for arg in "$@"; do
   case "$arg" in
     --cpu) MODE=cpu ;;
-    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    --installed) INSTALL=no ;;
+    -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
     *) WHEELS=$arg ;;
   esac
 done
@@ -42,7 +48,8 @@ echo '{}' > "$STEPS_JSON"
 T_START=$(date +%s)
 
 note() { printf '\n== %s\n' "$*"; }
-record() {  # record KEY VALUE into the steps JSON
+record() {  # record KEY VALUE into the steps JSON, and print it (a run cut short still shows its steps)
+  printf '  %s: %s\n' "$1" "$2"
   "$PY" - "$STEPS_JSON" "$1" "$2" <<'PYEOF'
 import json, sys
 p, k, v = sys.argv[1:]
@@ -68,7 +75,12 @@ if [ "$MODE" = cuda ]; then
 fi
 
 note "install (offline, from $WHEELS)"
-if [ -d "$WHEELS" ]; then
+if [ "$INSTALL" = no ]; then
+  echo "(--installed: using the environment as it is)"
+  "$PY" -c 'import diff3r_cli, plyfile, typer, rich, PIL, safetensors' || {
+    echo "diff3r_cli or one of its dependencies is not importable (set PYTHONPATH, or give a wheel folder)" >&2
+    exit 2; }
+elif [ -d "$WHEELS" ]; then
   "$PY" -m pip install -q --no-index --find-links "$WHEELS" -e ".[dev]"
 elif [ "$MODE" = cuda ]; then
   echo "no wheel folder at $WHEELS (see the header of this script)" >&2
@@ -94,7 +106,7 @@ note "tests/test_render_cuda.py"
 record cuda_tests "$(tail -1 "$OUT/pytest.log" | tr -d '=' | sed 's/ in .*//; s/^ *//')"
 
 DEV=$MODE
-RES=256; REFINE=50; TRAIN_STEPS=20; TRAIN_RES=128
+RES=256; REFINE=50; TRAIN_STEPS=${GPU_CHECK_TRAIN_STEPS:-20}; TRAIN_RES=128
 if [ "$MODE" = cpu ]; then RES=64; REFINE=3; TRAIN_STEPS=2; TRAIN_RES=32; fi
 SAMPLE=sample_data/room
 

@@ -29,7 +29,7 @@ def interpolate_path(cameras: Cameras, frames: int) -> Cameras:
         t = s - i
         R = quat_to_rotmat(quat_slerp(quats[i], quats[i + 1], t))
         C = (1 - t) * c2w[i, :3, 3] + t * c2w[i + 1, :3, 3]
-        m = torch.eye(4, dtype=torch.float64)
+        m = torch.eye(4, dtype=torch.float64, device=c2w.device)
         m[:3, :3] = R
         m[:3, 3] = C
         w2cs.append(torch.linalg.inv(m))
@@ -60,7 +60,7 @@ def orbit_path(cameras: Cameras, target: torch.Tensor, frames: int, radius_scale
         a = 2 * math.pi * f / frames
         C = center + radius * (math.cos(a) * right + math.sin(a) * down)
         z = target - C
-        m = torch.eye(4, dtype=torch.float64)
+        m = torch.eye(4, dtype=torch.float64, device=c2w.device)
         m[:3, :3] = look_rotation(z / z.norm(), up_hint)
         m[:3, 3] = C
         w2cs.append(torch.linalg.inv(m))

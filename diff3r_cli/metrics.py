@@ -48,7 +48,7 @@ def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Ten
 def gaussian_window_1d(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA,
                        dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
     """Normalised 1D Gaussian taps centred on the middle tap."""
-    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2.0
+    x = torch.arange(size, dtype=torch.float64, device="cpu") - (size - 1) / 2.0  # float64 taps, then moved
     w = torch.exp(-(x ** 2) / (2.0 * sigma ** 2))
     return (w / w.sum()).to(dtype=dtype, device=device)
 

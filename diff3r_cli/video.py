@@ -15,12 +15,23 @@ def _even(frame: np.ndarray) -> np.ndarray:
     return np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge") if (h % 2 or w % 2) else frame
 
 
+def _import_av(path: str | Path):
+    """PyAV, or a one-line error naming the video and the fix (an environment without the wheel)."""
+    try:
+        import av
+    except ImportError:
+        from diff3r_cli.errors import UserError
+        raise UserError("writing MP4 needs PyAV, which is not installed", path,
+                        "pip install av (a dependency of diff3r), or pass --gif") from None
+    return av
+
+
 def write_mp4(path: str | Path, frames: list[np.ndarray], fps: int = 15, crf: int = 18) -> Path:
     """Encode uint8 RGB frames (H,W,3) as H.264 (yuv420p, playable everywhere) into ``path``.
 
     Odd sizes are padded by one edge pixel. Frames are encoded in order; ``crf`` 18 is visually lossless.
     """
-    import av
+    av = _import_av(path)
 
     path = Path(path)
     if not frames:

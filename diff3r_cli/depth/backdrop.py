@@ -15,6 +15,7 @@ is low-frequency colour, not detail.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -82,8 +83,8 @@ def backdrop(g: Gaussians, cameras: Cameras, images: torch.Tensor,
         sigma = cfg.footprint * step * depth / float(K[0, 0, 0])
         sh = torch.zeros(n, g.sh.shape[1], 3, device=dev, dtype=dt)
         sh[:, 0] = rgb_to_sh_dc(low.reshape(3, -1).T.clamp(0, 1))
-        logit = float(torch.logit(torch.tensor(cfg.opacity)))
-        parts.append(Gaussians(means, torch.full((n, 3), float(torch.log(torch.tensor(sigma))), device=dev, dtype=dt),
+        logit = math.log(cfg.opacity / (1.0 - cfg.opacity))
+        parts.append(Gaussians(means, torch.full((n, 3), math.log(sigma), device=dev, dtype=dt),
                                torch.tensor([1.0, 0, 0, 0], device=dev, dtype=dt).repeat(n, 1),
                                torch.full((n,), logit, device=dev, dtype=dt), sh))
     if not parts:

@@ -155,8 +155,8 @@ def _sweep_view(images: torch.Tensor, K: torch.Tensor, w2c: torch.Tensor, i: int
     if factors.dim() == 1:
         factors = factors[:, None, None].expand(-1, h, w)
     n = factors.shape[0]
-    score = torch.full((n, h, w), -1.0, dtype=images.dtype)
-    who = torch.zeros((n, h, w), dtype=torch.long)
+    score = torch.full((n, h, w), -1.0, dtype=images.dtype, device=images.device)
+    who = torch.zeros((n, h, w), dtype=torch.long, device=images.device)
     for j in range(v):
         if j == i:
             continue

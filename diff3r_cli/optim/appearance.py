@@ -192,7 +192,7 @@ def from_sidecar(doc: dict) -> Optional[torch.Tensor]:
     rec = (doc.get("extras") or {}).get("appearance") or {}
     if "gain" not in rec:
         return None
-    return torch.cat([torch.tensor(rec["gain"], dtype=torch.float32), torch.tensor(rec["bias"], dtype=torch.float32)], 1)
+    return torch.cat([torch.tensor(rec["gain"], dtype=torch.float32, device="cpu"), torch.tensor(rec["bias"], dtype=torch.float32, device="cpu")], 1)
 
 
 __all__ = ["CompensatedEnergy", "sidecar_record", "from_sidecar", "apply_appearance", "identity", "exposure_spread", "decide", "PARAMS_PER_VIEW",

@@ -62,7 +62,7 @@ def release_sh_matrix(c2w_rot: torch.Tensor, k_in: int, out_degree: int = 3) -> 
     deg = min(int(round(math.sqrt(k_in))) - 1, out_degree)
     Rq = (QUIRK_P @ c2w_rot.detach().to("cpu", torch.float64) @ QUIRK_P.T)[None]
     k_out = (deg + 1) ** 2
-    M = torch.zeros(k_out, k_in, dtype=torch.float64)
+    M = torch.zeros(k_out, k_in, dtype=torch.float64, device="cpu")
     M[0, 0] = 1.0
     for l, block in enumerate(sh_rotation_matrices(Rq, deg), start=1):
         M[l * l:(l + 1) ** 2, l * l:(l + 1) ** 2] = block[0]

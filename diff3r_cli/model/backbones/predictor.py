@@ -175,7 +175,7 @@ class BackbonePredictor(nn.Module):
         quats = camera_quats_to_world(rot, c2wf)
         # the release damps degree l by 0.1·0.25^l, then rotates camera -> world; both are linear
         # maps on each colour's coefficients, applied as one (k_out, d_sh) matrix per view
-        mask = torch.ones(a.d_sh, dtype=torch.float64)
+        mask = torch.ones(a.d_sh, dtype=torch.float64, device="cpu")  # the SH maps are built on the CPU in float64
         for l in range(1, a.sh_degree + 1):
             mask[l * l:(l + 1) ** 2] = 0.1 * 0.25 ** l
         maps = torch.stack([release_sh_matrix(c2wf[i, :3, :3], a.d_sh, c.sh_degree) * mask for i in range(b * v)])
