@@ -268,8 +268,9 @@ def test_inference_lam_is_the_learned_part_without_the_training_floor():
 
 
 def test_dropped_gaussians_take_their_lambda_rows_along(tiny, tmp_path, monkeypatch):
-    """The anchored refine drops the Gaussians of contradicted pixels: the written .ply keeps Λ rows
-    for exactly the Gaussians it holds, from reconstruct --anchor and from refine."""
+    """The anchored refine with --drop-contradicted drops the Gaussians of contradicted pixels: the
+    written .ply keeps Λ rows for exactly the Gaussians it holds, from reconstruct --anchor and from
+    refine; without it (the default) nothing is dropped."""
     from diff3r_cli.depth import consistency
     from diff3r_cli.engines.reconstruct import reconstruct_scene
     from diff3r_cli.engines.refine import refine_splat
@@ -282,12 +283,16 @@ def test_dropped_gaussians_take_their_lambda_rows_along(tiny, tmp_path, monkeypa
     monkeypatch.setattr(consistency, "contradicted",
                         lambda g, *a, **k: torch.arange(len(g), device=g.means.device) % 7 == 0)
     before = reconstruct_scene(scene, tmp_path / "p.ply", model=str(model), refine_steps=0, render=False).gaussians
-    r = reconstruct_scene(scene, tmp_path / "a.ply", model=str(model), refine_steps=2, anchor=True, render=False)
+    kept = reconstruct_scene(scene, tmp_path / "k.ply", model=str(model), refine_steps=2, anchor=True, render=False)
+    assert kept.gaussians == before
+    assert json.loads((tmp_path / "k.json").read_text())["extras"].get("dropped_contradicted", 0) == 0
+    r = reconstruct_scene(scene, tmp_path / "a.ply", model=str(model), refine_steps=2, anchor=True, render=False,
+                          drop=True)
     g, lam = read_ply(tmp_path / "a.ply")
     dropped = json.loads((tmp_path / "a.json").read_text())["extras"]["dropped_contradicted"]
     assert dropped == (before + 6) // 7 and r.gaussians == before - dropped
     assert lam is not None and lam.shape == (g.num, 5)
-    ref = refine_splat(tmp_path / "a.ply", steps=2)
+    ref = refine_splat(tmp_path / "a.ply", steps=2, drop=True)
     g2, lam2 = read_ply(ref.ply)
     assert g2.num == g.num - (g.num + 6) // 7 and lam2.shape == (g2.num, 5)
     assert json.loads(ref.ply.with_suffix(".json").read_text())["extras"]["dropped_contradicted"] == g.num - g2.num
@@ -304,7 +309,7 @@ def test_dropped_gaussians_take_their_lambda_rows_along(tiny, tmp_path, monkeypa
 
     monkeypatch.setattr(BestIterate, "__call__", interrupt_at_step_1)
     with pytest.raises(RefineInterrupted) as err:
-        refine_splat(tmp_path / "a.ply", steps=3, out=tmp_path / "i.ply")
+        refine_splat(tmp_path / "a.ply", steps=3, out=tmp_path / "i.ply", drop=True)
     assert err.value.written == tmp_path / "i.ply"
     g3, lam3 = read_ply(tmp_path / "i.ply")
     assert json.loads((tmp_path / "i.json").read_text())["extras"]["partial"] is True

@@ -50,7 +50,7 @@ def eval_cmd(
                                                        "uncertainty-anchored runs.")] = Confidence.unc,
     drop_contradicted: Annotated[bool, typer.Option("--drop-contradicted/--keep-contradicted",
                                                     help="With --confidence: those runs also start without "
-                                                         "the Gaussians predicted from contradicted pixels.")] = True,
+                                                         "the Gaussians predicted from contradicted pixels.")] = False,
 ) -> None:
     """Evaluate PSNR/SSIM on held-out target views, after 0..K test-time optimization steps.
 

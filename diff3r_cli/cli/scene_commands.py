@@ -26,9 +26,13 @@ _CompensateOpt = Annotated[Compensation, typer.Option(help="Per-view exposure/wh
 
 _ConfidenceOpt = Annotated[bool, typer.Option("--pixel-confidence/--no-pixel-confidence",
                                               help="With the uncertainty anchor: weight each input pixel by how "
-                                                   "far the other input views confirm it, and drop the Gaussians "
-                                                   "of contradicted pixels (an occluder in one photo stays out "
-                                                   "of the scene).")]
+                                                   "far the other input views confirm it (an occluder in one "
+                                                   "photo gets a low weight).")]
+
+_DropOpt = Annotated[bool, typer.Option("--drop-contradicted/--keep-contradicted",
+                                        help="With --pixel-confidence: also start without the Gaussians of "
+                                             "contradicted pixels. Helps photo sets with occluders (people, "
+                                             "cars); costs views where only one photo sees a surface.")]
 
 
 @guarded
@@ -80,6 +84,7 @@ def reconstruct(
                                               "Default: the 62-property layout every viewer reads.")] = False,
     compensate: _CompensateOpt = Compensation.auto,
     pixel_confidence: _ConfidenceOpt = True,
+    drop_contradicted: _DropOpt = False,
 ) -> None:
     """Predict a 3DGS scene from posed (or SfM-posed) images in one network pass.
 
@@ -100,6 +105,7 @@ def reconstruct(
                                    anchor=anchor,
                                    eval_all=eval_all, video="gif" if gif else "mp4", progress=progress, sweep=sweep,
                                    backdrop=backdrop, compensation=compensate.value, confidence=pixel_confidence,
+                                   drop=drop_contradicted,
                                    **({"ply_layout": "compact"} if compact_ply else {}))
     print_result(reconstruct_rows(result))
 
@@ -125,6 +131,7 @@ def refine(
                                               "vertex element (smaller; SIBR cannot read it).")] = False,
     compensate: _CompensateOpt = Compensation.auto,
     pixel_confidence: _ConfidenceOpt = True,
+    drop_contradicted: _DropOpt = False,
 ) -> None:
     """Refine a predicted scene on its input views by uncertainty-weighted test-time optimization.
 
@@ -144,7 +151,7 @@ def refine(
         with RichProgress() as progress:
             result = refine_splat(ply=ply, steps=steps, optimizer=optimizer.value, uncertainty=not no_uncertainty,
                                   images=images, out=dest, progress=progress, compensation=compensate.value,
-                                  confidence=pixel_confidence, **({"ply_layout": "compact"} if compact_ply else {}))
+                                  confidence=pixel_confidence, drop=drop_contradicted, **({"ply_layout": "compact"} if compact_ply else {}))
     except RefineInterrupted as e:
         notice = refine_interrupted_notice(e)
         if notice:

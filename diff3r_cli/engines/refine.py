@@ -83,15 +83,16 @@ def photometric_psnr(photometric: float) -> float:
 
 def refine_gaussians(g0: Gaussians, lam: Optional[torch.Tensor], cameras: Cameras, images: torch.Tensor,
                      steps: int, optimizer: str = "adam", progress: Optional[ProgressCallback] = None,
-                     compensation: str = "auto", confidence: bool = False
+                     compensation: str = "auto", confidence: bool = False, drop: bool = False
                      ) -> tuple[Gaussians, list[dict]]:
     """Uncertainty-weighted TTO (lam=None: plain TTO), NaN-guarded; returns (Gaussians, history).
 
     confidence (with lam, for at least ``depth.consistency.MIN_STEPS`` steps): the context pixels
-    weighted by how far the other views confirm them, and the Gaussians of contradicted pixels dropped
-    first (``depth.consistency.confident_start``: an occluder in one photo stays out of the scene);
-    the last history record's "kept" (N,) bool says which of g0's Gaussians the result holds (Λ rows
-    follow it).
+    weighted by how far the other views confirm them (``depth.consistency.confident_start``); with
+    ``drop`` also the Gaussians of contradicted pixels dropped first (an occluder in one photo stays
+    out of the scene, but so does a surface only one photo sees: off by default, README "Which photo
+    pixels to trust"); the last history record's "kept" (N,) bool says which of g0's Gaussians the
+    result holds (Λ rows follow it).
 
     compensation: per-view exposure/white-balance transforms ("auto": where the context views
     differ in exposure; see optim/appearance.py); the last history record says whether they ran
@@ -114,7 +115,8 @@ def refine_gaussians(g0: Gaussians, lam: Optional[torch.Tensor], cameras: Camera
     try:
         if confidence and lam is not None and steps >= MIN_STEPS and len(cams) > 1:
             with report.step("checking each photo against the other views", 1) as advance:
-                g0, lam, weights, kept = confident_start(g0, lam, cams, imgs, compensation=compensation)
+                g0, lam, weights, kept = confident_start(g0, lam, cams, imgs, drop=drop,
+                                                         compensation=compensation)
                 advance()
         report.emit(ProgressEvent("optimize", f"refine ({optimizer})", steps))
         g, hist = optimize(g0, lam, cams, imgs, steps, optimizer=optimizer, progress=best, compensation=compensation,
@@ -144,7 +146,7 @@ def _refined_info(doc: dict, ply: Path, steps: int, optimizer: str, uncertainty:
 def refine_splat(ply: Path, steps: int = 200, optimizer: str = "adam", uncertainty: bool = True,
                  images: Optional[Path] = None, out: Optional[Path] = None, device: str = "auto",
                  progress: Optional[ProgressCallback] = None, ply_layout: str = "viewer",
-                 compensation: str = "auto", confidence: bool = True) -> RefineResult:
+                 compensation: str = "auto", confidence: bool = True, drop: bool = False) -> RefineResult:
     """Uncertainty-weighted TTO of a reconstructed .ply on its context views; writes `out` atomically.
 
     confidence: with the uncertainty, each context pixel weighted by how far the other views confirm
@@ -180,7 +182,7 @@ def refine_splat(ply: Path, steps: int = 200, optimizer: str = "adam", uncertain
     t0 = time.perf_counter()
     try:
         g, hist = refine_gaussians(g0, lam_used, cams, imgs.to(dev), steps, optimizer, progress=progress,
-                                   compensation=compensation, confidence=confidence)
+                                   compensation=compensation, confidence=confidence, drop=drop)
     except RefineInterrupted as e:
         # keep the work done so far: the best iterate, written atomically and marked partial
         if e.best is not None and e.best.is_finite():

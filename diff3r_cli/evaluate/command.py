@@ -45,7 +45,7 @@ def evaluate_main(data_root: Path, data: str = "re10k", model: Optional[str] = N
                   optimizer: str = "adam", split: str = "test", json_out: Optional[Path] = None,
                   progress: bool = True, seed: int = 0, depth_range: str = "auto",
                   compensation: str = "auto", sweep: bool = True, backdrop: bool = True,
-                  confidence: str = "unc", drop: bool = True) -> dict:
+                  confidence: str = "unc", drop: bool = False) -> dict:
     """Evaluate on the fixed test views of an RE10K-format root (evaluation_index.json); prints nothing
     but the progress bar (present the result with `report.print_summary`).
 
