@@ -53,16 +53,21 @@ def test_meta_default_catches_a_tensor_made_without_a_device(meta_default):
 
 
 @pytest.mark.slow
-def test_reconstruct_and_refine_keep_every_tensor_on_the_inputs_device(meta_default, tmp_path):
+def test_reconstruct_and_refine_keep_every_tensor_on_the_inputs_device(meta_default, tmp_path, monkeypatch):
+    from diff3r_cli.depth import consistency
     from diff3r_cli.engines.reconstruct import reconstruct_scene
     from diff3r_cli.engines.refine import refine_splat
 
     out = tmp_path / "scene.ply"
-    # the default pipeline: depth sweep + despeckle, backdrop, confidence, compensation, TTO, renders
+    # the default pipeline: depth sweep + despeckle, backdrop, compensation, TTO, renders
     res = reconstruct_scene(ROOM, out, resolution=48, device="cpu", refine_steps=2, frames=3, video="")
     assert out.is_file() and res.renders is not None
-    refine_splat(out, steps=2, out=tmp_path / "refined.ply", device="cpu")
-    assert (tmp_path / "refined.ply").is_file()
+    # the anchored refine with the pixel confidence (pre-pass, weights, dropping), at a tiny budget
+    monkeypatch.setattr(consistency, "MIN_STEPS", 1)
+    monkeypatch.setattr(consistency, "PREPASS_STEPS", 1)
+    for drop in (False, True):
+        r = refine_splat(out, steps=2, out=tmp_path / f"refined_{drop}.ply", device="cpu", drop=drop)
+        assert r.ply.is_file()
 
 
 def test_mp4_without_pyav_is_a_one_line_error(monkeypatch, tmp_path):
