@@ -151,7 +151,8 @@ def refine(
         with RichProgress() as progress:
             result = refine_splat(ply=ply, steps=steps, optimizer=optimizer.value, uncertainty=not no_uncertainty,
                                   images=images, out=dest, progress=progress, compensation=compensate.value,
-                                  confidence=pixel_confidence, drop=drop_contradicted, **({"ply_layout": "compact"} if compact_ply else {}))
+                                  confidence=pixel_confidence, drop=drop_contradicted,
+                                  **({"ply_layout": "compact"} if compact_ply else {}))
     except RefineInterrupted as e:
         notice = refine_interrupted_notice(e)
         if notice:

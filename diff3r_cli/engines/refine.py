@@ -150,7 +150,7 @@ def refine_splat(ply: Path, steps: int = 200, optimizer: str = "adam", uncertain
     """Uncertainty-weighted TTO of a reconstructed .ply on its context views; writes `out` atomically.
 
     confidence: with the uncertainty, each context pixel weighted by how far the other views confirm
-    it, contradicted pixels' Gaussians dropped (see :func:`refine_gaussians`).
+    it; drop: contradicted pixels' Gaussians dropped too (see :func:`refine_gaussians`).
 
     Works at the scene's saved resolution (the network inputs stored by reconstruct). Ctrl-C or
     SIGTERM writes the best iterate so far to `out` (sidecar extras.partial = true) and raises
