@@ -17,7 +17,6 @@ writes benchmarks/results/depth_split.json.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from diff3r_cli.depth import sparse_depth_error, sweep_depth, view_depths, with_
 from diff3r_cli.engines.outputs import mean_psnr, render_views
 from diff3r_cli.engines.policy import (DEFAULT_MODEL, context_views, estimate_depth_range, split_unseen,
                                        working_resolution)
+from diff3r_cli.fsio import atomic_write_json
 from diff3r_cli.model.inference import predict_gaussians
 from diff3r_cli.model.io import load_model, resolve_model_path
 from diff3r_cli.scene_io import load_scene
@@ -148,8 +148,8 @@ def main() -> None:
         med = {t: float(torch.tensor([r[t]["depth_err"] for r in rows if r[t]["count"]]).median()) for t in ("network", "pipeline")}
         print(f"median over {len(rows)} tuples: network {med['network']:.3f}, depth stage {med['pipeline']:.3f}")
         out = Path(a.json).with_name("depth_split.json") if a.json.endswith("depth_sweep.json") else Path(a.json)
-        out.write_text(json.dumps({"model": a.model, "root": str(a.real_split), "resolution": a.resolution,
-                                   "median": med, "rows": rows}, indent=1) + "\n")
+        atomic_write_json(out, {"model": a.model, "root": str(a.real_split), "resolution": a.resolution,
+                                "median": med, "rows": rows}, indent=1)
         print(f"wrote {out}")
         return
     sp = speed()
@@ -160,7 +160,7 @@ def main() -> None:
               f"{c['best_s'] / base:5.2f}x no despeckle")
     if a.speed_only:
         out = Path(a.json).with_name("depth_sweep_speed.json") if a.json.endswith("depth_sweep.json") else Path(a.json)
-        out.write_text(json.dumps(sp, indent=1) + "\n")
+        atomic_write_json(out, sp, indent=1)
         print(f"wrote {out}")
         return
     rows = []
@@ -174,7 +174,7 @@ def main() -> None:
               f"{p['depth_err']:6.3f} -> {s['depth_err']:6.3f} | {p['context_psnr']:5.2f} -> {s['context_psnr']:5.2f} | "
               f"{p['interp_psnr'] or 0:5.2f} -> {s['interp_psnr'] or 0:5.2f}")
     out = {"model": a.model, "threads": torch.get_num_threads(), "speed": sp, "rows": rows}
-    Path(a.json).write_text(json.dumps(out, indent=1) + "\n")
+    atomic_write_json(a.json, out, indent=1)
     print(f"wrote {a.json}")
 
 

@@ -227,10 +227,12 @@ def test_refine_checks_the_photos_only_for_long_enough_budgets(monkeypatch):
     _, hist = refine_gaussians(g0, lam, cams, images, 3, confidence=True)
     assert not calls and "kept" not in hist[-1]
     monkeypatch.setattr(consistency, "MIN_STEPS", 3)
-    g, hist = refine_gaussians(g0, lam, cams, images, 3, confidence=True)
-    assert len(calls) == 1 and int(hist[-1]["kept"].sum()) == g.num
+    _, hist = refine_gaussians(g0, lam, cams, images, 3, confidence=True)  # weights only: nothing dropped
+    assert len(calls) == 1 and calls[0]["drop"] is False and "kept" not in hist[-1]
+    g, hist = refine_gaussians(g0, lam, cams, images, 3, confidence=True, drop=True)
+    assert len(calls) == 2 and int(hist[-1]["kept"].sum()) == g.num
     _, hist = refine_gaussians(g0, None, cams, images, 3, confidence=True)  # plain TTO: never
-    assert len(calls) == 1
+    assert len(calls) == 2
 
 
 def test_an_occluder_at_the_edge_of_the_other_views_frame_is_still_found():

@@ -91,8 +91,8 @@ def refine_gaussians(g0: Gaussians, lam: Optional[torch.Tensor], cameras: Camera
     weighted by how far the other views confirm them (``depth.consistency.confident_start``); with
     ``drop`` also the Gaussians of contradicted pixels dropped first (an occluder in one photo stays
     out of the scene, but so does a surface only one photo sees: off by default, README "Which photo
-    pixels to trust"); the last history record's "kept" (N,) bool says which of g0's Gaussians the
-    result holds (Λ rows follow it).
+    pixels to trust"); with ``drop``, the last history record's "kept" (N,) bool says which of g0's
+    Gaussians the result holds (Λ rows follow it).
 
     compensation: per-view exposure/white-balance transforms ("auto": where the context views
     differ in exposure; see optim/appearance.py); the last history record says whether they ran
@@ -117,6 +117,7 @@ def refine_gaussians(g0: Gaussians, lam: Optional[torch.Tensor], cameras: Camera
             with report.step("checking each photo against the other views", 1) as advance:
                 g0, lam, weights, kept = confident_start(g0, lam, cams, imgs, drop=drop,
                                                          compensation=compensation)
+                kept = kept if drop else None  # nothing dropped: no subset for the Λ rows to follow
                 advance()
         report.emit(ProgressEvent("optimize", f"refine ({optimizer})", steps))
         g, hist = optimize(g0, lam, cams, imgs, steps, optimizer=optimizer, progress=best, compensation=compensation,
