@@ -22,13 +22,12 @@ from pathlib import Path
 
 import torch
 
-from diff3r_cli.data.re10k import RE10KDataset
 from diff3r_cli.depth.covisible import ANCHOR_SETS
-from diff3r_cli.evaluate.command import depth_range_for, outlier_config
+from diff3r_cli.evaluate.command import depth_range_for
 from diff3r_cli.fsio import atomic_write_json
 from diff3r_cli.gaussians import GROUPS
 from diff3r_cli.model.io import load_model, read_metadata, resolve_model_path, save_model
-from diff3r_cli.train.anchor_fit import fit_anchor, prepare_example
+from diff3r_cli.train.anchor_fit import fit_anchor, prepare_example, train_tuples
 
 HERE = Path(__file__).resolve().parent
 REAL = HERE.parent.parent / "shared" / "data" / "real"
@@ -37,22 +36,17 @@ REAL = HERE.parent.parent / "shared" / "data" / "real"
 def examples(model, work: Path, seeds: int, outliers: float, resolution: int) -> list:
     """The prepared train tuples (cached in work/ as they are predicted)."""
     out = []
-    for seed in range(seeds):
-        # with --outliers every second seed's tuples get the evaluation's corruption protocol
-        corrupt = outliers > 0 and seed % 2 == 1
-        ds = RE10KDataset(REAL, split="train", resolution=resolution, seed=seed, full_context=True,
-                          outliers=outlier_config(outliers) if corrupt else None, warn=False)
-        for s in ds:
-            f = work / f"pred_{seed}_{s['key']}.pt"
-            if f.exists():
-                out.append(torch.load(f, weights_only=False))
-                continue
-            near, far, _ = depth_range_for(s, "auto", model.cfg.depth_range)
-            ex = prepare_example(model, s, near, far)
-            torch.save(ex, f)
-            out.append(ex)
-            print(f"  predicted {ex.key} (seed {seed}{', outliers' if corrupt else ''}): {ex.g0.num} Gaussians",
-                  flush=True)
+    for seed, corrupt, s in train_tuples(REAL, seeds, outliers, resolution):
+        f = work / f"pred_{seed}_{s['key']}.pt"
+        if f.exists():
+            out.append(torch.load(f, weights_only=False))
+            continue
+        near, far, _ = depth_range_for(s, "auto", model.cfg.depth_range)
+        ex = prepare_example(model, s, near, far)
+        torch.save(ex, f)
+        out.append(ex)
+        print(f"  predicted {ex.key} (seed {seed}{', outliers' if corrupt else ''}): {ex.g0.num} Gaussians",
+              flush=True)
     return out
 
 

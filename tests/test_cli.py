@@ -270,7 +270,7 @@ def test_reconstruct_dispatch_parses_options(tmp_path, fake_engines):
                                     "resolution": (320, 240), "device": "cpu", "refine_steps": 5,
                                     "uncertainty": False, "render": False, "eval_all": False, "video": "mp4",
                                     "anchor": False, "sweep": False, "backdrop": False, "compensation": "auto",
-                                    "confidence": False, "drop": False}
+                                    "confidence": False, "drop": False, "anchor_head": "anchor-head-real"}
     assert run("reconstruct", tmp_path / "scene", "--out", out, "--eval-all", "--gif", "--compact-ply",
                "--compensate", "off").exit_code == 0
     kw = fake_engines["reconstruct_scene"].calls[-1][1]
@@ -282,6 +282,8 @@ def test_reconstruct_dispatch_parses_options(tmp_path, fake_engines):
     assert run("reconstruct", tmp_path / "scene", "--out", out, "--anchor", "--drop-contradicted").exit_code == 0
     assert fake_engines["reconstruct_scene"].calls[-1][1]["anchor"] is True
     assert fake_engines["reconstruct_scene"].calls[-1][1]["drop"] is True
+    assert run("reconstruct", tmp_path / "scene", "--out", out, "--anchor", "--anchor-head", "none").exit_code == 0
+    assert fake_engines["reconstruct_scene"].calls[-1][1]["anchor_head"] == "none"
 
 
 def test_refine_render_train_eval_synth_dispatch(tmp_path, fake_engines):
@@ -290,6 +292,7 @@ def test_refine_render_train_eval_synth_dispatch(tmp_path, fake_engines):
     (_, kw), = fake_engines["refine_splat"].calls
     assert kw["out"] == tmp_path / "s.refined.ply" and kw["steps"] == 7 and kw["optimizer"] == "lm"
     assert kw["uncertainty"] is True and kw["compensation"] == "auto" and kw["drop"] is False
+    assert kw["anchor_head"] == "anchor-head-real"
     assert run("refine", p, "--in-place", "--compensate", "on", "--drop-contradicted").exit_code == 0
     assert fake_engines["refine_splat"].calls[-1][1]["compensation"] == "on"
     assert fake_engines["refine_splat"].calls[-1][1]["drop"] is True
@@ -322,6 +325,7 @@ def test_refine_render_train_eval_synth_dispatch(tmp_path, fake_engines):
     kw = fake_engines["evaluate_main"].calls[0][1]
     assert kw["tto_steps"] == [0, 10] and kw["json_out"] == tmp_path / "ev.json"
     assert kw["confidence"] == "unc" and kw["drop"] is False  # weights on, no dropping (README: paired runs)
+    assert kw["anchor_head"] == "anchor-head-real"
 
     res = run("data", "synth", "--out", tmp_path / "ds", "--scenes", "2", "--frames", "4", "--resolution", "32")
     assert res.exit_code == 0, res.stderr

@@ -314,3 +314,38 @@ def test_dropped_gaussians_take_their_lambda_rows_along(tiny, tmp_path, monkeypa
     g3, lam3 = read_ply(tmp_path / "i.ply")
     assert json.loads((tmp_path / "i.json").read_text())["extras"]["partial"] is True
     assert g3.num == g2.num and lam3.shape == (g3.num, 5) and torch.equal(lam3, lam2)
+
+
+def test_the_anchor_head_reranks_lambda_inside_refine_only(tiny, tmp_path, monkeypatch):
+    """The anchored refine's Λ is re-ranked by the bundled anchor head (recorded in the sidecar);
+    the .ply keeps the predicted Λ; --anchor-head none gives the predicted Λ to the TTO."""
+    from diff3r_cli.depth import consistency
+    from diff3r_cli.engines.reconstruct import reconstruct_scene
+    from diff3r_cli.engines.refine import refine_splat
+    from diff3r_cli.ply import read_ply
+
+    _, model, scene = tiny
+    monkeypatch.setattr(consistency, "MIN_STEPS", 1)
+    monkeypatch.setattr(consistency, "PREPASS_STEPS", 2)
+    reconstruct_scene(scene, tmp_path / "s.ply", model=str(model), refine_steps=0, render=False)
+    g0, lam0 = read_ply(tmp_path / "s.ply")
+    seen = []
+    real_optimize = __import__("diff3r_cli.optim.tto", fromlist=["optimize"]).optimize
+
+    def spy(g, lam, *a, **k):
+        if lam is not None:
+            seen.append(lam.detach().clone())
+        return real_optimize(g, lam, *a, **k)
+
+    monkeypatch.setattr("diff3r_cli.optim.tto.optimize", spy)
+    with_head = refine_splat(tmp_path / "s.ply", steps=2, out=tmp_path / "h.ply")
+    without = refine_splat(tmp_path / "s.ply", steps=2, out=tmp_path / "n.ply", anchor_head="none")
+    extras_h = json.loads(with_head.ply.with_suffix(".json").read_text())["extras"]
+    extras_n = json.loads(without.ply.with_suffix(".json").read_text())["extras"]
+    assert extras_h["anchor_head"] == "anchor-head-real" and "anchor_head" not in extras_n
+    lam_h, lam_n = seen
+    assert torch.allclose(lam_n, lam0) and not torch.allclose(lam_h, lam0)
+    # a re-ranking: the same geometric mean per group
+    assert torch.allclose(lam_h.log().mean(0), lam0.log().mean(0), atol=1e-4)
+    for p in (with_head.ply, without.ply):  # the .ply keeps the predicted Λ
+        assert torch.allclose(read_ply(p)[1], lam0)

@@ -10,6 +10,7 @@ import typer
 from diff3r_cli.cli.checks import check_output_file, parse_int_list, require_exists
 from diff3r_cli.cli.guard import guarded
 from diff3r_cli.cli.options import Compensation, Confidence, DataKind, Device, Optimizer
+from diff3r_cli.depth.anchor_head import DEFAULT_HEAD
 
 
 @guarded
@@ -51,6 +52,9 @@ def eval_cmd(
     drop_contradicted: Annotated[bool, typer.Option("--drop-contradicted/--keep-contradicted",
                                                     help="With --confidence: those runs also start without "
                                                          "the Gaussians predicted from contradicted pixels.")] = False,
+    anchor_head: Annotated[str, typer.Option("--anchor-head", help="With --confidence: the learned ranking of "
+                                             "the anchor across Gaussians in those runs (a bundled name or a "
+                                             ".safetensors); none = Λ as predicted.")] = DEFAULT_HEAD,
 ) -> None:
     """Evaluate PSNR/SSIM on held-out target views, after 0..K test-time optimization steps.
 
@@ -66,7 +70,7 @@ def eval_cmd(
                            outliers=outliers, limit=limit, device=device.value, resolution=resolution,
                            optimizer=optimizer.value, json_out=json_out, seed=seed,
                            compensation=compensate.value, sweep=sweep, backdrop=backdrop,
-                           confidence=confidence.value, drop=drop_contradicted)
+                           confidence=confidence.value, drop=drop_contradicted, anchor_head=anchor_head)
     if isinstance(result, dict) and "summary" in result:  # the library returns; the CLI presents
         from diff3r_cli.evaluate.report import print_summary
 

@@ -14,6 +14,7 @@ from diff3r_cli.cli.checks import (check_output_dir, check_output_file, check_sp
                                    parse_resolution, preflight_input, require_exists)
 from diff3r_cli.cli.guard import guarded
 from diff3r_cli.cli.options import Compensation, Device, Optimizer, PathKind
+from diff3r_cli.depth.anchor_head import DEFAULT_HEAD
 from diff3r_cli.cli.present import print_result
 from diff3r_cli.cli.progress import RichProgress
 from diff3r_cli.engines.policy import DEFAULT_REFINE_STEPS
@@ -33,6 +34,10 @@ _DropOpt = Annotated[bool, typer.Option("--drop-contradicted/--keep-contradicted
                                         help="With --pixel-confidence: also start without the Gaussians of "
                                              "contradicted pixels. Helps photo sets with occluders (people, "
                                              "cars); costs views where only one photo sees a surface.")]
+
+_HeadOpt = Annotated[str, typer.Option("--anchor-head", help="With --pixel-confidence: the learned ranking "
+                                       "of the anchor across Gaussians (a bundled name or a .safetensors "
+                                       "from benchmarks/fit_anchor_head.py); none = Λ as predicted.")]
 
 
 @guarded
@@ -85,6 +90,7 @@ def reconstruct(
     compensate: _CompensateOpt = Compensation.auto,
     pixel_confidence: _ConfidenceOpt = True,
     drop_contradicted: _DropOpt = False,
+    anchor_head: _HeadOpt = DEFAULT_HEAD,
 ) -> None:
     """Predict a 3DGS scene from posed (or SfM-posed) images in one network pass.
 
@@ -105,7 +111,7 @@ def reconstruct(
                                    anchor=anchor,
                                    eval_all=eval_all, video="gif" if gif else "mp4", progress=progress, sweep=sweep,
                                    backdrop=backdrop, compensation=compensate.value, confidence=pixel_confidence,
-                                   drop=drop_contradicted,
+                                   drop=drop_contradicted, anchor_head=anchor_head,
                                    **({"ply_layout": "compact"} if compact_ply else {}))
     print_result(reconstruct_rows(result))
 
@@ -132,6 +138,7 @@ def refine(
     compensate: _CompensateOpt = Compensation.auto,
     pixel_confidence: _ConfidenceOpt = True,
     drop_contradicted: _DropOpt = False,
+    anchor_head: _HeadOpt = DEFAULT_HEAD,
 ) -> None:
     """Refine a predicted scene on its input views by uncertainty-weighted test-time optimization.
 
@@ -151,7 +158,7 @@ def refine(
         with RichProgress() as progress:
             result = refine_splat(ply=ply, steps=steps, optimizer=optimizer.value, uncertainty=not no_uncertainty,
                                   images=images, out=dest, progress=progress, compensation=compensate.value,
-                                  confidence=pixel_confidence, drop=drop_contradicted,
+                                  confidence=pixel_confidence, drop=drop_contradicted, anchor_head=anchor_head,
                                   **({"ply_layout": "compact"} if compact_ply else {}))
     except RefineInterrupted as e:
         notice = refine_interrupted_notice(e)

@@ -20,13 +20,16 @@ out of the scene; a third view would break the tie.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 
 from diff3r_cli.cameras import Cameras
 from diff3r_cli.depth.sweep import box_mean
 from diff3r_cli.gaussians import Gaussians
+
+if TYPE_CHECKING:
+    from diff3r_cli.depth.anchor_head import AnchorHead
 
 TAU = 0.1      # colour difference (mean over RGB, images in [0,1]) at which a pixel's weight is 1/2
 WINDOW = 5     # box window of the difference (odd): single-pixel misregistration at edges is not an outlier
@@ -105,13 +108,15 @@ def pixel_confidence(g: Gaussians, cameras: Cameras, images: torch.Tensor, tau: 
 
 def confident_start(g0: Gaussians, lam: Optional[torch.Tensor], cameras: Cameras, images: torch.Tensor,
                     drop: bool = True, prepass: int = PREPASS_STEPS, compensation: str = "auto",
-                    backend: str = "auto"
+                    backend: str = "auto", head: Optional["AnchorHead"] = None
                     ) -> tuple[Gaussians, Optional[torch.Tensor], torch.Tensor, torch.Tensor]:
     """(θ0, Λ, pixel weights, kept) for a TTO that trusts each context pixel as far as the other views
     confirm it: the weights come from the Gaussians after ``prepass`` plain TTO steps (θ0's own
     geometry errors make the views disagree on clean photos too; a short fit settles those, while
     what only one photo shows stays contradicted); with ``drop``, θ0 (and Λ) without the pixel
-    Gaussians predicted from contradicted pixels. kept: (N,) bool over the given Gaussians."""
+    Gaussians predicted from contradicted pixels. kept: (N,) bool over the given Gaussians.
+    head (with Λ): an anchor head (``anchor_head.py``) re-ranks Λ across the Gaussians from what the
+    pre-pass and the weights show."""
     from diff3r_cli.depth.pixel_gaussians import source_views
 
     with torch.no_grad():
@@ -122,6 +127,12 @@ def confident_start(g0: Gaussians, lam: Optional[torch.Tensor], cameras: Cameras
 
         g, _ = optimize(g0, None, cameras, images, int(prepass), backend=backend, compensation=compensation)
     w = pixel_confidence(g, cameras, images, backend=backend, owner=owner)
+    if head is not None and lam is not None:
+        from diff3r_cli.depth.anchor_head import anchor_features, rerank
+
+        with torch.no_grad():
+            feats = anchor_features(g0, g, cameras, images, w, owner=owner, backend=backend)
+            lam = rerank(lam, head(feats.to(next(head.parameters()).device)).to(lam.device))
     keep = torch.ones(len(g0), dtype=torch.bool, device=g0.means.device)
     if drop:
         keep = ~contradicted(g0, cameras, w, owner=owner)

@@ -14,6 +14,7 @@ from typing import Optional
 
 import torch
 
+from diff3r_cli.depth.anchor_head import DEFAULT_HEAD
 from diff3r_cli.engines.outputs import NamedViews, RenderFolder, save_png, write_renders
 from diff3r_cli.engines.progress import ProgressCallback, Reporter
 from diff3r_cli.fsio import atomic_dir
@@ -142,7 +143,8 @@ def reconstruct_scene(path: Path, out: Path, model: Optional[str] = None, views:
                       frames: int = PATH_FRAMES, eval_all: bool = False, video: str = "mp4",
                       progress: Optional[ProgressCallback] = None, ply_layout: str = "viewer",
                       sweep: bool = True, compensation: str = "auto", backdrop: bool = True,
-                      confidence: bool = True, drop: bool = False) -> ReconstructResult:
+                      confidence: bool = True, drop: bool = False,
+                      anchor_head: "None | str" = DEFAULT_HEAD) -> ReconstructResult:
     """Load posed images, predict Gaussians, optionally refine, write .ply + sidecar (+ renders).
 
     resolution: the short side (int, native aspect), (W, H), or None (native, long side capped).
@@ -159,7 +161,7 @@ def reconstruct_scene(path: Path, out: Path, model: Optional[str] = None, views:
     "off"); stored in the sidecar (extras.appearance) and applied to the context views' renders
     (their PSNR) only, never baked into the splat. confidence (with anchor): the anchored refine also
     weights each context pixel by how far the other views confirm it, and with ``drop`` starts
-    without the Gaussians of contradicted pixels (``refine_gaussians``).
+    without the Gaussians of contradicted pixels, and ``anchor_head`` re-ranks Λ (``refine_gaussians``).
     """
     from diff3r_cli.engines.policy import (DEFAULT_MODEL, DEFAULT_REFINE_STEPS, context_views, pick_device,
                                            split_unseen, working_resolution)
@@ -186,7 +188,8 @@ def reconstruct_scene(path: Path, out: Path, model: Optional[str] = None, views:
         t0 = time.perf_counter()
         g, hist = refine_gaussians(g, p.lam if uncertainty and anchor else None, scene.cameras[context].to(dev),
                                    scene.images[context].to(dev), refine_steps, optimizer, progress=progress,
-                                   compensation=compensation, confidence=confidence, drop=drop)
+                                   compensation=compensation, confidence=confidence, drop=drop,
+                                   anchor_head=anchor_head)
         if "kept" in hist[-1]:  # Gaussians of contradicted pixels were dropped: their Λ rows go too
             p.lam = p.lam[hist[-1]["kept"].to(p.lam.device)]
             dropped = int((~hist[-1]["kept"]).sum())

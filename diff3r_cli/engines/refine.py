@@ -16,6 +16,7 @@ from typing import Optional
 import torch
 
 from diff3r_cli.cameras import Cameras
+from diff3r_cli.depth.anchor_head import DEFAULT_HEAD, AnchorHead, resolve_head
 from diff3r_cli.engines.progress import ProgressCallback, ProgressEvent, Reporter
 from diff3r_cli.errors import NumericalError, UserError
 from diff3r_cli.gaussians import Gaussians
@@ -83,7 +84,8 @@ def photometric_psnr(photometric: float) -> float:
 
 def refine_gaussians(g0: Gaussians, lam: Optional[torch.Tensor], cameras: Cameras, images: torch.Tensor,
                      steps: int, optimizer: str = "adam", progress: Optional[ProgressCallback] = None,
-                     compensation: str = "auto", confidence: bool = False, drop: bool = False
+                     compensation: str = "auto", confidence: bool = False, drop: bool = False,
+                     anchor_head: "None | str | AnchorHead" = DEFAULT_HEAD
                      ) -> tuple[Gaussians, list[dict]]:
     """Uncertainty-weighted TTO (lam=None: plain TTO), NaN-guarded; returns (Gaussians, history).
 
@@ -92,7 +94,9 @@ def refine_gaussians(g0: Gaussians, lam: Optional[torch.Tensor], cameras: Camera
     ``drop`` also the Gaussians of contradicted pixels dropped first (an occluder in one photo stays
     out of the scene, but so does a surface only one photo sees: off by default, README "Which photo
     pixels to trust"); with ``drop``, the last history record's "kept" (N,) bool says which of g0's
-    Gaussians the result holds (Λ rows follow it).
+    Gaussians the result holds (Λ rows follow it). anchor_head (with the confidence): a bundled name,
+    a path or a loaded head that re-ranks Λ across the Gaussians (``depth.anchor_head``); None or
+    "none": Λ as predicted.
 
     compensation: per-view exposure/white-balance transforms ("auto": where the context views
     differ in exposure; see optim/appearance.py); the last history record says whether they ran
@@ -108,15 +112,17 @@ def refine_gaussians(g0: Gaussians, lam: Optional[torch.Tensor], cameras: Camera
     imgs = images.to(g0.device, g0.dtype)
     # Adam's snapshots hand every iterate to the callback, which keeps only the best one
     extra = {"snapshots": set(range(steps + 1))} if optimizer == "adam" else {}
-    weights, kept = None, None
+    weights, kept, reranked = None, None, None
     best = BestIterate(report)
     from diff3r_cli.depth.consistency import MIN_STEPS, confident_start
 
     try:
         if confidence and lam is not None and steps >= MIN_STEPS and len(cams) > 1:
+            head = resolve_head(anchor_head, g0.device)
             with report.step("checking each photo against the other views", 1) as advance:
                 g0, lam, weights, kept = confident_start(g0, lam, cams, imgs, drop=drop,
-                                                         compensation=compensation)
+                                                         compensation=compensation, head=head)
+                reranked = None if head is None else (anchor_head if isinstance(anchor_head, str) else "custom")
                 kept = kept if drop else None  # nothing dropped: no subset for the Λ rows to follow
                 advance()
         report.emit(ProgressEvent("optimize", f"refine ({optimizer})", steps))
@@ -132,6 +138,8 @@ def refine_gaussians(g0: Gaussians, lam: Optional[torch.Tensor], cameras: Camera
         raise NumericalError("refinement produced non-finite Gaussians")
     if kept is not None and hist:
         hist[-1]["kept"] = kept
+    if reranked is not None and hist:
+        hist[-1]["anchor_head"] = reranked  # which head re-ranked Λ (the .ply keeps the predicted Λ)
     return g, hist
 
 
@@ -147,11 +155,13 @@ def _refined_info(doc: dict, ply: Path, steps: int, optimizer: str, uncertainty:
 def refine_splat(ply: Path, steps: int = 200, optimizer: str = "adam", uncertainty: bool = True,
                  images: Optional[Path] = None, out: Optional[Path] = None, device: str = "auto",
                  progress: Optional[ProgressCallback] = None, ply_layout: str = "viewer",
-                 compensation: str = "auto", confidence: bool = True, drop: bool = False) -> RefineResult:
+                 compensation: str = "auto", confidence: bool = True, drop: bool = False,
+                 anchor_head: "None | str" = DEFAULT_HEAD) -> RefineResult:
     """Uncertainty-weighted TTO of a reconstructed .ply on its context views; writes `out` atomically.
 
     confidence: with the uncertainty, each context pixel weighted by how far the other views confirm
-    it; drop: contradicted pixels' Gaussians dropped too (see :func:`refine_gaussians`).
+    it; drop: contradicted pixels' Gaussians dropped too; anchor_head: the Λ re-ranking (see
+    :func:`refine_gaussians`).
 
     Works at the scene's saved resolution (the network inputs stored by reconstruct). Ctrl-C or
     SIGTERM writes the best iterate so far to `out` (sidecar extras.partial = true) and raises
@@ -183,7 +193,8 @@ def refine_splat(ply: Path, steps: int = 200, optimizer: str = "adam", uncertain
     t0 = time.perf_counter()
     try:
         g, hist = refine_gaussians(g0, lam_used, cams, imgs.to(dev), steps, optimizer, progress=progress,
-                                   compensation=compensation, confidence=confidence, drop=drop)
+                                   compensation=compensation, confidence=confidence, drop=drop,
+                                   anchor_head=anchor_head)
     except RefineInterrupted as e:
         # keep the work done so far: the best iterate, written atomically and marked partial
         if e.best is not None and e.best.is_finite():
@@ -196,6 +207,8 @@ def refine_splat(ply: Path, steps: int = 200, optimizer: str = "adam", uncertain
     dt = time.perf_counter() - t0
     first, last = hist[0], hist[-1]  # history holds E at θ0 and at every iterate, final included
     info["extras"]["appearance"] = sidecar_record(last)
+    if "anchor_head" in last:
+        info["extras"]["anchor_head"] = last["anchor_head"]
     if "kept" in last:  # Gaussians of contradicted pixels were dropped: their Λ rows go with them
         info["extras"]["dropped_contradicted"] = int((~last["kept"]).sum())
         lam_out = lam_out[last["kept"].cpu()] if lam_out is not None else None

@@ -18,6 +18,7 @@ from typing import Optional
 import torch
 
 from diff3r_cli.cameras import Cameras
+from diff3r_cli.depth.anchor_head import DEFAULT_HEAD, resolve_head
 from diff3r_cli.errors import UserError
 from diff3r_cli.evaluate.report import progress_bar, running_means, summarize
 from diff3r_cli.evaluate.views import Run, evaluate_views
@@ -45,7 +46,7 @@ def evaluate_main(data_root: Path, data: str = "re10k", model: Optional[str] = N
                   optimizer: str = "adam", split: str = "test", json_out: Optional[Path] = None,
                   progress: bool = True, seed: int = 0, depth_range: str = "auto",
                   compensation: str = "auto", sweep: bool = True, backdrop: bool = True,
-                  confidence: str = "unc", drop: bool = False) -> dict:
+                  confidence: str = "unc", drop: bool = False, anchor_head: Optional[str] = DEFAULT_HEAD) -> dict:
     """Evaluate on the fixed test views of an RE10K-format root (evaluation_index.json); prints nothing
     but the progress bar (present the result with `report.print_summary`).
 
@@ -63,8 +64,9 @@ def evaluate_main(data_root: Path, data: str = "re10k", model: Optional[str] = N
     PSNR then uses each view's transform, target views the identity. confidence: which TTO runs weight
     the context pixels by how far the other context views confirm them ("unc" | "all" | "off"), drop:
     and start without the Gaussians of contradicted pixels (``depth.consistency.confident_start``), for
-    budgets of at least ``depth.consistency.MIN_STEPS``. Library callers of ``evaluate_views`` /
-    ``score_runs`` get "off" unless they ask.
+    budgets of at least ``depth.consistency.MIN_STEPS``; anchor_head: with the confidence, the Λ
+    re-ranking of the anchored runs (``depth.anchor_head``; None or "none": Λ as predicted).
+    Library callers of ``evaluate_views`` / ``score_runs`` get "off" and no head unless they ask.
     Returns {"summary": [{method, steps, psnr, ssim, context_psnr, scenes, compensated}],
     "scenes": [per-scene rows], ...}.
     """
@@ -83,6 +85,8 @@ def evaluate_main(data_root: Path, data: str = "re10k", model: Optional[str] = N
     if ff_model is None and resolve_model_path(DEFAULT_FF_MODEL).is_file():
         ff_model = DEFAULT_FF_MODEL
     models = _load_models({"diff3r": model, "ff": ff_model}, dev)
+    if confidence != "off":
+        resolve_head(anchor_head, dev)  # a missing or foreign head file fails here, not after the first scene
     res = resolution or _model_resolution(models["diff3r"]) or 64
     steps_list = sorted({int(s) for s in tto_steps})
     runs = plan_runs(steps_list, "ff" in models)
@@ -90,12 +94,14 @@ def evaluate_main(data_root: Path, data: str = "re10k", model: Optional[str] = N
     t_start = time.perf_counter()
     with progress_bar(limit) if progress else nullcontext(None) as advance:
         rows, failures = _evaluate_scenes(ds, models, runs, dev, optimizer, depth_range, limit, advance,
-                                          compensation, sweep, backdrop, confidence, drop)
+                                          compensation, sweep, backdrop, confidence, drop, anchor_head)
     if not rows:
         raise UserError("no evaluation scenes found", index, "check that the index keys match the chunks")
     result = {"data_root": str(root), "resolution": res, "outliers": bool(outliers),
               "outlier_probability": float(outliers), "seed": int(seed), "compensation": compensation,
               "confidence": confidence, "drop_contradicted": bool(drop and confidence != "off"),
+              "anchor_head": None if confidence == "off" or anchor_head is None or str(anchor_head).lower() == "none"
+              else str(anchor_head),
               "optimizer": optimizer, "sweep": sweep, "backdrop": bool(sweep and backdrop),
               "models": {k: str(resolve_model_path(v)) for k, v in (("diff3r", model), ("ff", ff_model)) if v},
               "tto_steps": steps_list, "num_scenes": len(rows), "numerical_failures": failures,
@@ -141,7 +147,7 @@ def outlier_config(p: float):
 def _evaluate_scenes(ds, models: dict, runs: list[Run], device: torch.device, optimizer: str, depth_range: str,
                      limit: Optional[int], advance, compensation: str = "off",
                      sweep: bool = False, backdrop: bool = True, confidence: str = "off",
-                     drop: bool = False) -> tuple[list[dict], int]:
+                     drop: bool = False, anchor_head: Optional[str] = None) -> tuple[list[dict], int]:
     """One row per scene (key, views, size, depth range, every configuration's means) and the failures."""
     rows: list[dict] = []
     failures = 0
@@ -169,7 +175,7 @@ def _evaluate_scenes(ds, models: dict, runs: list[Run], device: torch.device, op
                                         sample["target_w2c"], near, far, device, optimizer,
                                         ranges={n: r[:2] for n, r in ranges.items()}, compensation=compensation,
                                         sweep=sweep, ranges_used=used, backdrop=backdrop, confidence=confidence,
-                                        drop=drop)
+                                        drop=drop, anchor_head=anchor_head)
         moved = {n: [round(a, 4), round(b, 4)] for n, (a, b) in used.items()
                  if abs(a / ranges[n][0] - 1) > 1e-6 or abs(b / ranges[n][1] - 1) > 1e-6}
         if moved:  # the depth stage re-set the range from the matched depths (diff3r_cli.depth.stage)

@@ -180,7 +180,7 @@ def _split_confident(groups: dict, confidence: str, min_steps: int) -> dict:
 def score_runs(models: dict[str, torch.nn.Module], runs: list[Run], views: EvalViews, device: torch.device,
                optimizer: str = "adam", backend: str = "auto", context: bool = True,
                compensation: str = "off", ranges_used: Optional[dict] = None,
-               confidence: str = "off", drop: bool = False
+               confidence: str = "off", drop: bool = False, anchor_head=None
                ) -> tuple[dict[str, Optional[ViewScores]], int]:
     """Every configuration of ``runs`` on one tuple: ({"<method>@<steps>": scores}, numerical failures).
 
@@ -190,7 +190,8 @@ def score_runs(models: dict[str, torch.nn.Module], runs: list[Run], views: EvalV
     confidence: which TTO runs weight the context pixels by how far the other views confirm them
     ("unc": the uncertainty-anchored runs, "all", "off"; see ``depth.consistency.confident_start``, with
     ``drop``), for budgets of at least ``depth.consistency.MIN_STEPS`` (smaller budgets run without it,
-    in a TTO of their own).
+    in a TTO of their own). anchor_head: with the confidence, the Λ re-ranking of the anchored runs
+    (``depth.anchor_head.resolve_head``: a bundled name, a path, a head, or None).
     """
     if confidence not in CONFIDENCE_MODES:
         raise ValueError(f"unknown confidence mode {confidence!r} (use one of {', '.join(CONFIDENCE_MODES)})")
@@ -209,6 +210,7 @@ def score_runs(models: dict[str, torch.nn.Module], runs: list[Run], views: EvalV
         groups.setdefault((mname, unc), []).append((method, s))
     out: dict[str, Optional[ViewScores]] = {}
     failures = 0
+    from diff3r_cli.depth.anchor_head import resolve_head
     from diff3r_cli.depth.consistency import MIN_STEPS, confident_start
 
     for (mname, unc, confident), items in _split_confident(groups, confidence, MIN_STEPS).items():
@@ -218,7 +220,8 @@ def score_runs(models: dict[str, torch.nn.Module], runs: list[Run], views: EvalV
         try:
             if confident:
                 g_start, lam_start, weights, _ = confident_start(g0, lam, ctx_cams, ctx_images, drop,
-                                                              compensation=compensation, backend=backend)
+                                                              compensation=compensation, backend=backend,
+                                                              head=resolve_head(anchor_head, dev) if unc else None)
             states = tto_states(g_start, lam_start if unc else None, ctx_cams, ctx_images, [s for _, s in items],
                                 optimizer, backend, compensation, app, weights)
             states[0] = g0
@@ -238,20 +241,21 @@ def evaluate_views(models: dict, runs: list[Run], ctx_images: torch.Tensor, ctx_
                    renders: Optional[dict] = None, ranges: Optional[dict] = None,
                    compensation: str = "off", sweep: bool = False,
                    ranges_used: Optional[dict] = None, backdrop: bool = True, confidence: str = "off",
-                   drop: bool = False) -> tuple[dict, int]:
+                   drop: bool = False, anchor_head=None) -> tuple[dict, int]:
     """`score_runs` with the per-scene means of `diff3r eval`: ({"<method>@<steps>": {"psnr", "ssim",
     "context_psnr"} or None}, failures). context_psnr: the context views re-rendered from the same
     Gaussians (high with a low target PSNR = overfitting). renders: when a dict is given, the target
     renders (T,H,W,3) are stored in it under "<method>@<steps>". ranges: model key -> (near, far)
     for models that take another depth range than near/far. compensation: see :func:`tto_states`.
     sweep: every model's θ0 gets the photometric depth stage of `reconstruct` (diff3r_cli.depth);
-    backdrop: and the far blurred backdrop of that stage. ranges_used, confidence, drop: see
+    backdrop: and the far blurred backdrop of that stage. ranges_used, confidence, drop, anchor_head: see
     :func:`score_runs`.
     """
     views = EvalViews(ctx_images, ctx_K, ctx_w2c, tgt_images, tgt_K, tgt_w2c, float(near), float(far), ranges,
                       sweep, backdrop)
     scores, failures = score_runs(models, runs, views, device, optimizer, compensation=compensation,
-                                  ranges_used=ranges_used, confidence=confidence, drop=drop)
+                                  ranges_used=ranges_used, confidence=confidence, drop=drop,
+                                  anchor_head=anchor_head)
     if renders is not None:
         renders.update({k: v.renders for k, v in scores.items() if v is not None})
     return {k: None if v is None else v.means() for k, v in scores.items()}, failures

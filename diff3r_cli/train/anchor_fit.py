@@ -44,6 +44,21 @@ class AnchorExample:
     target: Cameras
 
 
+def train_tuples(root, seeds: int, outliers: float, resolution: int):
+    """(seed, corrupted, sample) for one train tuple per scene of the real corpus at ``root`` per seed
+    (2 context + 4 target views, as the trainer samples them); with ``outliers`` > 0 every second
+    seed's tuples get the evaluation's corruption protocol."""
+    from diff3r_cli.data.re10k import RE10KDataset
+    from diff3r_cli.evaluate.command import outlier_config
+
+    for seed in range(seeds):
+        corrupt = outliers > 0 and seed % 2 == 1
+        ds = RE10KDataset(root, split="train", resolution=resolution, seed=seed, full_context=True,
+                          outliers=outlier_config(outliers) if corrupt else None, warn=False)
+        for s in ds:
+            yield seed, corrupt, s
+
+
 def prepare_example(model: torch.nn.Module, sample: dict, near: float, far: float,
                     device: Optional[torch.device] = None) -> AnchorExample:
     """Predict θ0 and the anchor without the model's calibration (as ``predict_matched`` does for

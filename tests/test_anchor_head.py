@@ -1,0 +1,156 @@
+"""The anchor head: per-Gaussian features, the Λ re-ranking, its file, and the fit (issue 20 item 6)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from diff3r_cli.depth.anchor_head import (FEATURES, AnchorHead, anchor_features, load_anchor_head, rerank,
+                                          save_anchor_head)
+from diff3r_cli.errors import UserError
+
+from optim_scenes import plane_pixels, two_cameras
+
+
+def _col(name: str) -> int:
+    return FEATURES.index(name)
+
+
+def _scene(size: int = 12):
+    cams = two_cameras(size)
+    g, owner = plane_pixels(cams, [torch.ones(3, dtype=torch.float64)] * 2)
+    from diff3r_cli.render import render
+
+    photos = render(g, cams).rgb.detach()
+    return cams, g, owner, photos
+
+
+def test_rerank_keeps_the_geometric_mean_and_follows_the_head():
+    gen = torch.Generator().manual_seed(0)
+    lam = torch.rand(50, 5, generator=gen, dtype=torch.float64) * 10 + 0.1
+    y = torch.randn(50, 5, generator=gen, dtype=torch.float64)
+    out = rerank(lam, y)
+    assert torch.allclose(out.log().mean(0), lam.log().mean(0))
+    # the ratio to Λ falls as the predicted displacement grows, in every group
+    ratio = (out / lam).log()
+    for g in range(5):
+        order = y[:, g].argsort()
+        assert bool((ratio[order, g].diff() < 0).all())
+    assert torch.allclose(rerank(lam, y, strength=0.0), lam)
+    assert torch.allclose(rerank(lam, torch.zeros_like(y)), lam)
+    with pytest.raises(ValueError, match="shape"):
+        rerank(lam, y[:10])
+
+
+def test_features_read_each_gaussians_own_pixel():
+    cams, g, owner, photos = _scene()
+    v, h, w = photos.shape[:3]
+    # a weight map with a distinct value per pixel: each pixel Gaussian must read its own pixel's
+    weights = torch.arange(v * h * w, dtype=torch.float64).reshape(v, h, w) / (v * h * w)
+    f = anchor_features(g, g, cams, photos, weights)
+    assert f.shape == (len(g), len(FEATURES)) and bool(torch.isfinite(f).all())
+    assert torch.allclose(f[:, _col("confidence")].double(), weights.reshape(-1), atol=1e-6)
+    assert bool((f[:, _col("backdrop")] == 0).all())
+    # the two views overlap: some of each view's Gaussians fall in the other's frame, not all
+    cov = f[:, _col("covisible")]
+    assert 0 < float(cov[owner == 0].mean()) < 1 and 0 < float(cov[owner == 1].mean()) < 1
+    # a pre-pass that moved nothing
+    assert bool((f[:, _col("prepass_log_depth_change")] == 0).all())
+    assert bool((f[:, _col("prepass_opacity_change")] == 0).all())
+
+
+def test_features_see_a_depth_step_and_what_the_prepass_moved():
+    cams, g, owner, photos = _scene()
+    h, w = photos.shape[1:3]
+    weights = torch.ones(photos.shape[:3], dtype=torch.float64)
+    g1 = g.clone()
+    # pull one Gaussian of view 0 (row 5, column 6) halfway towards its camera
+    i = 5 * w + 6
+    c0 = -cams.w2c[0, :3, :3].T @ cams.w2c[0, :3, 3]
+    g1.means[i] = c0 + 0.5 * (g.means[i] - c0)
+    g1.opacity_logits[i] = g.opacity_logits[i] - 3.0
+    f = anchor_features(g, g1, cams, photos, weights)
+    assert int(f[:, _col("prepass_mean")].argmax()) == i
+    assert float(f[i, _col("prepass_log_depth_change")]) == pytest.approx(-0.6931, abs=1e-3)
+    assert float(f[i, _col("prepass_opacity_change")]) == pytest.approx(-3.0)
+    # a depth step in θ0 itself: the same Gaussian moved in g0 marks its 4-neighbours' edges
+    g_step = g.clone()
+    g_step.means[i] = c0 + 0.5 * (g.means[i] - c0)
+    f2 = anchor_features(g_step, g_step, cams, photos, weights)
+    edge = f2[:, _col("depth_edge")]
+    for j in (i, i - 1, i + 1, i - w, i + w):
+        assert float(edge[j]) == pytest.approx(0.6931, abs=0.02)  # the plane is tilted: neighbours differ a little
+    assert float(edge[i + 2]) < 0.02
+
+
+def test_a_backdrop_gaussian_has_no_pixel():
+    cams, g, owner, photos = _scene()
+    extra = g[:1].clone()
+    extra.means[:] = torch.tensor([[0.3, 0.2, 40.0]], dtype=extra.means.dtype)
+    g2 = type(g)(*(torch.cat([a, b]) for a, b in zip(g.tensors(), extra.tensors())))
+    f = anchor_features(g2, g2, cams, photos, torch.ones(photos.shape[:3], dtype=torch.float64))
+    assert float(f[-1, _col("backdrop")]) == 1.0 and float(f[-1, _col("confidence")]) == 1.0
+    assert float(f[:-1, _col("backdrop")].max()) == 0.0
+
+
+def test_head_file_round_trip_and_refusals(tmp_path):
+    head = AnchorHead(hidden=8)
+    with torch.no_grad():
+        for p in head.parameters():
+            p.normal_()
+        head.mu.normal_()
+    path = save_anchor_head(tmp_path / "h.safetensors", head, {"note": "test"})
+    back = load_anchor_head(path)
+    x = torch.randn(7, len(FEATURES))
+    assert torch.allclose(back(x), head(x))
+    with pytest.raises(UserError, match="not found"):
+        load_anchor_head(tmp_path / "missing.safetensors")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a file")
+    with pytest.raises(UserError, match="anchor head"):
+        load_anchor_head(bad)
+
+
+def test_the_bundled_head_loads_and_ranks():
+    head = load_anchor_head()
+    from diff3r_cli.depth.anchor_head import head_meta
+
+    assert head_meta()["tuples"] > 0
+    x = torch.randn(5, len(FEATURES))
+    assert head(x).shape == (5, 5)
+
+
+def test_confident_start_reranks_lambda_only_with_a_head():
+    from diff3r_cli.depth.consistency import confident_start
+
+    cams, g, owner, photos = _scene()
+    lam = torch.full((len(g), 5), 2.0, dtype=torch.float64)
+    head = AnchorHead(hidden=8)
+    with torch.no_grad():
+        for p in head.parameters():
+            p.normal_()
+    _, lam_plain, _, _ = confident_start(g, lam, cams, photos, drop=False, prepass=0)
+    assert torch.equal(lam_plain, lam)
+    _, lam_head, w, _ = confident_start(g, lam, cams, photos, drop=False, prepass=0, head=head)
+    feats = anchor_features(g, g, cams, photos, w)
+    assert torch.allclose(lam_head, rerank(lam, head(feats).double()))
+    assert not torch.allclose(lam_head, lam)
+
+
+def test_the_fit_learns_a_planted_ranking():
+    from diff3r_cli.train.anchor_head_fit import fit_head, rank_correlations
+
+    gen = torch.Generator().manual_seed(1)
+
+    def record(n=400):
+        x = torch.randn(n, len(FEATURES), generator=gen)
+        # Gaussians that the pre-pass moved and whose pixel is distrusted move far
+        d = torch.exp(2 * x[:, _col("prepass_mean")] + x[:, _col("distrust")])[:, None].repeat(1, 5)
+        return {"key": "k", "features": x, "displacement": d}
+
+    train, val = [record() for _ in range(4)], [record()]
+    head, log = fit_head(train, steps=400, lr=3e-3, val=val, every=100)
+    assert min(rank_correlations(head, val)) > 0.8
+    assert log[-1]["loss"] < log[0]["loss"]
+    # and the predicted Λ, constant here, ranks nothing
+    assert max(abs(v) for v in rank_correlations(None, val, [torch.ones(400, 5)])) < 0.2
