@@ -329,6 +329,9 @@ def test_the_anchor_head_reranks_lambda_inside_refine_only(tiny, tmp_path, monke
     monkeypatch.setattr(consistency, "PREPASS_STEPS", 2)
     reconstruct_scene(scene, tmp_path / "s.ply", model=str(model), refine_steps=0, render=False)
     g0, lam0 = read_ply(tmp_path / "s.ply")
+    reconstruct_scene(scene, tmp_path / "a.ply", model=str(model), refine_steps=2, anchor=True, render=False)
+    assert json.loads((tmp_path / "a.json").read_text())["extras"]["anchor_head"] == "anchor-head-real"
+    assert "anchor_head" not in json.loads((tmp_path / "s.json").read_text())["extras"]
     seen = []
     real_optimize = __import__("diff3r_cli.optim.tto", fromlist=["optimize"]).optimize
 

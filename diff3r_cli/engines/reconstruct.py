@@ -180,7 +180,7 @@ def reconstruct_scene(path: Path, out: Path, model: Optional[str] = None, views:
     size = working_resolution(scene.width, scene.height, resolution)
     p = _predict(scene, context, model_path, size, dev, report, sweep=sweep, backdrop=backdrop)
     scene, g = p.scene, p.gaussians
-    t_ref, appearance, comp, dropped = 0.0, None, None, None
+    t_ref, appearance, comp, dropped, head_used = 0.0, None, None, None, None
     refine_steps = DEFAULT_REFINE_STEPS if refine_steps is None else int(refine_steps)
     if refine_steps > 0:
         from diff3r_cli.optim.appearance import from_sidecar, sidecar_record
@@ -193,6 +193,7 @@ def reconstruct_scene(path: Path, out: Path, model: Optional[str] = None, views:
         if "kept" in hist[-1]:  # Gaussians of contradicted pixels were dropped: their Λ rows go too
             p.lam = p.lam[hist[-1]["kept"].to(p.lam.device)]
             dropped = int((~hist[-1]["kept"]).sum())
+        head_used = hist[-1].get("anchor_head")  # the head that re-ranked Λ inside the refine, if any
         t_ref = time.perf_counter() - t0
         comp = sidecar_record(hist[-1])
         appearance = from_sidecar({"extras": {"appearance": comp}})
@@ -204,6 +205,7 @@ def reconstruct_scene(path: Path, out: Path, model: Optional[str] = None, views:
                               "far": p.far, "depth_range_from": p.range_from, "refine_steps": refine_steps,
                               "refine_anchored": bool(refine_steps > 0 and uncertainty and anchor),
                               **({"dropped_contradicted": dropped} if dropped is not None else {}),
+                              **({"anchor_head": head_used} if head_used is not None else {}),
                               "uncertainty": uncertainty, "held_out_views": held, "interp_views": interp,
                               "depth_sweep_accepted": p.sweep_accepted, "backdrop_gaussians": p.backdrop,
                               **({"appearance": comp} if comp is not None else {}),
