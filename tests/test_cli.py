@@ -284,6 +284,10 @@ def test_reconstruct_dispatch_parses_options(tmp_path, fake_engines):
     assert fake_engines["reconstruct_scene"].calls[-1][1]["drop"] is True
     assert run("reconstruct", tmp_path / "scene", "--out", out, "--anchor", "--anchor-head", "none").exit_code == 0
     assert fake_engines["reconstruct_scene"].calls[-1][1]["anchor_head"] == "none"
+    n = len(fake_engines["reconstruct_scene"].calls)
+    res = run("reconstruct", tmp_path / "scene", "--out", out, "--anchor-head", tmp_path / "nope.safetensors")
+    assert_one_line_error(res, "anchor head weights not found", "--anchor-head none")
+    assert len(fake_engines["reconstruct_scene"].calls) == n  # refused before any work
 
 
 def test_refine_render_train_eval_synth_dispatch(tmp_path, fake_engines):
@@ -293,6 +297,7 @@ def test_refine_render_train_eval_synth_dispatch(tmp_path, fake_engines):
     assert kw["out"] == tmp_path / "s.refined.ply" and kw["steps"] == 7 and kw["optimizer"] == "lm"
     assert kw["uncertainty"] is True and kw["compensation"] == "auto" and kw["drop"] is False
     assert kw["anchor_head"] == "anchor-head-real"
+    assert_one_line_error(run("refine", p, "--anchor-head", "no-such-head"), "anchor head weights not found")
     assert run("refine", p, "--in-place", "--compensate", "on", "--drop-contradicted").exit_code == 0
     assert fake_engines["refine_splat"].calls[-1][1]["compensation"] == "on"
     assert fake_engines["refine_splat"].calls[-1][1]["drop"] is True
@@ -326,6 +331,9 @@ def test_refine_render_train_eval_synth_dispatch(tmp_path, fake_engines):
     assert kw["tto_steps"] == [0, 10] and kw["json_out"] == tmp_path / "ev.json"
     assert kw["confidence"] == "unc" and kw["drop"] is False  # weights on, no dropping (README: paired runs)
     assert kw["anchor_head"] == "anchor-head-real"
+    assert_one_line_error(run("eval", "--data-root", tmp_path, "--anchor-head", "no-such-head"),
+                          "anchor head weights not found")
+    assert len(fake_engines["evaluate_main"].calls) == 1
 
     res = run("data", "synth", "--out", tmp_path / "ds", "--scenes", "2", "--frames", "4", "--resolution", "32")
     assert res.exit_code == 0, res.stderr

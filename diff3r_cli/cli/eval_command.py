@@ -10,7 +10,7 @@ import typer
 from diff3r_cli.cli.checks import check_output_file, parse_int_list, require_exists
 from diff3r_cli.cli.guard import guarded
 from diff3r_cli.cli.options import Compensation, Confidence, DataKind, Device, Optimizer
-from diff3r_cli.depth.anchor_head import DEFAULT_HEAD
+from diff3r_cli.depth.anchor_head import DEFAULT_HEAD, require_head
 
 
 @guarded
@@ -66,6 +66,7 @@ def eval_cmd(
     steps = parse_int_list(tto_steps, "--tto-steps")
     if json_out is not None:
         check_output_file(json_out)
+    require_head(anchor_head)
     result = evaluate_main(data_root=data_root, data=data.value, model=model, ff_model=ff_model, tto_steps=steps,
                            outliers=outliers, limit=limit, device=device.value, resolution=resolution,
                            optimizer=optimizer.value, json_out=json_out, seed=seed,

@@ -14,7 +14,7 @@ from diff3r_cli.cli.checks import (check_output_dir, check_output_file, check_sp
                                    parse_resolution, preflight_input, require_exists)
 from diff3r_cli.cli.guard import guarded
 from diff3r_cli.cli.options import Compensation, Device, Optimizer, PathKind
-from diff3r_cli.depth.anchor_head import DEFAULT_HEAD
+from diff3r_cli.depth.anchor_head import DEFAULT_HEAD, require_head
 from diff3r_cli.cli.present import print_result
 from diff3r_cli.cli.progress import RichProgress
 from diff3r_cli.engines.policy import DEFAULT_REFINE_STEPS
@@ -104,6 +104,7 @@ def reconstruct(
     if out.suffix.lower() != ".ply":
         raise UserError("output must end in .ply", out, "e.g. --out scene.ply")
     preflight_input(path)
+    require_head(anchor_head)
     with RichProgress() as progress:
         result = reconstruct_scene(path=path, out=out, model=model, views=parse_int_list(views, "--views"),
                                    resolution=parse_resolution(resolution), device=device.value,
@@ -154,6 +155,7 @@ def refine(
         require_exists(images, "images folder")
     dest = ply if in_place else (out if out is not None else ply.with_name(ply.stem + ".refined.ply"))
     check_output_file(dest)
+    require_head(anchor_head)
     try:
         with RichProgress() as progress:
             result = refine_splat(ply=ply, steps=steps, optimizer=optimizer.value, uncertainty=not no_uncertainty,

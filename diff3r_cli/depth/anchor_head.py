@@ -182,15 +182,24 @@ def save_anchor_head(path: str | Path, head: AnchorHead, meta: Optional[dict] = 
     return path
 
 
+def require_head(spec: "None | str | Path") -> None:
+    """Raise the missing-file error of :func:`load_anchor_head` now (before any long work) unless
+    ``spec`` is None, "none" or an existing file."""
+    if spec is None or str(spec).lower() == "none":
+        return
+    path = head_path(spec)
+    if not path.is_file():
+        raise UserError("anchor head weights not found", path,
+                        "pass a file written by benchmarks/fit_anchor_head.py, or --anchor-head none")
+
+
 def load_anchor_head(name_or_path: str | Path = DEFAULT_HEAD, device: str | torch.device = "cpu") -> AnchorHead:
     """The head stored at ``name_or_path`` (a bundled name or a file from :func:`save_anchor_head`)."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
     path = head_path(name_or_path)
-    if not path.is_file():
-        raise UserError("anchor head weights not found", path,
-                        "pass a file written by benchmarks/fit_anchor_head.py, or --anchor-head none")
+    require_head(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             md = f.metadata() or {}
@@ -230,4 +239,5 @@ def head_meta(name_or_path: str | Path = DEFAULT_HEAD) -> dict:
 
 
 __all__ = ["FEATURES", "DEFAULT_HEAD", "AnchorHead", "anchor_features", "rerank", "save_anchor_head",
-           "load_anchor_head", "head_meta", "head_path", "resolve_head"]
+           "load_anchor_head", "head_meta", "head_path", "resolve_head",
+           "require_head"]
