@@ -5,7 +5,7 @@ On the held-out real tuples (`diff3r eval`'s views and near/far), the depth stag
 references θ*: plain TTO (Λ = 0, Adam, --steps) on the context views only — how far the context
 photos pull each Gaussian — and on the context *and* target views — where the Gaussian should go to
 explain unseen views too. Per parameter group, the Spearman rank correlation between 1/λ (how far
-Λ lets a Gaussian move) and |θ* − θ0| (the norm over the group's scalars). An informative anchor
+Λ lets a Gaussian move) and |θ* − θ0| (over the group's scalars). An informative anchor
 correlates positively with the second reference; a constant one (e.g. at its floor) gives about 0.
 
 --source network: the network's Λ rows as predicted (no covisibility scaling), for comparison.
@@ -28,7 +28,7 @@ import torch
 from diff3r_cli.cameras import Cameras
 from diff3r_cli.data.re10k import RE10KDataset
 from diff3r_cli.depth import predict_matched
-from diff3r_cli.depth.anchor_head import DEFAULT_HEAD, resolve_head
+from diff3r_cli.depth.anchor_head import DEFAULT_HEAD, group_change, resolve_head
 from diff3r_cli.depth.consistency import confident_start
 from diff3r_cli.engines.policy import DEFAULT_MODEL
 from diff3r_cli.evaluate.command import depth_range_for
@@ -36,25 +36,10 @@ from diff3r_cli.fsio import atomic_write_json
 from diff3r_cli.gaussians import GROUPS
 from diff3r_cli.model.io import load_model, resolve_model_path
 from diff3r_cli.optim.tto import optimize
+from diff3r_cli.train.anchor_head_fit import spearman
 
 HERE = Path(__file__).resolve().parent
 REAL = HERE.parent.parent / "shared" / "data" / "real"
-
-
-def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Rank correlation of two 1-D tensors (ties broken by order: fine for floats, and the anchor's
-    two levels make ties; their order is arbitrary, which pulls the value toward 0, not away)."""
-    ra = a.argsort().argsort().double()
-    rb = b.argsort().argsort().double()
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    return float((ra * rb).sum() / (ra.norm() * rb.norm()).clamp_min(1e-12))
-
-
-def group_moves(g0, g1) -> torch.Tensor:
-    """(N,5) norm of θ* − θ0 over each group's scalars."""
-    parts = [(g1.means - g0.means), (g1.log_scales - g0.log_scales), (g1.quats - g0.quats),
-             (g1.opacity_logits - g0.opacity_logits)[:, None], (g1.sh - g0.sh).reshape(len(g0), -1)]
-    return torch.stack([p.norm(dim=1) for p in parts], 1)
 
 
 def main() -> None:
@@ -92,7 +77,7 @@ def main() -> None:
         cols = []
         for ref, (c, im) in refs.items():
             g1, _ = optimize(g0, None, c, im, a.steps, optimizer="adam")
-            moves = group_moves(g0, g1.detach())
+            moves = group_change(g0, g1.detach())  # mean squared change per group (ranks as its norm)
             for src, lm in sources.items():
                 col = ref if src == "predicted" else f"{ref}, {src}"
                 row[col] = {name: round(spearman(1.0 / lm[:, k], moves[:, k]), 3) for k, name in enumerate(GROUPS)}

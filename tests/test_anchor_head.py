@@ -154,3 +154,23 @@ def test_the_fit_learns_a_planted_ranking():
     assert log[-1]["loss"] < log[0]["loss"]
     # and the predicted Λ, constant here, ranks nothing
     assert max(abs(v) for v in rank_correlations(None, val, [torch.ones(400, 5)])) < 0.2
+
+
+def test_spearman_matches_the_textbook_formula_and_group_change_a_float64_sum():
+    from diff3r_cli.depth.anchor_head import group_change
+    from diff3r_cli.train.anchor_head_fit import spearman
+
+    gen = torch.Generator().manual_seed(3)
+    a, b = torch.randn(200, generator=gen), torch.randn(200, generator=gen)
+    n = len(a)
+    d = (a.argsort().argsort() - b.argsort().argsort()).double()
+    assert spearman(a, b) == pytest.approx(1 - 6 * float((d * d).sum()) / (n * (n * n - 1)), abs=1e-12)
+    assert spearman(a, 3 * a + 1) == pytest.approx(1.0) and spearman(a, -a) == pytest.approx(-1.0)
+    cams, g, owner, photos = _scene()
+    g1 = g.clone()
+    g1.means[3] += torch.tensor([0.1, -0.2, 0.3], dtype=g.dtype)
+    g1.sh[5] += 0.5
+    ch = group_change(g, g1)
+    assert float(ch[3, 0]) == pytest.approx((0.01 + 0.04 + 0.09) / 3)
+    assert float(ch[5, 4]) == pytest.approx(0.25)
+    assert float(ch.sum()) == pytest.approx((0.14 / 3) + 0.25)

@@ -51,7 +51,7 @@ FEATURES = (
 )
 
 
-def _group_sq(g0: Gaussians, g1: Gaussians) -> torch.Tensor:
+def group_change(g0: Gaussians, g1: Gaussians) -> torch.Tensor:
     """(N,5) mean squared change of each group's raw parameters from g0 to g1."""
     sizes = torch.tensor(g0.group_sizes(), dtype=g0.dtype, device=g0.device)
     return g0.reduce_groups((g1.flatten() - g0.flatten()) ** 2) / sizes
@@ -72,7 +72,7 @@ def anchor_features(g0: Gaussians, g1: Gaussians, cameras: Cameras, images: torc
         raise ValueError(f"the pre-pass has {len(g1)} Gaussians, θ0 has {len(g0)}")
     dev = g0.means.device
     n = len(g0)
-    v_, h, w = images.shape[:3]
+    h, w = images.shape[1:3]
     imgs = images.to(dev, torch.float32)
     wts = weights.to(dev, torch.float32)
     with torch.no_grad():
@@ -116,7 +116,7 @@ def anchor_features(g0: Gaussians, g1: Gaussians, cameras: Cameras, images: torc
         logd = cols["depth"].clamp_min(1e-6).log()
         if pix.any():
             logd = logd - logd[pix].median()
-        pre = (_group_sq(g0, g1).float() + 1e-12).log()
+        pre = (group_change(g0, g1).float() + 1e-12).log()
         pre = pre - pre.median(0).values
         op0 = g0.opacity_logits.reshape(-1).float()
         op1 = g1.opacity_logits.reshape(-1).float()
@@ -159,13 +159,10 @@ def rerank(lam: torch.Tensor, log_disp: torch.Tensor, strength: float = 1.0) -> 
 
 
 def head_path(name_or_path: str | Path) -> Path:
-    """A path as given, or a bundled name -> <repo>/models/<name>.safetensors."""
-    from diff3r_cli.model.io import MODELS_DIR
+    """A path as given, or a bundled name -> <repo>/models/<name>.safetensors (the models' rule)."""
+    from diff3r_cli.model.io import resolve_model_path
 
-    p = Path(name_or_path)
-    if p.suffix == ".safetensors" or p.exists():
-        return p
-    return MODELS_DIR / f"{name_or_path}.safetensors"
+    return resolve_model_path(name_or_path)
 
 
 def save_anchor_head(path: str | Path, head: AnchorHead, meta: Optional[dict] = None) -> Path:
@@ -238,6 +235,6 @@ def head_meta(name_or_path: str | Path = DEFAULT_HEAD) -> dict:
         return json.loads((f.metadata() or {}).get("meta", "{}"))
 
 
-__all__ = ["FEATURES", "DEFAULT_HEAD", "AnchorHead", "anchor_features", "rerank", "save_anchor_head",
+__all__ = ["FEATURES", "DEFAULT_HEAD", "AnchorHead", "anchor_features", "group_change", "rerank", "save_anchor_head",
            "load_anchor_head", "head_meta", "head_path", "resolve_head",
            "require_head"]

@@ -19,7 +19,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from diff3r_cli.cameras import Cameras
-from diff3r_cli.depth.anchor_head import FEATURES, AnchorHead, _group_sq, anchor_features
+from diff3r_cli.depth.anchor_head import FEATURES, AnchorHead, anchor_features, group_change
 from diff3r_cli.gaussians import GROUPS
 
 OFFSET = 0.1       # added to the median-normalised displacement before the log
@@ -44,7 +44,7 @@ def prepare_record(g0, context: Cameras, context_images: torch.Tensor, target: C
     both = Cameras(torch.cat([context.K, target.K]), torch.cat([context.w2c, target.w2c]),
                    context.width, context.height)
     g_all, _ = optimize(g0, None, both, torch.cat([context_images, target_images]), steps, compensation="auto")
-    return {"key": key, "features": feats, "displacement": _group_sq(g0, g_all).float()}
+    return {"key": key, "features": feats, "displacement": group_change(g0, g_all).float()}
 
 
 def regression_target(displacement: torch.Tensor) -> torch.Tensor:
@@ -54,7 +54,9 @@ def regression_target(displacement: torch.Tensor) -> torch.Tensor:
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Rank correlation (no tie correction; the inputs are continuous)."""
+    """Spearman rank correlation of two 1-D tensors. Ties are ranked by order, not averaged: exact
+    for continuous values; where ties are many (an anchor with two levels) their arbitrary order
+    pulls the value toward 0, not away from it."""
     ra = a.argsort().argsort().double()
     rb = b.argsort().argsort().double()
     ra, rb = ra - ra.mean(), rb - rb.mean()
