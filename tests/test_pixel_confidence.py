@@ -210,6 +210,25 @@ def test_confident_start_keeps_the_occluder_contradicted_after_the_prepass_and_d
     assert torch.allclose(w_kept, pixel_confidence(g_pred, cams, shot))
 
 
+def test_settled_confidence_is_the_prepass_and_the_confidence_of_its_result():
+    """The one pre-pass that confident_start and the anchor head's training records share: θ1 is a plain
+    TTO of θ0, the weights are measured on θ1 with the source views of θ0."""
+    from diff3r_cli.depth.consistency import settled_confidence
+    from diff3r_cli.depth.pixel_gaussians import source_views
+
+    cams, _, photos = _occluded_plane()
+    shot = photos.clone()
+    shot[0][8:15, 9:16] = torch.tensor([0.9, 0.1, 0.8], dtype=shot.dtype)
+    g_pred, _ = plane_pixels(cams, [torch.ones(3, dtype=torch.float64)] * 2)
+    owner, g1, w = settled_confidence(g_pred, cams, shot, prepass=5, compensation="off")
+    ref, _ = optimize(g_pred, None, cams, shot, 5)
+    assert torch.equal(owner, source_views(g_pred, cams))
+    assert torch.allclose(g1.means, ref.means) and torch.allclose(g1.sh, ref.sh)
+    assert not torch.allclose(g1.sh, g_pred.sh)  # the pre-pass moved something
+    assert torch.allclose(w, pixel_confidence(ref, cams, shot, owner=owner))
+    _, g_same, w0 = settled_confidence(g_pred, cams, shot, prepass=0)
+    assert g_same is g_pred and torch.allclose(w0, pixel_confidence(g_pred, cams, shot))
+
 def test_refine_checks_the_photos_only_for_long_enough_budgets(monkeypatch):
     from diff3r_cli.depth import consistency
     from diff3r_cli.engines.refine import refine_gaussians

@@ -106,6 +106,24 @@ def pixel_confidence(g: Gaussians, cameras: Cameras, images: torch.Tensor, tau: 
     return torch.where(covered, w, torch.ones_like(w))
 
 
+def settled_confidence(g0: Gaussians, cameras: Cameras, images: torch.Tensor, prepass: int = PREPASS_STEPS,
+                       compensation: str = "auto", backend: str = "auto"
+                       ) -> tuple[torch.Tensor, Gaussians, torch.Tensor]:
+    """(owner, θ1, pixel weights): each Gaussian's source view (``pixel_gaussians.source_views`` of θ0),
+    θ0 after ``prepass`` plain TTO steps, and the pixel confidences measured on θ1 (see
+    :func:`confident_start` for why after a pre-pass)."""
+    from diff3r_cli.depth.pixel_gaussians import source_views
+
+    with torch.no_grad():
+        owner = source_views(g0, cameras)
+    g1 = g0
+    if prepass > 0:
+        from diff3r_cli.optim.tto import optimize
+
+        g1, _ = optimize(g0, None, cameras, images, int(prepass), backend=backend, compensation=compensation)
+    return owner, g1, pixel_confidence(g1, cameras, images, backend=backend, owner=owner)
+
+
 def confident_start(g0: Gaussians, lam: Optional[torch.Tensor], cameras: Cameras, images: torch.Tensor,
                     drop: bool = True, prepass: int = PREPASS_STEPS, compensation: str = "auto",
                     backend: str = "auto", head: Optional["AnchorHead"] = None
@@ -117,16 +135,7 @@ def confident_start(g0: Gaussians, lam: Optional[torch.Tensor], cameras: Cameras
     Gaussians predicted from contradicted pixels. kept: (N,) bool over the given Gaussians.
     head (with Λ): an anchor head (``anchor_head.py``) re-ranks Λ across the Gaussians from what the
     pre-pass and the weights show."""
-    from diff3r_cli.depth.pixel_gaussians import source_views
-
-    with torch.no_grad():
-        owner = source_views(g0, cameras)
-    g = g0
-    if prepass > 0:
-        from diff3r_cli.optim.tto import optimize
-
-        g, _ = optimize(g0, None, cameras, images, int(prepass), backend=backend, compensation=compensation)
-    w = pixel_confidence(g, cameras, images, backend=backend, owner=owner)
+    owner, g, w = settled_confidence(g0, cameras, images, prepass, compensation, backend)
     if head is not None and lam is not None:
         from diff3r_cli.depth.anchor_head import anchor_features, rerank
 
@@ -162,4 +171,4 @@ def contradicted(g: Gaussians, cameras: Cameras, weights: torch.Tensor, threshol
 
 
 __all__ = ["COVER", "MIN_STEPS", "PREPASS_STEPS", "TAU", "WINDOW", "confident_start", "contradicted", "cross_view_difference",
-           "pixel_confidence"]
+           "pixel_confidence", "settled_confidence"]

@@ -23,7 +23,6 @@ from diff3r_cli.depth.anchor_head import FEATURES, AnchorHead, anchor_features, 
 from diff3r_cli.gaussians import GROUPS
 
 OFFSET = 0.1       # added to the median-normalised displacement before the log
-PREPASS = 50       # as depth.consistency.PREPASS_STEPS
 TARGET_STEPS = 200  # plain TTO on context + target views
 
 
@@ -32,14 +31,11 @@ def prepare_record(g0, context: Cameras, context_images: torch.Tensor, target: C
     """Features of θ0's Gaussians (after the pre-pass, as the anchored refine computes them) and
     their displacement under a TTO that also sees the target views: {"key", "features" (N,F),
     "displacement" (N,5)}."""
-    from diff3r_cli.depth.consistency import PREPASS_STEPS, pixel_confidence
-    from diff3r_cli.depth.pixel_gaussians import source_views
+    from diff3r_cli.depth.consistency import settled_confidence
     from diff3r_cli.optim.tto import optimize
 
     g0 = g0.detach()
-    owner = source_views(g0, context)
-    g1, _ = optimize(g0, None, context, context_images, PREPASS_STEPS, compensation="auto")
-    w = pixel_confidence(g1, context, context_images, owner=owner)
+    owner, g1, w = settled_confidence(g0, context, context_images)
     feats = anchor_features(g0, g1, context, context_images, w, owner=owner)
     both = Cameras(torch.cat([context.K, target.K]), torch.cat([context.w2c, target.w2c]),
                    context.width, context.height)
