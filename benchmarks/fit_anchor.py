@@ -16,18 +16,15 @@ its results). Writes benchmarks/results/anchor_fit.json
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
-
-import torch
 
 from diff3r_cli.depth.covisible import ANCHOR_SETS
 from diff3r_cli.evaluate.command import depth_range_for
 from diff3r_cli.fsio import atomic_write_json
 from diff3r_cli.gaussians import GROUPS
 from diff3r_cli.model.io import load_model, read_metadata, resolve_model_path, save_model
-from diff3r_cli.train.anchor_fit import fit_anchor, prepare_example, train_tuples
+from diff3r_cli.train.anchor_fit import cached_train_tuples, fit_anchor, prepare_example
 
 HERE = Path(__file__).resolve().parent
 REAL = HERE.parent.parent / "shared" / "data" / "real"
@@ -35,19 +32,14 @@ REAL = HERE.parent.parent / "shared" / "data" / "real"
 
 def examples(model, work: Path, seeds: int, outliers: float, resolution: int) -> list:
     """The prepared train tuples (cached in work/ as they are predicted)."""
-    out = []
-    for seed, corrupt, s in train_tuples(REAL, seeds, outliers, resolution):
-        f = work / f"pred_{seed}_{s['key']}.pt"
-        if f.exists():
-            out.append(torch.load(f, weights_only=False))
-            continue
+    def prepare(seed: int, corrupt: bool, s: dict):
         near, far, _ = depth_range_for(s, "auto", model.cfg.depth_range)
         ex = prepare_example(model, s, near, far)
-        torch.save(ex, f)
-        out.append(ex)
         print(f"  predicted {ex.key} (seed {seed}{', outliers' if corrupt else ''}): {ex.g0.num} Gaussians",
               flush=True)
-    return out
+        return ex
+
+    return cached_train_tuples(work, "pred_", REAL, seeds, outliers, resolution, prepare)
 
 
 def main() -> None:

@@ -31,35 +31,32 @@ REAL = HERE.parent.parent / "shared" / "data" / "real"
 
 def records(model_name: str, work: Path, seeds: int, outliers: float, resolution: int) -> list[dict]:
     """The train tuples' records (cached in work/ as they are prepared)."""
+    from dataclasses import replace
+
     from diff3r_cli.cameras import Cameras
     from diff3r_cli.evaluate.command import depth_range_for
     from diff3r_cli.evaluate.views import EvalViews, predict
     from diff3r_cli.model.io import load_model, resolve_model_path
-    from diff3r_cli.train.anchor_fit import train_tuples
+    from diff3r_cli.train.anchor_fit import cached_train_tuples
     from diff3r_cli.train.anchor_head_fit import prepare_record
 
     model = load_model(resolve_model_path(model_name), device="cpu")
-    out = []
-    for seed, corrupt, s in train_tuples(REAL, seeds, outliers, resolution):
-        f = work / f"{seed}_{s['key']}.pt"
-        if f.exists():
-            out.append(torch.load(f, weights_only=False))
-            continue
+
+    def prepare(seed: int, corrupt: bool, s: dict) -> dict:
         t0 = time.perf_counter()
         near, far, _ = depth_range_for(s, "auto", model.cfg.depth_range)
-        v = EvalViews(s["context_images"], s["context_K"], s["context_w2c"], s["target_images"],
-                      s["target_K"], s["target_w2c"], near, far, sweep=True)
+        v = replace(EvalViews.from_sample(s, near, far), sweep=True)
         g0, lam, _ = predict(model, v, torch.device("cpu"))
         h, w = s["context_images"].shape[1:3]
         rec = prepare_record(g0, Cameras(s["context_K"], s["context_w2c"], w, h), s["context_images"],
                              Cameras(s["target_K"], s["target_w2c"], w, h), s["target_images"], key=s["key"])
         rec["lam"] = lam.detach().float()
         rec["seed"] = seed
-        torch.save(rec, f)
-        out.append(rec)
         print(f"  prepared {s['key']} (seed {seed}{', outliers' if corrupt else ''}): {len(g0)} Gaussians, "
               f"{time.perf_counter() - t0:.0f} s", flush=True)
-    return out
+        return rec
+
+    return cached_train_tuples(work, "", REAL, seeds, outliers, resolution, prepare)
 
 
 def main() -> None:

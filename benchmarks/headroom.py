@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -59,13 +60,11 @@ def dataset(root: Path, split: str, resolution: int, outliers: float = 0.0) -> R
                         outliers=outlier_config(outliers) if outliers else None, full_context=True, warn=False)
 
 
-def views_of(sample: dict, model, images: Optional[torch.Tensor] = None) -> EvalViews:
-    """The sample's EvalViews as `diff3r eval` builds them (depth stage on), context photos optionally
-    replaced."""
+def views_of(sample: dict, model) -> EvalViews:
+    """The sample's EvalViews as `diff3r eval` builds them (near/far by the model's convention, depth
+    stage on)."""
     near, far, _ = depth_range_for(sample, "auto", model.cfg.depth_range)
-    ctx = sample["context_images"] if images is None else images
-    return EvalViews(ctx, sample["context_K"], sample["context_w2c"], sample["target_images"],
-                     sample["target_K"], sample["target_w2c"], near, far, sweep=True)
+    return replace(EvalViews.from_sample(sample, near, far), sweep=True)
 
 
 def cameras_of(sample: dict) -> Cameras:
@@ -74,8 +73,7 @@ def cameras_of(sample: dict) -> Cameras:
 
 
 def target_psnr(g, views: EvalViews) -> float:
-    sc = score(g, views, context=False)
-    return sum(sc.psnr) / len(sc.psnr)
+    return score(g, views, context=False).means()["psnr"]
 
 
 def plus_unc(g0, lam, cams: Cameras, images: torch.Tensor, views: EvalViews, head, steps: int,
@@ -138,7 +136,8 @@ def run_outliers(args, model, head):
         if bool(masks.any()):
             row["oracle_masks"] = plus_unc(g0, lam, cams, imgs, v, head, args.steps, masks=masks)[0]
             repaired = torch.where(masks[..., None], c["context_images"], imgs)
-            g0r, lamr, _ = predict(model, views_of(s, model, repaired), torch.device("cpu"))
+            # the corrupted tuple's near/far (no second triangulation); the depth stage re-sets them anyway
+            g0r, lamr, _ = predict(model, replace(v, context_images=repaired), torch.device("cpu"))
             row["oracle_repair"] = plus_unc(g0r, lamr, cams, imgs, v, head, args.steps)[0]
         else:  # nothing but (at most) a whole-view exposure change: the oracles are the default row
             row["oracle_masks"] = row["oracle_repair"] = row["default"]

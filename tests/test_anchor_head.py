@@ -174,3 +174,25 @@ def test_spearman_matches_the_textbook_formula_and_group_change_a_float64_sum():
     assert float(ch[3, 0]) == pytest.approx((0.01 + 0.04 + 0.09) / 3)
     assert float(ch[5, 4]) == pytest.approx(0.25)
     assert float(ch.sum()) == pytest.approx((0.14 / 3) + 0.25)
+
+
+def test_train_records_are_prepared_once_and_read_back_from_the_cache(tmp_path, monkeypatch):
+    """The cache both anchor fits share (train.anchor_fit.cached_train_tuples): a resumed fit reads each
+    tuple's record instead of preparing it again, and leaves no temporary file behind."""
+    from diff3r_cli.train import anchor_fit
+
+    tuples = [(0, False, {"key": "a"}), (0, False, {"key": "b"}), (1, True, {"key": "a"})]
+    monkeypatch.setattr(anchor_fit, "train_tuples", lambda root, seeds, outliers, resolution: iter(tuples))
+    calls = []
+
+    def prepare(seed, corrupt, s):
+        calls.append((seed, s["key"]))
+        return {"key": s["key"], "seed": seed, "corrupt": corrupt, "x": torch.tensor([seed + 0.5])}
+
+    first = anchor_fit.cached_train_tuples(tmp_path, "p_", None, 2, 0.5, 64, prepare)
+    assert calls == [(0, "a"), (0, "b"), (1, "a")]
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["p_0_a.pt", "p_0_b.pt", "p_1_a.pt"]
+    again = anchor_fit.cached_train_tuples(tmp_path, "p_", None, 2, 0.5, 64, prepare)
+    assert len(calls) == 3  # nothing prepared twice
+    assert [r["key"] for r in again] == ["a", "b", "a"] and again[2]["corrupt"] is True
+    assert all(torch.equal(a["x"], b["x"]) for a, b in zip(first, again))

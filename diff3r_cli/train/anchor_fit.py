@@ -59,6 +59,26 @@ def train_tuples(root, seeds: int, outliers: float, resolution: int):
             yield seed, corrupt, s
 
 
+def cached_train_tuples(work, prefix: str, root, seeds: int, outliers: float, resolution: int,
+                        prepare: Callable[[int, bool, dict], object]) -> list:
+    """:func:`train_tuples` turned into records by ``prepare(seed, corrupted, sample)``, each cached in
+    ``work/<prefix><seed>_<key>.pt`` (written atomically: an interrupted fit leaves no half record) and
+    read back from there when it exists (a resumed fit)."""
+    from diff3r_cli.fsio import atomic_output
+
+    out = []
+    for seed, corrupt, s in train_tuples(root, seeds, outliers, resolution):
+        f = Path(work) / f"{prefix}{seed}_{s['key']}.pt"
+        if f.exists():
+            out.append(torch.load(f, weights_only=False))
+            continue
+        rec = prepare(seed, corrupt, s)
+        with atomic_output(f, "wb") as fh:
+            torch.save(rec, fh)
+        out.append(rec)
+    return out
+
+
 def prepare_example(model: torch.nn.Module, sample: dict, near: float, far: float,
                     device: Optional[torch.device] = None) -> AnchorExample:
     """Predict θ0 and the anchor without the model's calibration (as ``predict_matched`` does for
