@@ -21,6 +21,7 @@ Resumable and splittable: --part k --parts n computes every n-th tuple into <out
 (tuples already there are skipped); --merge joins the parts into <out> and prints the table.
 
     python benchmarks/headroom.py strength [--data real|synthetic] [--split test|train] [--scales 0.01,0.1,1]
+        [--outliers P]
     python benchmarks/headroom.py outliers [--outliers 0.5]
         [--data-root DIR] [--resolution N] [--limit N] [--part K --parts N | --merge] [--out PATH]
 """
@@ -97,7 +98,7 @@ def run_strength(args, model, head):
     if args.data_root is None and DATA[args.data][0] is None:
         raise SystemExit(f"--data {args.data} needs --data-root (e.g. a `diff3r data synth --split test` output)")
     root, res = Path(args.data_root or DATA[args.data][0]), args.resolution or DATA[args.data][1]
-    for n, s in enumerate(dataset(root, args.split, res)):
+    for n, s in enumerate(dataset(root, args.split, res, args.outliers)):
         if n >= args.limit:
             break
         if n % args.parts != args.part or s["key"] in args.done:
@@ -164,7 +165,8 @@ def main() -> None:
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--resolution", type=int, default=None)
     ap.add_argument("--scales", default="0.01,0.1,1")
-    ap.add_argument("--outliers", type=float, default=0.5)
+    ap.add_argument("--outliers", type=float, default=None,
+                    help="the outlier protocol's P (outliers: default 0.5; strength: default 0, clean tuples)")
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--limit", type=int, default=12)
     ap.add_argument("--model", default=DEFAULT_MODEL)
@@ -175,7 +177,11 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     args.scales = [float(x) for x in args.scales.split(",")]
+    if args.outliers is None:
+        args.outliers = 0.5 if args.what == "outliers" else 0.0
     name = "outlier_headroom" if args.what == "outliers" else f"anchor_strength_{args.data}_{args.split}"
+    if args.what == "strength" and args.outliers:
+        name += f"_outliers_{args.outliers:g}"
     out = Path(args.out or RESULTS / f"{name}.json")
     part_file = out.with_suffix(f".part{args.part}.json")
     if args.merge:

@@ -62,7 +62,7 @@ def anchor_sets(seen: torch.Tensor, backdrop: int = 0) -> torch.Tensor:
 def calibrated(lam: torch.Tensor, sets: torch.Tensor, log_scales) -> torch.Tensor:
     """Λ (N,5) times exp(log_scales[set, group]); log_scales a (3,5) tensor (differentiable) or nested
     sequence."""
-    a = log_scales if torch.is_tensor(log_scales) else torch.tensor(log_scales, dtype=lam.dtype)
+    a = log_scales if torch.is_tensor(log_scales) else torch.tensor(log_scales, dtype=lam.dtype, device=lam.device)
     if tuple(a.shape) != (len(ANCHOR_SETS), lam.shape[1]):
         raise ValueError(f"anchor log scales have shape {tuple(a.shape)}; expected ({len(ANCHOR_SETS)}, {lam.shape[1]})")
     return lam * a.to(device=lam.device, dtype=lam.dtype)[sets.to(lam.device)].exp()
