@@ -45,12 +45,16 @@ def pick_strength(grids: dict[str, dict]) -> tuple[float, dict[float, float], di
     """(best s, pooled score per s, per-grid means) over ``grids`` {name: headroom strength JSON}.
 
     Only factors every grid measured are compared. Raises ValueError for a test-split grid."""
-    means = {}
+    means, calibrations = {}, set()
     for name, doc in grids.items():
         split = doc.get("settings", {}).get("split")
         if split != "train":
             raise ValueError(f"{name}: a grid of the {split!r} split; the strength is picked on train tuples only")
+        # s is relative to the calibration the model carried when the grid was measured (none: absent)
+        calibrations.add(json.dumps(doc["settings"].get("anchor_log_scales")))
         means[name] = grid_means(doc)
+    if len(calibrations) > 1:
+        raise ValueError("the grids were measured with differently calibrated models; measure them again with one")
     common = sorted(set.intersection(*(set(m) for m in means.values())))
     if not common:
         raise ValueError("the grids share no factor")

@@ -202,6 +202,9 @@ def main() -> None:
     doc["settings"] = settings
     args.done = set(doc["tuples"])
     model = load_model(resolve_model_path(args.model), device="cpu")
+    # a factor s is relative to the calibration the model already carries: record it with the grid
+    cal = model.cfg.anchor_log_scales
+    settings["anchor_log_scales"] = None if cal is None else [list(row) for row in cal]
     head = resolve_head(None if args.anchor_head == "none" else args.anchor_head)
     gen = run_outliers(args, model, head) if args.what == "outliers" else run_strength(args, model, head)
     for key, row in gen:

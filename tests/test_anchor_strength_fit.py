@@ -44,6 +44,16 @@ def test_a_test_split_grid_is_refused():
         fas.pick_strength({"t": _grid({"x": {"s=1": 1.0}}, split="test")})
 
 
+def test_grids_of_differently_calibrated_models_are_refused():
+    a = _grid({"x": {"s=1": 1.0}})
+    b = _grid({"y": {"s=1": 2.0}})
+    b["settings"]["anchor_log_scales"] = [[-2.3] * 5] * 3
+    with pytest.raises(ValueError, match="differently calibrated"):
+        fas.pick_strength({"a": a, "b": b})
+    a["settings"]["anchor_log_scales"] = [[-2.3] * 5] * 3
+    assert fas.pick_strength({"a": a, "b": b})[0] == 1.0
+
+
 def test_the_model_file_gets_log_s_on_every_entry(tmp_path):
     from diff3r_cli.depth.covisible import ANCHOR_SETS
     from diff3r_cli.model.io import load_model, read_metadata, resolve_model_path, save_model
