@@ -47,9 +47,8 @@ def records(model_name: str, work: Path, seeds: int, outliers: float, resolution
         near, far, _ = depth_range_for(s, "auto", model.cfg.depth_range)
         v = replace(EvalViews.from_sample(s, near, far), sweep=True)
         g0, lam, _ = predict(model, v, torch.device("cpu"))
-        h, w = s["context_images"].shape[1:3]
-        rec = prepare_record(g0, Cameras(s["context_K"], s["context_w2c"], w, h), s["context_images"],
-                             Cameras(s["target_K"], s["target_w2c"], w, h), s["target_images"], key=s["key"])
+        rec = prepare_record(g0, Cameras.of_sample(s), s["context_images"],
+                             Cameras.of_sample(s, "target"), s["target_images"], key=s["key"])
         rec["lam"] = lam.detach().float()
         rec["seed"] = seed
         print(f"  prepared {s['key']} (seed {seed}{', outliers' if corrupt else ''}): {len(g0)} Gaussians, "

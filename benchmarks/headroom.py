@@ -68,10 +68,6 @@ def views_of(sample: dict, model) -> EvalViews:
     return replace(EvalViews.from_sample(sample, near, far), sweep=True)
 
 
-def cameras_of(sample: dict) -> Cameras:
-    h, w = sample["context_images"].shape[1:3]
-    return Cameras(sample["context_K"], sample["context_w2c"], w, h)
-
 
 def target_psnr(g, views: EvalViews) -> float:
     return score(g, views, context=False).means()["psnr"]
@@ -106,7 +102,7 @@ def run_strength(args, model, head):
         t = time.perf_counter()
         v = views_of(s, model)
         g0, lam, _ = predict(model, v, torch.device("cpu"))
-        psnr = plus_unc(g0, lam, cameras_of(s), s["context_images"], v, head, args.steps, tuple(args.scales))
+        psnr = plus_unc(g0, lam, Cameras.of_sample(s), s["context_images"], v, head, args.steps, tuple(args.scales))
         row = {f"s={x:g}": round(p, 3) for x, p in zip(args.scales, psnr)}
         print(f"  {s['key']}: {row} ({time.perf_counter() - t:.0f} s)", flush=True)
         yield s["key"], row
@@ -124,7 +120,7 @@ def run_outliers(args, model, head):
         if n % args.parts != args.part or s["key"] in args.done:
             continue
         t = time.perf_counter()
-        cams, imgs = cameras_of(s), s["context_images"]
+        cams, imgs = Cameras.of_sample(s), s["context_images"]
         masks = s["context_outlier_mask"].clone()
         masks[masks.flatten(1).all(1)] = False  # a whole view re-exposed: the compensation's job
         row = {"corrupted": round(float(s["context_outlier_mask"].float().mean()), 4)}

@@ -62,7 +62,7 @@ def main() -> None:
             break
         near, far, _ = depth_range_for(s, "auto", net.cfg.depth_range)
         h, w = s["context_images"].shape[1:3]
-        cams = Cameras(s["context_K"], s["context_w2c"], w, h)
+        cams = Cameras.of_sample(s)
         imgs = s["context_images"]
         m = predict_matched(net, imgs, cams, near, far, "cpu", anchor=a.source == "pipeline",
                             backdrop=False)  # the predicted Gaussians only: the backdrop is not predicted

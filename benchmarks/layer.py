@@ -130,8 +130,8 @@ def load_examples(root: Path, res: int, count: int, model_path: str, lam_scale: 
                          s["near"][None], s["far"][None])
         v, h, w, _ = s["context_images"].shape
         lam = pred.lam[0].detach() * lam_scale + lam_floor / (v * h * w)
-        out.append(Example(s["key"], Cameras(s["context_K"], s["context_w2c"], w, h), s["context_images"],
-                           Cameras(s["target_K"], s["target_w2c"], w, h), s["target_images"],
+        out.append(Example(s["key"], Cameras.of_sample(s), s["context_images"],
+                           Cameras.of_sample(s, "target"), s["target_images"],
                            pred.gaussians[0].detach(), lam))
         if len(out) == count:
             break

@@ -47,8 +47,7 @@ def auroc(pos: torch.Tensor, neg: torch.Tensor) -> float:
 def tuple_row(model, sample: dict) -> dict:
     """Detection and cost figures of one evaluation tuple."""
     imgs = sample["context_images"]
-    h, w = imgs.shape[1:3]
-    cams = Cameras(sample["context_K"], sample["context_w2c"], w, h)
+    cams = Cameras.of_sample(sample)
     near, far, _ = depth_range_for(sample, "auto", getattr(model.cfg, "depth_range", "fitted"))
     m = predict_matched(model, imgs, cams, near, far, torch.device("cpu"))
     g0, lam = m.gaussians, m.lam

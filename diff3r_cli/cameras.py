@@ -77,6 +77,15 @@ class Cameras:
         return self.c2w[:, :3, 3]
 
     @staticmethod
+    def of_sample(sample: dict, which: str = "context") -> "Cameras":
+        """The ``which`` ("context" or "target") cameras of a dataset sample (``{which}_K``,
+        ``{which}_w2c``, ``{which}_images`` (V,H,W,3), as the RE10K/synthetic loaders yield them)."""
+        if which not in ("context", "target"):
+            raise ValueError(f"which must be 'context' or 'target', not {which!r}")
+        h, w = sample[f"{which}_images"].shape[1:3]
+        return Cameras(sample[f"{which}_K"], sample[f"{which}_w2c"], int(w), int(h))
+
+    @staticmethod
     def from_c2w_opengl(K: torch.Tensor, c2w_gl: torch.Tensor, width: int, height: int) -> "Cameras":
         """Build from camera-to-world matrices in the OpenGL/NeRF convention (transforms.json)."""
         c2w_gl = c2w_gl.to(torch.float64)

@@ -510,3 +510,17 @@ def test_dataset_outliers_option(synth_root):
             diff = (s["context_images"] != clean[s["key"]]["context_images"]).any(-1)
             assert not (diff & ~m).any()
             assert torch.equal(s["target_images"], clean[s["key"]]["target_images"])  # targets stay clean
+
+
+def test_cameras_of_a_sample_are_its_own_views(synth_root):
+    """Cameras.of_sample: the sample's K and w2c rows and its images' size, context or target (a
+    non-square native-aspect crop must not swap width and height)."""
+    s = next(iter(RE10KDataset(synth_root, split="test", resolution=RES, warn=False,
+                               evaluation_index=synth_root / "evaluation_index.json")))
+    s = dict(s, context_images=s["context_images"][:, :, : RES - 8], target_images=s["target_images"][:, :, : RES - 8])
+    for which in ("context", "target"):
+        cams = Cameras.of_sample(s, which)
+        assert (cams.width, cams.height) == (RES - 8, RES)
+        assert torch.equal(cams.K, s[f"{which}_K"]) and torch.equal(cams.w2c, s[f"{which}_w2c"])
+    with pytest.raises(ValueError, match="context"):
+        Cameras.of_sample(s, "all")

@@ -85,14 +85,13 @@ def prepare_example(model: torch.nn.Module, sample: dict, near: float, far: floa
     ``reconstruct`` and ``eval``) for an RE10KDataset sample."""
     from diff3r_cli.depth import predict_matched
 
-    h, w = sample["context_images"].shape[1:3]
-    cams = Cameras(sample["context_K"], sample["context_w2c"], w, h)
+    cams = Cameras.of_sample(sample)
     m = predict_matched(model, sample["context_images"], cams, near, far, device, calibrate=False)
     if m.covisible is None:
         raise ValueError("the anchor calibration needs pixel-aligned Gaussians (a predictor that does not crop)")
     return AnchorExample(str(sample.get("key", "")), m.gaussians.detach(), m.lam.detach(),
                          anchor_sets(m.covisible, m.backdrop), sample["context_images"], cams,
-                         sample["target_images"], Cameras(sample["target_K"], sample["target_w2c"], w, h))
+                         sample["target_images"], Cameras.of_sample(sample, "target"))
 
 
 def target_loss(log_scales: torch.Tensor, ex: AnchorExample, steps: int = 200, **layer_options
