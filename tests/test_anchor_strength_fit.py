@@ -70,3 +70,15 @@ def test_the_model_file_gets_log_s_on_every_entry(tmp_path):
     assert all(v == pytest.approx(math.log(0.5)) for row in net2.cfg.anchor_log_scales for v in row)
     assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), net2.state_dict().values()))
     assert [r["s"] for r in read_metadata(path)["meta"]["anchor_strength"]] == [0.25, 2.0]
+
+
+def test_inspect_names_the_anchor_calibration_a_model_carries(tmp_path):
+    from diff3r_cli.model.io import inspect_weights, load_model, resolve_model_path, save_model
+
+    net = load_model(resolve_model_path("diff3r-small"), device="cpu")
+    path = save_model(tmp_path / "m.safetensors", net)
+    assert "no calibration" in inspect_weights(path)["anchor"]
+    fas.store_strength(path, 0.1, {"s": 0.1})
+    assert inspect_weights(path)["anchor"].startswith("Λ × 0.1 (one factor")
+    net.cfg.anchor_log_scales = ((0.0,) * 5, (1.0,) * 5, (-1.0,) * 5)
+    assert "per Gaussian set and group (0.368 … 2.72)" in inspect_weights(save_model(tmp_path / "t.safetensors", net))["anchor"]

@@ -11,6 +11,7 @@ backbone (its config then names the family).
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -136,7 +137,17 @@ def inspect_weights(path: str | Path, trust_pickle: bool = False) -> dict:
     return {"format": "weights", "file": "diff3r .safetensors", "family": "diff3r", "variant": cfg.get("size"),
             "tensors": len(shapes), "parameters": n, "loads": "strict",
             "convention": f"near/far {cfg.get('depth_range', 'fitted')}, SH degree {cfg.get('sh_degree', 0)}",
-            "meta": brief}
+            "anchor": _anchor_calibration(cfg.get("anchor_log_scales")), "meta": brief}
+
+
+def _anchor_calibration(table) -> str:
+    """One line on the TTO anchor calibration a model carries (PredictorConfig.anchor_log_scales)."""
+    if table is None:
+        return "Λ as predicted (no calibration)"
+    vals = [float(v) for row in table for v in row]
+    if max(vals) - min(vals) < 1e-9:
+        return f"Λ × {math.exp(vals[0]):.3g} (one factor for every set and group)"
+    return f"Λ × a factor per Gaussian set and group ({math.exp(min(vals)):.3g} … {math.exp(max(vals)):.3g})"
 
 
 __all__ = ["save_model", "load_model", "read_metadata", "resolve_model_path", "inspect_weights", "MODELS_DIR",
