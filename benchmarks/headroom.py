@@ -5,7 +5,9 @@ Adam steps; ``depth.consistency.confident_start`` without dropping) is re-run he
 tuples with one thing changed, to find where its margins over plain TTO are lost.
 
 ``strength``: Λ times a global factor s for each s in --scales. Does the anchor's overall strength
-matter, and on which split? (issue 20's synthetic target: +unc is 2 dB under plain TTO there.)
+matter, and on which split? (issue 20's synthetic target: +unc was 2 dB under plain TTO there.) s
+multiplies the Λ of the model *as calibrated* (its ``anchor_log_scales``, recorded in the grid's
+settings); ``fit_anchor_strength.py`` picks s from train-split grids.
 
 ``outliers``: the evaluation's outlier protocol (--outliers P, seed 0) and three rows per tuple:
 - ``default``: the +unc row on the corrupted context photos, as `diff3r eval --outliers P` runs it;
