@@ -70,7 +70,6 @@ def views_of(sample: dict, model) -> EvalViews:
     return replace(EvalViews.from_sample(sample, near, far), sweep=True)
 
 
-
 def target_psnr(g, views: EvalViews) -> float:
     return score(g, views, context=False).means()["psnr"]
 
