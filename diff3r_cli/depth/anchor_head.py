@@ -3,7 +3,7 @@
 The predictor's Λ rows are nearly constant within a parameter group, so the anchor holds every
 Gaussian about equally. An oracle shows what a ranking is worth: on the real test split, Λ set per
 Gaussian to 1/(θ_A − θ0)², with θ_A a plain TTO that also sees the *target* views, gains about
-+0.5 dB on the novel views over the predicted Λ (README "A learned ranking of the anchor").
++0.5 dB on the novel views over the predicted Λ (docs/RESULTS.md "A learned ranking of the anchor").
 
 The anchor head learns that ranking from what the anchored refine has anyway: θ0, the Gaussians
 after the confidence pre-pass θ1 (``consistency.confident_start``), the context photos and their

@@ -37,7 +37,7 @@ COVER = 0.5    # the other views' rendered opacity above which they cover a pixe
 MIN_COVERED = 100  # pixels needed for the per-channel gain
 PREPASS_STEPS = 50  # plain TTO steps before the confidences are measured (see confident_start)
 # TTO budgets from which the confident start pays: the dropped Gaussians leave holes that the fit
-# must fill (real test split, clean: −0.54 dB at 50 steps, +0.02 dB at 200; README)
+# must fill (real test split, clean: −0.54 dB at 50 steps, +0.02 dB at 200; docs/RESULTS.md)
 MIN_STEPS = 100
 
 

@@ -92,7 +92,7 @@ def refine_gaussians(g0: Gaussians, lam: Optional[torch.Tensor], cameras: Camera
     confidence (with lam, for at least ``depth.consistency.MIN_STEPS`` steps): the context pixels
     weighted by how far the other views confirm them (``depth.consistency.confident_start``); with
     ``drop`` also the Gaussians of contradicted pixels dropped first (an occluder in one photo stays
-    out of the scene, but so does a surface only one photo sees: off by default, README "Which photo
+    out of the scene, but so does a surface only one photo sees: off by default, docs/RESULTS.md "Which photo
     pixels to trust"); with ``drop``, the last history record's "kept" (N,) bool says which of g0's
     Gaussians the result holds (Λ rows follow it). anchor_head (with the confidence): a bundled name,
     a path or a loaded head that re-ranks Λ across the Gaussians (``depth.anchor_head``); None or
