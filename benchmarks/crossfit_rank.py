@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import glob
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -37,7 +36,7 @@ STEPS = 50
 def crossfit_features(g0, cams, imgs, steps: int = STEPS) -> torch.Tensor:
     """(N,10): per group, log change when the other view alone is fitted, then when the own view is."""
     from diff3r_cli.cameras import Cameras
-    from diff3r_cli.depth.anchor_head import group_change
+    from diff3r_cli.depth.anchor_head import centred_log_change, group_change
     from diff3r_cli.depth.pixel_gaussians import source_views
     from diff3r_cli.optim.tto import optimize
 
@@ -55,18 +54,14 @@ def crossfit_features(g0, cams, imgs, steps: int = STEPS) -> torch.Tensor:
     own, other = ch[own_v, idx], ch[1 - own_v, idx]
     back = owner < 0  # the backdrop has no source view: both fits alike
     own[back] = other[back] = ch[:, back].mean(0)
-
-    def centred(x: torch.Tensor) -> torch.Tensor:
-        lx = (x + 1e-12).log()
-        return (lx - lx.median(0).values).clamp(-20, 20)
-
-    return torch.cat([centred(other), centred(own)], 1)
+    return torch.cat([centred_log_change(other), centred_log_change(own)], 1)
 
 
 def compute(cache: Path, part: int, parts: int) -> None:
+    from headroom import views_of  # the sample's views as `diff3r eval` builds them
+
     from diff3r_cli.cameras import Cameras
-    from diff3r_cli.evaluate.command import depth_range_for
-    from diff3r_cli.evaluate.views import EvalViews, predict
+    from diff3r_cli.evaluate.views import predict
     from diff3r_cli.model.io import load_model, resolve_model_path
     from diff3r_cli.train.anchor_fit import train_tuples
 
@@ -76,8 +71,7 @@ def compute(cache: Path, part: int, parts: int) -> None:
         if n % parts != part or f.exists():
             continue
         t = time.perf_counter()
-        near, far, _ = depth_range_for(s, "auto", model.cfg.depth_range)
-        g0, _, _ = predict(model, replace(EvalViews.from_sample(s, near, far), sweep=True), torch.device("cpu"))
+        g0, _, _ = predict(model, views_of(s, model), torch.device("cpu"))
         x = crossfit_features(g0, Cameras.of_sample(s), s["context_images"])
         with atomic_output(f, "wb") as fh:
             torch.save({"features": x, "n": len(g0)}, fh)
@@ -86,6 +80,7 @@ def compute(cache: Path, part: int, parts: int) -> None:
 
 def analyse(work: Path, cache: Path, out: Path) -> None:
     import diff3r_cli.train.anchor_head_fit as fit
+    from diff3r_cli.depth.anchor_head import FEATURES
     from diff3r_cli.gaussians import GROUPS
 
     recs = []
@@ -100,24 +95,20 @@ def analyse(work: Path, cache: Path, out: Path) -> None:
     if not recs:
         raise SystemExit(f"no records in both {work} and {cache}: run fit_anchor_head.py, then this script")
     raw = {}
-    sets = {"prepass (bundled features)": lambda r: r["features"][:, 8:13], "other view alone": lambda r: r["crossfit"][:, :5],
+    pre = FEATURES.index("prepass_mean")  # the five pre-pass change columns, one per group
+    sets = {"prepass (bundled features)": lambda r: r["features"][:, pre:pre + len(GROUPS)],
+            "other view alone": lambda r: r["crossfit"][:, :5],
             "own view alone": lambda r: r["crossfit"][:, 5:]}
     for name, col in sets.items():
         rows = [[fit.spearman(col(r)[:, g], r["displacement"][:, g]) for g in range(len(GROUPS))] for r in recs]
         raw[name] = torch.tensor(rows).mean(0).tolist()
-    scenes = sorted({r["key"] for r in recs})
-    held = set(scenes[::3])  # as fit_anchor_head.py
+    held = fit.held_out_scenes(recs)  # as fit_anchor_head.py
     heads = {}
-    bundled = fit.FEATURES
-    try:
-        for name, feats in (("19 bundled features", lambda r: r["features"]),
-                            ("19 + 10 cross-fit features", lambda r: torch.cat([r["features"], r["crossfit"]], 1))):
-            rs = [dict(r, features=feats(r)) for r in recs]
-            fit.FEATURES = tuple(range(rs[0]["features"].shape[1]))  # the fit checks the width against this
-            head, _ = fit.fit_head([r for r in rs if r["key"] not in held], 3000)
-            heads[name] = fit.rank_correlations(head, [r for r in rs if r["key"] in held])
-    finally:
-        fit.FEATURES = bundled
+    for name, feats in (("19 bundled features", lambda r: r["features"]),
+                        ("19 + 10 cross-fit features", lambda r: torch.cat([r["features"], r["crossfit"]], 1))):
+        rs = [dict(r, features=feats(r)) for r in recs]
+        head, _ = fit.fit_head([r for r in rs if r["key"] not in held], 3000, n_features=rs[0]["features"].shape[1])
+        heads[name] = fit.rank_correlations(head, [r for r in rs if r["key"] in held])
     print(f"{'rank correlation with the oracle displacement':48s} " + " ".join(f"{g:>9s}" for g in GROUPS))
     for name, v in {**{f"raw: {k}": v for k, v in raw.items()}, **{f"held-out head: {k}": v for k, v in heads.items()}}.items():
         print(f"{name:48s} " + " ".join(f"{x:+9.3f}" for x in v))

@@ -70,12 +70,11 @@ def main() -> None:
     ap.add_argument("--write", action="store_true", help="refit on every tuple and store the bundled head")
     args = ap.parse_args()
     from diff3r_cli.depth.anchor_head import DEFAULT_HEAD, FEATURES, head_path, save_anchor_head
-    from diff3r_cli.train.anchor_head_fit import fit_head, rank_correlations
+    from diff3r_cli.train.anchor_head_fit import fit_head, held_out_scenes, rank_correlations
 
     args.work.mkdir(parents=True, exist_ok=True)
     recs = records(args.model, args.work, args.seeds, args.outliers, args.resolution)
-    scenes = sorted({r["key"] for r in recs})
-    held = set(scenes[::3])
+    held = held_out_scenes(recs)
     train = [r for r in recs if r["key"] not in held]
     val = [r for r in recs if r["key"] in held]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -154,6 +156,30 @@ def test_the_fit_learns_a_planted_ranking():
     assert log[-1]["loss"] < log[0]["loss"]
     # and the predicted Λ, constant here, ranks nothing
     assert max(abs(v) for v in rank_correlations(None, val, [torch.ones(400, 5)])) < 0.2
+
+
+def test_the_prepass_features_are_log_changes_relative_to_the_median_gaussian_clamped():
+    from diff3r_cli.depth.anchor_head import centred_log_change
+
+    change = torch.tensor([0.0, 1.0, 2.0, 4.0, 8.0, 1e3, 1e4], dtype=torch.float64)[:, None].repeat(1, 5)
+    got = centred_log_change(change)
+    want = (change.float() + 1e-12).log() - math.log(4.0)  # the median Gaussian moved 4
+    assert torch.allclose(got[1:], want[1:], atol=1e-5)
+    assert torch.all(got[0] == -20.0)  # a Gaussian that did not move: clamped, not -29
+
+
+def test_the_fit_refuses_records_of_another_width_unless_told_and_holds_out_every_third_scene():
+    from diff3r_cli.train.anchor_head_fit import fit_head, held_out_scenes
+
+    gen = torch.Generator().manual_seed(2)
+    wide = [{"key": "k", "features": torch.randn(64, len(FEATURES) + 3, generator=gen),
+             "displacement": torch.rand(64, 5, generator=gen)}]
+    with pytest.raises(ValueError, match="features"):
+        fit_head(wide, steps=2)
+    head, _ = fit_head(wide, steps=2, n_features=len(FEATURES) + 3)
+    assert head.net[0].in_features == len(FEATURES) + 3
+    recs = [{"key": k} for k in ("e", "a", "d", "b", "a", "c", "f")]
+    assert held_out_scenes(recs) == {"a", "d"}  # sorted a b c d e f: every third from the first
 
 
 def test_spearman_matches_the_textbook_formula_and_group_change_a_float64_sum():

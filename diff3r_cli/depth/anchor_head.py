@@ -57,6 +57,13 @@ def group_change(g0: Gaussians, g1: Gaussians) -> torch.Tensor:
     return g0.reduce_groups((g1.flatten() - g0.flatten()) ** 2) / sizes
 
 
+def centred_log_change(change: torch.Tensor) -> torch.Tensor:
+    """log of a per-group change (N,5), minus its median over the Gaussians, clamped to ±20: how far
+    each Gaussian moved relative to the scene's typical move (the pre-pass features)."""
+    lc = (change.float() + 1e-12).log()
+    return (lc - lc.median(0).values).clamp(-20, 20)
+
+
 def anchor_features(g0: Gaussians, g1: Gaussians, cameras: Cameras, images: torch.Tensor,
                     weights: torch.Tensor, owner: Optional[torch.Tensor] = None,
                     backend: str = "auto") -> torch.Tensor:
@@ -116,15 +123,14 @@ def anchor_features(g0: Gaussians, g1: Gaussians, cameras: Cameras, images: torc
         logd = cols["depth"].clamp_min(1e-6).log()
         if pix.any():
             logd = logd - logd[pix].median()
-        pre = (group_change(g0, g1).float() + 1e-12).log()
-        pre = pre - pre.median(0).values
+        pre = centred_log_change(group_change(g0, g1))
         op0 = g0.opacity_logits.reshape(-1).float()
         op1 = g1.opacity_logits.reshape(-1).float()
         conf = cols["confidence"]
         out = torch.cat([
             seen.float()[:, None], (~pix).float()[:, None], conf[:, None], ((1 - conf) ** 2)[:, None],
             cols["texture"][:, None], (logd * pix)[:, None], (cols["footprint"] * pix)[:, None],
-            op0.clamp(-10, 10)[:, None], pre.clamp(-20, 20),
+            op0.clamp(-10, 10)[:, None], pre,
             cols["depth_edge"].clamp(0, 3)[:, None], cols["residual"][:, None], cols["border"].clamp(0, 0.5)[:, None],
             cols["dz"].clamp(-1, 1)[:, None], op1.clamp(-10, 10)[:, None], (op1 - op0).clamp(-10, 10)[:, None],
         ], 1)
@@ -235,6 +241,6 @@ def head_meta(name_or_path: str | Path = DEFAULT_HEAD) -> dict:
         return json.loads((f.metadata() or {}).get("meta", "{}"))
 
 
-__all__ = ["FEATURES", "DEFAULT_HEAD", "AnchorHead", "anchor_features", "group_change", "rerank", "save_anchor_head",
+__all__ = ["FEATURES", "DEFAULT_HEAD", "AnchorHead", "anchor_features", "centred_log_change", "group_change", "rerank", "save_anchor_head",
            "load_anchor_head", "head_meta", "head_path", "resolve_head",
            "require_head"]

@@ -72,19 +72,26 @@ def rank_correlations(head: Optional[AnchorHead], records: Sequence[dict], lam: 
     return torch.tensor(rows).mean(0).tolist() if rows else [0.0] * len(GROUPS)
 
 
+def held_out_scenes(records: Sequence[dict]) -> set[str]:
+    """The scenes whose tuples a fit holds out for its rank correlations: every third, by name."""
+    return set(sorted({r["key"] for r in records})[::3])
+
+
 def fit_head(train: Sequence[dict], steps: int = 3000, lr: float = 1e-3, batch: int = 8192, seed: int = 0,
              hidden: int = 64, val: Sequence[dict] = (), every: int = 250,
-             progress: Optional[Callable[[dict], None]] = None) -> tuple[AnchorHead, list[dict]]:
-    """Fit a head on ``train`` records; returns it and a log (step, loss, train/val rank correlations)."""
+             progress: Optional[Callable[[dict], None]] = None,
+             n_features: int = len(FEATURES)) -> tuple[AnchorHead, list[dict]]:
+    """Fit a head on ``train`` records; returns it and a log (step, loss, train/val rank correlations).
+    n_features: the records' feature width (the bundled :data:`FEATURES` unless an experiment adds some)."""
     if not train:
         raise ValueError("no training records")
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     x = torch.cat([r["features"] for r in train]).float()
     y = torch.cat([regression_target(r["displacement"]) for r in train]).float()
-    if x.shape[1] != len(FEATURES):
-        raise ValueError(f"records have {x.shape[1]} features, this version computes {len(FEATURES)}")
-    head = AnchorHead(len(FEATURES), hidden)
+    if x.shape[1] != n_features:
+        raise ValueError(f"records have {x.shape[1]} features, expected {n_features}")
+    head = AnchorHead(n_features, hidden)
     head.mu.copy_(x.mean(0))
     head.sd.copy_(x.std(0) + 1e-6)
     opt = torch.optim.Adam(head.parameters(), lr)
